@@ -1,0 +1,38 @@
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import type { Database } from './schema.js';
+
+// bigint (int8) stays a string: ids may exceed 2^53. count(*) is int8 too; callers Number() it.
+
+export interface PoolOptions {
+  readonly connectionString: string;
+  readonly max: number;
+  readonly applicationName: string;
+  /** Called for errors on idle clients (e.g. PostgreSQL restarted). */
+  readonly onError?: (error: Error) => void;
+}
+
+/**
+ * A pg pool with an 'error' listener on the pool and on every client it creates. Without them, a
+ * PostgreSQL restart emits an unhandled 'error' event on an idle client and takes the whole process
+ * down; with them, the broken client is discarded and the next checkout reconnects.
+ */
+export function createPool(options: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max: options.max,
+    application_name: options.applicationName,
+    connectionTimeoutMillis: 10_000,
+    idleTimeoutMillis: 30_000,
+  });
+  const onError = options.onError ?? (() => {});
+  pool.on('error', onError);
+  pool.on('connect', (client) => {
+    client.on('error', onError);
+  });
+  return pool;
+}
+
+export function createDatabase(pool: pg.Pool): Kysely<Database> {
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+}
