@@ -43,7 +43,11 @@ try {
   await admin.connect();
   await admin.query(`DROP DATABASE IF EXISTS ${template}`);
   await admin.query(`CREATE DATABASE ${template}`);
-  const pool = createPool({ connectionString: withDatabase(postgres.url, template), max: 1, applicationName: 'test-setup' });
+  const pool = createPool({
+    connectionString: withDatabase(postgres.url, template),
+    max: 1,
+    applicationName: 'test-setup',
+  });
   await migrateToLatest(createDatabase(pool));
   await pool.end();
 
@@ -63,7 +67,9 @@ try {
       env: { ...process.env, SHARDRELAY_TEST_ADMIN_URL: postgres.url, SHARDRELAY_TEST_TEMPLATE: template },
     },
   );
-  exitCode = await new Promise<number>((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  exitCode = await new Promise<number>((resolve) =>
+    child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))),
+  );
   await admin.query(`DROP DATABASE IF EXISTS ${template} WITH (FORCE)`).catch(() => {});
   await admin.end();
 } finally {

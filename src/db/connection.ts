@@ -10,6 +10,8 @@ export interface PoolOptions {
   readonly applicationName: string;
   /** Called for errors on idle clients (e.g. PostgreSQL restarted). */
   readonly onError?: (error: Error) => void;
+  /** Sets idle_in_transaction_session_timeout on every connection of the pool. */
+  readonly idleInTransactionTimeoutMs?: number;
 }
 
 /**
@@ -24,6 +26,11 @@ export function createPool(options: PoolOptions): pg.Pool {
     application_name: options.applicationName,
     connectionTimeoutMillis: 10_000,
     idleTimeoutMillis: 30_000,
+    ...(options.idleInTransactionTimeoutMs
+      ? {
+          options: `-c idle_in_transaction_session_timeout=${Math.round(options.idleInTransactionTimeoutMs)}`,
+        }
+      : {}),
   });
   const onError = options.onError ?? (() => {});
   pool.on('error', onError);

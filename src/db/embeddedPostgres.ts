@@ -44,7 +44,14 @@ export async function startEmbeddedPostgres(
     persistent: false,
     createPostgresUser: process.getuid?.() === 0,
     // Throughput matters more than durability for a throwaway demo or test server.
-    postgresFlags: ['-c', 'max_connections=200', '-c', 'synchronous_commit=off', '-c', 'listen_addresses=127.0.0.1'],
+    postgresFlags: [
+      '-c',
+      'max_connections=200',
+      '-c',
+      'synchronous_commit=off',
+      '-c',
+      'listen_addresses=127.0.0.1',
+    ],
     onLog: (message) => log(String(message)),
     onError: (message) => log(String(message)),
   });

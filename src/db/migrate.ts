@@ -31,7 +31,13 @@ class ShardRelayMigrationProvider implements MigrationProvider {
         const text = await readFile(path.join(this.userDir, file), 'utf8');
         // One simple-protocol query, so the file may hold several statements; the migrator wraps
         // it in its transaction.
-        migrations[file.replace(/\.sql$/, '')] = { up: (db) => sql.raw(text).execute(db).then(() => {}) };
+        migrations[file.replace(/\.sql$/, '')] = {
+          up: (db) =>
+            sql
+              .raw(text)
+              .execute(db)
+              .then(() => {}),
+        };
       }
     }
     return migrations;

@@ -23,7 +23,9 @@ describe('migrations', () => {
       results.map((r) => r.applied.length),
       [0, 0],
     );
-    const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM shardrelay.migration`.execute(t.db);
+    const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM shardrelay.migration`.execute(
+      t.db,
+    );
     assert.ok((rows[0]?.n ?? 0) >= 1);
   });
 });

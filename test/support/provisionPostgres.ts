@@ -25,9 +25,15 @@ export async function provisionPostgres(): Promise<ProvisionedPostgres> {
       const container = await new PostgreSqlContainer('postgres:16-alpine')
         .withCommand(['postgres', '-c', 'max_connections=200'])
         .start();
-      return { url: container.getConnectionUri(), kind: 'testcontainers', stop: () => container.stop().then(() => {}) };
+      return {
+        url: container.getConnectionUri(),
+        kind: 'testcontainers',
+        stop: () => container.stop().then(() => {}),
+      };
     } catch (error) {
-      console.error(`testcontainers could not start PostgreSQL (${String(error)}); using embedded PostgreSQL`);
+      console.error(
+        `testcontainers could not start PostgreSQL (${String(error)}); using embedded PostgreSQL`,
+      );
     }
   }
 

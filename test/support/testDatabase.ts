@@ -16,7 +16,10 @@ export interface TestDatabase {
 
 function adminUrl(): string {
   const url = process.env.SHARDRELAY_TEST_ADMIN_URL;
-  if (!url) throw new Error('run tests with `npm test` (it provisions PostgreSQL and sets SHARDRELAY_TEST_ADMIN_URL)');
+  if (!url)
+    throw new Error(
+      'run tests with `npm test` (it provisions PostgreSQL and sets SHARDRELAY_TEST_ADMIN_URL)',
+    );
   return url;
 }
 
@@ -27,7 +30,10 @@ function adminUrl(): string {
 export async function createTestDatabase(label: string): Promise<TestDatabase> {
   const template = process.env.SHARDRELAY_TEST_TEMPLATE;
   if (!template) throw new Error('SHARDRELAY_TEST_TEMPLATE is not set; run tests with `npm test`');
-  const name = `t_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase().slice(0, 30)}_${randomBytes(3).toString('hex')}`;
+  const name = `t_${label
+    .replace(/[^a-z0-9]/gi, '_')
+    .toLowerCase()
+    .slice(0, 30)}_${randomBytes(3).toString('hex')}`;
   const admin = new pg.Client(adminUrl());
   await admin.connect();
   try {

@@ -1,0 +1,281 @@
+import os from 'node:os';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
+
+export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http'] as const;
+export type SinkName = (typeof SINK_NAMES)[number];
+
+/**
+ * Every setting of the relay, validated and frozen. Each comes from a flag, else an environment
+ * variable, else its default (see SETTINGS below and the README's configuration reference).
+ */
+export interface RelayConfig {
+  readonly databaseUrl: string;
+  readonly sink: SinkName;
+  readonly replicaId: string;
+  readonly lanePredicate: LanePredicate;
+  readonly realtimeBatchSize: number;
+  readonly batchBatchSize: number;
+  readonly tickSeconds: number;
+  readonly connectionsPerLane: number;
+  readonly maxAttempts: number;
+  readonly retryBaseMs: number;
+  readonly retryCapMs: number;
+  readonly sendTimeoutMs: number;
+  readonly shutdownTimeoutMs: number;
+  readonly leaseTimeoutSeconds: number;
+  readonly maxPayloadBytes: number;
+  readonly pgBossSchema: string;
+  readonly amqpUrl: string;
+  readonly amqpExchange: string;
+  readonly natsUrl: string;
+  readonly natsStream: string;
+  readonly webhookUrl: string | undefined;
+  readonly metricsPort: number | undefined;
+  readonly metricsHost: string;
+  readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
+const url = (protocols: readonly string[]) =>
+  z.string().refine(
+    (value) => {
+      try {
+        return protocols.includes(new URL(value).protocol.replace(/:$/, ''));
+      } catch {
+        return false;
+      }
+    },
+    `must be a URL starting with ${protocols.map((p) => `${p}://`).join(' or ')}`,
+  );
+
+interface Setting<K extends keyof RelayConfig> {
+  readonly env: string;
+  readonly flag: string;
+  readonly schema: z.ZodType<RelayConfig[K]>;
+  readonly default?: () => RelayConfig[K];
+  readonly fix: string;
+}
+
+type Settings = { readonly [K in keyof RelayConfig]: Setting<K> };
+
+/** The configuration reference. `fix` is printed when a value is refused. */
+export const SETTINGS: Settings = {
+  databaseUrl: {
+    env: 'DATABASE_URL',
+    flag: '--database-url',
+    schema: url(['postgres', 'postgresql']),
+    fix: 'set DATABASE_URL (or --database-url) to postgres://user:password@host:5432/database',
+  },
+  sink: {
+    env: 'SHARDRELAY_SINK',
+    flag: '--sink',
+    schema: z.enum(SINK_NAMES),
+    default: () => 'pgboss',
+    fix: `use one of: ${SINK_NAMES.join(', ')}`,
+  },
+  replicaId: {
+    env: 'SHARDRELAY_REPLICA_ID',
+    flag: '--replica-id',
+    schema: z.string().min(1).max(200),
+    default: () => `${os.hostname()}-${process.pid}`,
+    fix: 'give a non-empty name of at most 200 characters, unique per running replica',
+  },
+  lanePredicate: {
+    env: 'SHARDRELAY_LANE_PREDICATE',
+    flag: '--lane-predicate',
+    schema: z.unknown().transform((value, ctx) => {
+      try {
+        return parseLanePredicate(typeof value === 'string' ? JSON.parse(value) : value);
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: error instanceof Error ? error.message : String(error) });
+        return z.NEVER;
+      }
+    }),
+    default: () => DEFAULT_LANE_PREDICATE,
+    fix: 'give JSON like {"column":"priority","op":">=","value":5}, combinable with {"and":[...]}, {"or":[...]}, {"not":...}',
+  },
+  realtimeBatchSize: {
+    env: 'SHARDRELAY_REALTIME_BATCH_SIZE',
+    flag: '--realtime-batch-size',
+    schema: positiveInt(10_000),
+    default: () => 100,
+    fix: 'use a whole number from 1 to 10000',
+  },
+  batchBatchSize: {
+    env: 'SHARDRELAY_BATCH_SIZE',
+    flag: '--batch-size',
+    schema: positiveInt(10_000),
+    default: () => 1000,
+    fix: 'use a whole number from 1 to 10000',
+  },
+  tickSeconds: {
+    env: 'SHARDRELAY_TICK_SECONDS',
+    flag: '--tick-seconds',
+    schema: positiveInt(59),
+    default: () => 1,
+    fix: 'use a whole number of seconds from 1 to 59',
+  },
+  connectionsPerLane: {
+    env: 'SHARDRELAY_CONNECTIONS_PER_LANE',
+    flag: '--connections-per-lane',
+    schema: positiveInt(256),
+    default: () => 8,
+    fix: 'use a whole number from 1 to 256 (at most the shard count is useful)',
+  },
+  maxAttempts: {
+    env: 'SHARDRELAY_MAX_ATTEMPTS',
+    flag: '--max-attempts',
+    schema: positiveInt(1000),
+    default: () => 10,
+    fix: 'use a whole number from 1 to 1000',
+  },
+  retryBaseMs: {
+    env: 'SHARDRELAY_RETRY_BASE_MS',
+    flag: '--retry-base-ms',
+    schema: positiveInt(3_600_000),
+    default: () => 1000,
+    fix: 'use a whole number of milliseconds from 1 to 3600000',
+  },
+  retryCapMs: {
+    env: 'SHARDRELAY_RETRY_CAP_MS',
+    flag: '--retry-cap-ms',
+    schema: positiveInt(86_400_000),
+    default: () => 300_000,
+    fix: 'use a whole number of milliseconds from 1 to 86400000',
+  },
+  sendTimeoutMs: {
+    env: 'SHARDRELAY_SEND_TIMEOUT_MS',
+    flag: '--send-timeout-ms',
+    schema: z.coerce.number().int().min(100).max(600_000),
+    default: () => 10_000,
+    fix: 'use a whole number of milliseconds from 100 to 600000',
+  },
+  shutdownTimeoutMs: {
+    env: 'SHARDRELAY_SHUTDOWN_TIMEOUT_MS',
+    flag: '--shutdown-timeout-ms',
+    schema: z.coerce.number().int().min(0).max(600_000),
+    default: () => 10_000,
+    fix: 'use a whole number of milliseconds from 0 to 600000',
+  },
+  leaseTimeoutSeconds: {
+    env: 'SHARDRELAY_LEASE_TIMEOUT_SECONDS',
+    flag: '--lease-timeout-seconds',
+    schema: z.coerce.number().int().min(2).max(3600),
+    default: () => 10,
+    fix: 'use a whole number of seconds from 2 to 3600',
+  },
+  maxPayloadBytes: {
+    env: 'SHARDRELAY_MAX_PAYLOAD_BYTES',
+    flag: '--max-payload-bytes',
+    schema: positiveInt(64 * 1024 * 1024),
+    default: () => 1024 * 1024,
+    fix: 'use a whole number of bytes from 1 to 67108864',
+  },
+  pgBossSchema: {
+    env: 'SHARDRELAY_PGBOSS_SCHEMA',
+    flag: '--pgboss-schema',
+    schema: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/),
+    default: () => 'pgboss',
+    fix: 'use a lower-case SQL identifier (letters, digits, underscore)',
+  },
+  amqpUrl: {
+    env: 'AMQP_URL',
+    flag: '--amqp-url',
+    schema: url(['amqp', 'amqps']),
+    default: () => 'amqp://guest:guest@127.0.0.1:5672',
+    fix: 'set AMQP_URL to amqp://user:password@host:5672/vhost',
+  },
+  amqpExchange: {
+    env: 'SHARDRELAY_AMQP_EXCHANGE',
+    flag: '--amqp-exchange',
+    schema: z.string().min(1).max(255),
+    default: () => 'shardrelay',
+    fix: 'give a non-empty exchange name',
+  },
+  natsUrl: {
+    env: 'NATS_URL',
+    flag: '--nats-url',
+    schema: url(['nats', 'tls']),
+    default: () => 'nats://127.0.0.1:4222',
+    fix: 'set NATS_URL to nats://host:4222',
+  },
+  natsStream: {
+    env: 'SHARDRELAY_NATS_STREAM',
+    flag: '--nats-stream',
+    schema: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+    default: () => 'SHARDRELAY',
+    fix: 'use letters, digits, _ or - (no dots or spaces)',
+  },
+  webhookUrl: {
+    env: 'WEBHOOK_URL',
+    flag: '--webhook-url',
+    schema: url(['http', 'https']).optional(),
+    fix: 'set WEBHOOK_URL to http(s)://host/path',
+  },
+  metricsPort: {
+    env: 'SHARDRELAY_METRICS_PORT',
+    flag: '--metrics-port',
+    schema: z.coerce.number().int().min(0).max(65535).optional(),
+    fix: 'use a port number from 0 to 65535 (0 picks a free port); leave unset to serve no metrics',
+  },
+  metricsHost: {
+    env: 'SHARDRELAY_METRICS_HOST',
+    flag: '--metrics-host',
+    schema: z.string().min(1),
+    default: () => '127.0.0.1',
+    fix: 'give an address to bind, e.g. 127.0.0.1 or 0.0.0.0',
+  },
+  logLevel: {
+    env: 'SHARDRELAY_LOG_LEVEL',
+    flag: '--log-level',
+    schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    default: () => 'info',
+    fix: 'use one of: fatal, error, warn, info, debug, trace, silent',
+  },
+};
+
+/** Values given on the command line, by setting name; undefined when not given. */
+export type ConfigOverrides = { readonly [K in keyof RelayConfig]?: unknown };
+
+function redactForMessage(key: keyof RelayConfig, value: unknown): string {
+  const text = typeof value === 'string' ? value : JSON.stringify(value);
+  return /url/i.test(key) ? text.replace(/\/\/([^:/@]+):[^@]*@/, '//$1:***@') : text;
+}
+
+/**
+ * Builds the configuration from flags, then environment variables, then defaults. Throws a
+ * ConfigError naming the flag and variable and saying how to fix it; the CLI exits with code 2.
+ */
+export function loadConfig(
+  overrides: ConfigOverrides = {},
+  env: NodeJS.ProcessEnv = process.env,
+  required: readonly (keyof RelayConfig)[] = ['databaseUrl'],
+): RelayConfig {
+  const result: Partial<Record<keyof RelayConfig, unknown>> = {};
+  for (const key of Object.keys(SETTINGS) as (keyof RelayConfig)[]) {
+    const setting = SETTINGS[key] as Setting<typeof key>;
+    const given = overrides[key] ?? env[setting.env];
+    const name = `${setting.flag} / ${setting.env}`;
+    if (given === undefined || given === '') {
+      if (setting.default) result[key] = setting.default();
+      else if (required.includes(key)) throw new ConfigError(name, 'is required but not set', setting.fix);
+      continue;
+    }
+    const parsed = setting.schema.safeParse(given);
+    if (!parsed.success) {
+      const problem = parsed.error.issues[0]?.message ?? 'invalid value';
+      throw new ConfigError(name, `${redactForMessage(key, given)} (${problem})`, setting.fix);
+    }
+    result[key] = parsed.data;
+  }
+  if ((result.sink === 'http' || required.includes('webhookUrl')) && result.webhookUrl === undefined) {
+    throw new ConfigError(
+      '--webhook-url / WEBHOOK_URL',
+      'is required by the http sink',
+      SETTINGS.webhookUrl.fix,
+    );
+  }
+  return Object.freeze(result as RelayConfig);
+}

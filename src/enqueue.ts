@@ -1,0 +1,170 @@
+import {
+  CompiledQuery,
+  DummyDriver,
+  Kysely,
+  PostgresAdapter,
+  PostgresIntrospector,
+  PostgresQueryCompiler,
+} from 'kysely';
+import { z } from 'zod';
+import type { Database } from './db/schema.js';
+import { InvalidEventError } from './errors.js';
+
+/** An event to put in the outbox. Only `topic` and `payload` are required. */
+export interface OutboxEvent {
+  /** Routing: pg-boss queue, AMQP routing key, NATS subject suffix. Letters, digits, `.`, `_`, `-`. */
+  readonly topic: string;
+  /** Any JSON-serialisable value. */
+  readonly payload: unknown;
+  readonly key?: string;
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly correlationId?: string;
+  /** W3C trace context, forwarded to the broker message. */
+  readonly traceparent?: string;
+  /** Input of the default lane predicate; default 'batch'. */
+  readonly lane?: 'realtime' | 'batch';
+  readonly priority?: number;
+  /** The message id on every sink; generated when omitted. Give one to make enqueue idempotent. */
+  readonly eventId?: string;
+  /** Overrides the relay's max attempts for this event. */
+  readonly maxAttempts?: number;
+}
+
+export interface EnqueueOptions {
+  /** Largest accepted payload, in bytes of its JSON text; default 1 MiB. */
+  readonly maxPayloadBytes?: number;
+}
+
+export interface EnqueuedEvent {
+  readonly id: string;
+  readonly eventId: string;
+}
+
+/** Something that can run a query in the caller's transaction: a Kysely handle or a pg client. */
+export type Executor =
+  Kysely<Database> | { query(text: string, values: unknown[]): Promise<{ rows: Record<string, unknown>[] }> };
+
+const TOPIC = /^[A-Za-z0-9_.-]{1,200}$/;
+const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+const eventSchema = z
+  .object({
+    topic: z
+      .string({ error: 'topic is required (a string)' })
+      .regex(TOPIC, 'topic must be 1-200 characters of letters, digits, ".", "_" or "-"'),
+    payload: z.unknown(),
+    key: z.string().max(1000).optional(),
+    headers: z.record(z.string(), z.string()).optional(),
+    correlationId: z.string().max(200).optional(),
+    traceparent: z.string().regex(TRACEPARENT, 'traceparent must be a W3C trace context').optional(),
+    lane: z.enum(['realtime', 'batch']).optional(),
+    priority: z.number().int().min(-1_000_000).max(1_000_000).optional(),
+    eventId: z.uuid().optional(),
+    maxAttempts: z.number().int().min(1).max(1000).optional(),
+  })
+  .strict();
+
+const BATCH_ROWS = 1000; // 13 parameters a row keeps a statement far below PostgreSQL's 65,535.
+
+/** A Kysely used only to compile queries for a pg-client executor; it never connects. */
+const compiler = new Kysely<Database>({
+  dialect: {
+    createAdapter: () => new PostgresAdapter(),
+    createDriver: () => new DummyDriver(),
+    createIntrospector: (db) => new PostgresIntrospector(db),
+    createQueryCompiler: () => new PostgresQueryCompiler(),
+  },
+});
+
+function validate(events: readonly OutboxEvent[], maxPayloadBytes: number) {
+  return events.map((event, index) => {
+    const parsed = eventSchema.safeParse(event);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const field = issue?.path.join('.') || 'event';
+      throw new InvalidEventError(
+        index,
+        `${field}: ${issue?.message ?? 'invalid'}`,
+        'correct the field and enqueue again',
+      );
+    }
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(event.payload);
+    } catch (error) {
+      throw new InvalidEventError(
+        index,
+        `payload is not JSON-serialisable (${error instanceof Error ? error.message : String(error)})`,
+        'pass plain data: no cycles, BigInt, functions or class instances that cannot be stringified',
+      );
+    }
+    if (json === undefined) {
+      throw new InvalidEventError(
+        index,
+        'payload is missing or not JSON-serialisable',
+        'pass a JSON value (use null for none)',
+      );
+    }
+    const bytes = Buffer.byteLength(json);
+    if (bytes > maxPayloadBytes) {
+      throw new InvalidEventError(
+        index,
+        `payload is ${bytes} bytes, over the maximum of ${maxPayloadBytes}`,
+        'store large data elsewhere and send a reference, or raise SHARDRELAY_MAX_PAYLOAD_BYTES',
+      );
+    }
+    const e = parsed.data;
+    return {
+      topic: e.topic,
+      payload: json,
+      key: e.key ?? null,
+      headers: JSON.stringify(e.headers ?? {}),
+      correlation_id: e.correlationId ?? null,
+      traceparent: e.traceparent ?? null,
+      lane: e.lane ?? 'batch',
+      priority: e.priority ?? 0,
+      max_attempts: e.maxAttempts ?? null,
+      ...(e.eventId ? { event_id: e.eventId } : {}),
+    };
+  });
+}
+
+/**
+ * Writes events to the outbox through the caller's executor, so that inside the caller's
+ * transaction the events exist if and only if the business change commits. Every event is validated
+ * before anything is written: one bad event rejects the whole call with an InvalidEventError and
+ * writes nothing.
+ */
+export async function enqueue(
+  executor: Executor,
+  events: readonly OutboxEvent[],
+  options: EnqueueOptions = {},
+): Promise<EnqueuedEvent[]> {
+  const rows = validate(events, options.maxPayloadBytes ?? 1024 * 1024);
+  // More rows than one statement holds, outside a transaction: wrap them in one, so the call
+  // stays all-or-nothing.
+  if (executor instanceof Kysely && !executor.isTransaction && rows.length > BATCH_ROWS) {
+    return executor.transaction().execute((trx) => enqueue(trx, events, options));
+  }
+  const result: EnqueuedEvent[] = [];
+  for (let start = 0; start < rows.length; start += BATCH_ROWS) {
+    const chunk = rows.slice(start, start + BATCH_ROWS);
+    if (executor instanceof Kysely) {
+      const inserted = await executor
+        .insertInto('shardrelay.outbox')
+        .values(chunk)
+        .returning(['id', 'event_id'])
+        .execute();
+      for (const r of inserted) result.push({ id: r.id, eventId: r.event_id });
+    } else {
+      const query: CompiledQuery = compiler
+        .insertInto('shardrelay.outbox')
+        .values(chunk)
+        .returning(['id', 'event_id'])
+        .compile();
+      const { rows: inserted } = await executor.query(query.sql, [...query.parameters]);
+      for (const r of inserted) result.push({ id: String(r.id), eventId: String(r.event_id) });
+    }
+  }
+  return result;
+}

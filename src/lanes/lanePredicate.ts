@@ -1,0 +1,116 @@
+import { sql, type Expression, type ExpressionBuilder, type SqlBool } from 'kysely';
+import { z } from 'zod';
+import type { Database, Lane } from '../db/schema.js';
+
+/**
+ * The lane predicate P decides which rows are real-time: the real-time lane claims rows where P is
+ * TRUE, the batch lane rows where `(P) IS NOT TRUE`. Every row is therefore in exactly one lane,
+ * including rows where P is NULL (a NULL column), which go to batch rather than being lost.
+ *
+ * P is typed configuration, never SQL: columns come from a fixed list of the outbox's own columns,
+ * operators from a fixed list, and values are bound parameters compiled by Kysely.
+ */
+export const LANE_COLUMNS = ['lane', 'priority', 'topic', 'key', 'correlation_id', 'attempts'] as const;
+export const LANE_OPERATORS = [
+  '=',
+  '<>',
+  '<',
+  '<=',
+  '>',
+  '>=',
+  'in',
+  'not in',
+  'is null',
+  'is not null',
+] as const;
+
+export type LaneColumn = (typeof LANE_COLUMNS)[number];
+export type LaneOperator = (typeof LANE_OPERATORS)[number];
+type Scalar = string | number;
+
+export type LanePredicate =
+  | { readonly column: LaneColumn; readonly op: LaneOperator; readonly value?: Scalar | readonly Scalar[] }
+  | { readonly and: readonly LanePredicate[] }
+  | { readonly or: readonly LanePredicate[] }
+  | { readonly not: LanePredicate };
+
+const scalar = z.union([z.string().max(1000), z.number().finite()]);
+
+const condition = z
+  .object({
+    column: z.enum(LANE_COLUMNS, { error: `column must be one of: ${LANE_COLUMNS.join(', ')}` }),
+    op: z.enum(LANE_OPERATORS, { error: `op must be one of: ${LANE_OPERATORS.join(', ')}` }),
+    value: z.union([scalar, z.array(scalar).min(1).max(1000)]).optional(),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const isList = c.op === 'in' || c.op === 'not in';
+    const isNullTest = c.op === 'is null' || c.op === 'is not null';
+    if (isNullTest && c.value !== undefined)
+      ctx.addIssue({ code: 'custom', message: `"${c.op}" takes no value` });
+    if (!isNullTest && c.value === undefined)
+      ctx.addIssue({ code: 'custom', message: `"${c.op}" needs a value` });
+    if (isList && !Array.isArray(c.value))
+      ctx.addIssue({ code: 'custom', message: `"${c.op}" needs a list value` });
+    if (!isList && Array.isArray(c.value))
+      ctx.addIssue({ code: 'custom', message: `"${c.op}" takes a single value` });
+  });
+
+export const lanePredicateSchema: z.ZodType<LanePredicate> = z.lazy(() =>
+  z.union([
+    condition,
+    z.object({ and: z.array(lanePredicateSchema).min(1) }).strict(),
+    z.object({ or: z.array(lanePredicateSchema).min(1) }).strict(),
+    z.object({ not: lanePredicateSchema }).strict(),
+  ]),
+) as z.ZodType<LanePredicate>;
+
+/** The default: the `lane` column that `enqueue` sets (default 'batch'). */
+export const DEFAULT_LANE_PREDICATE: LanePredicate = Object.freeze({
+  column: 'lane',
+  op: '=',
+  value: 'realtime',
+});
+
+/** Parses and validates a predicate; throws with a message naming what is wrong. */
+export function parseLanePredicate(input: unknown): LanePredicate {
+  const result = lanePredicateSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const where = issue && issue.path.length > 0 ? ` at ${issue.path.join('.')}` : '';
+    throw new Error(`lane predicate refused${where}: ${issue?.message ?? 'invalid'}`);
+  }
+  return result.data;
+}
+
+type OutboxBuilder = ExpressionBuilder<Database, 'shardrelay.outbox'>;
+
+function compile(eb: OutboxBuilder, p: LanePredicate): Expression<SqlBool> {
+  if ('and' in p) return eb.and(p.and.map((q) => compile(eb, q)));
+  if ('or' in p) return eb.or(p.or.map((q) => compile(eb, q)));
+  if ('not' in p) return eb.not(compile(eb, p.not));
+  const column = eb.ref(p.column);
+  switch (p.op) {
+    case 'is null':
+      return eb(column, 'is', null);
+    case 'is not null':
+      return eb(column, 'is not', null);
+    case 'in':
+    case 'not in':
+      return eb(column, p.op, p.value as Scalar[]);
+    default:
+      return eb(column, p.op, p.value as Scalar);
+  }
+}
+
+/**
+ * The claim filter of one lane. Real-time is plain `P`: in a WHERE clause that keeps exactly the rows
+ * where P IS TRUE, and it lets PostgreSQL match partial indexes written as `WHERE <P>`. Batch is
+ * `(P) IS NOT TRUE`, which also keeps the rows where P is NULL.
+ */
+export function laneFilter(predicate: LanePredicate, lane: Lane): (eb: OutboxBuilder) => Expression<SqlBool> {
+  return (eb) => {
+    const p = compile(eb, predicate);
+    return lane === 'realtime' ? p : sql<SqlBool>`(${p}) IS NOT TRUE`;
+  };
+}

@@ -1,0 +1,163 @@
+import { sql, type Transaction } from 'kysely';
+import type { Database, Lane } from '../db/schema.js';
+import { laneFilter, type LanePredicate } from '../lanes/lanePredicate.js';
+import type { OutboxMessage } from '../sinks/sink.js';
+
+/**
+ * Every row lock the relay takes on the outbox lives in this file.
+ *
+ * The lock model: a batch is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, sent to the
+ * sink while the transaction stays open, and completed (sent / retry later / dead) in that same
+ * transaction. The row locks are the lease: if the process dies or its connection drops, PostgreSQL
+ * rolls the transaction back, the locks vanish and the rows are claimable again at once, still
+ * `pending`. Nothing else (no lease, no shard ownership) is needed for correctness.
+ */
+
+export interface ClaimRequest {
+  readonly shard: number;
+  readonly shardCount: number;
+  readonly lane: Lane;
+  readonly lanePredicate: LanePredicate;
+  readonly batchSize: number;
+}
+
+export interface ClaimedMessage extends OutboxMessage {
+  readonly maxAttempts: number | null;
+}
+
+/**
+ * Claims up to `batchSize` pending rows of one shard and one lane, oldest first.
+ *
+ * - `FOR UPDATE` locks exactly the rows returned (LIMIT applies before the lock), never more than
+ *   the loop sends now.
+ * - `SKIP LOCKED` makes concurrent claimers (another lane never overlaps, but a second replica that
+ *   briefly believes it owns the same shard, e.g. during a lease hand-off, can) pass over rows
+ *   someone else holds instead of waiting for them. That is safe because a locked row is either
+ *   being sent by its holder or will be pending again when the holder's transaction ends, and the
+ *   next claim picks it up.
+ * - The `status = 'pending'` filter is re-checked by PostgreSQL on the newest row version when the
+ *   lock is taken (READ COMMITTED re-evaluation), so a row another claimer marked `sent` and
+ *   committed between our snapshot and our lock is not returned: no double send.
+ * - `id % N` uses N as a literal so the planner can use the expression index `((id % N), id)`
+ *   (see db/shardIndex.ts); a bound parameter would never match it.
+ */
+export async function claimBatch(
+  trx: Transaction<Database>,
+  request: ClaimRequest,
+): Promise<ClaimedMessage[]> {
+  const rows = await trx
+    .selectFrom('shardrelay.outbox')
+    .select([
+      'id',
+      'event_id',
+      'topic',
+      'key',
+      'payload',
+      'headers',
+      'correlation_id',
+      'traceparent',
+      'lane',
+      'created_at',
+      'attempts',
+      'max_attempts',
+    ])
+    .where('status', '=', 'pending')
+    .where('available_at', '<=', sql<Date>`now()`)
+    .where(sql`id % ${sql.lit(request.shardCount)}`, '=', sql.lit(request.shard))
+    .where(laneFilter(request.lanePredicate, request.lane))
+    .orderBy('id')
+    .limit(request.batchSize)
+    .forUpdate()
+    .skipLocked()
+    .execute();
+  return rows.map((r) => ({
+    id: r.id,
+    eventId: r.event_id,
+    topic: r.topic,
+    key: r.key,
+    payload: r.payload,
+    headers: r.headers,
+    correlationId: r.correlation_id,
+    traceparent: r.traceparent,
+    lane: r.lane,
+    createdAt: r.created_at,
+    attempts: r.attempts,
+    maxAttempts: r.max_attempts,
+  }));
+}
+
+/** What the completer decided for one claimed row. */
+export type Completion =
+  | { readonly id: string; readonly status: 'sent' }
+  | { readonly id: string; readonly status: 'pending'; readonly retryInMs: number; readonly error: string }
+  | { readonly id: string; readonly status: 'dead'; readonly error: string };
+
+export interface CompleteRequest {
+  readonly shard: number;
+  readonly lane: Lane;
+  readonly completions: readonly Completion[];
+  readonly batchMs: number;
+}
+
+/**
+ * Records the outcome of a claimed batch, in the claim's transaction (the rows are still locked by
+ * it), with one statement: rows confirmed by the broker become `sent` (sent_at = the moment of this
+ * statement, after the confirm); retried rows get a later `available_at`; given-up rows become
+ * `dead` with their error. The same statement adds the batch to the shard's progress row, so
+ * progress and row states can never disagree. `attempts` counts every delivery attempt.
+ */
+export async function completeBatch(trx: Transaction<Database>, request: CompleteRequest): Promise<void> {
+  if (request.completions.length === 0) return;
+  const ids: string[] = [];
+  const statuses: string[] = [];
+  const delays: number[] = [];
+  const errors: (string | null)[] = [];
+  let sent = 0;
+  let failed = 0;
+  let dead = 0;
+  let lastSentId: bigint | null = null;
+  for (const c of request.completions) {
+    ids.push(c.id);
+    statuses.push(c.status);
+    delays.push(c.status === 'pending' ? c.retryInMs : 0);
+    errors.push(c.status === 'sent' ? null : c.error.slice(0, 2000));
+    if (c.status === 'sent') {
+      sent++;
+      const id = BigInt(c.id);
+      if (lastSentId === null || id > lastSentId) lastSentId = id;
+    } else if (c.status === 'pending') failed++;
+    else dead++;
+  }
+  // The progress row is upserted after the UPDATE in one statement. Its row lock is held until
+  // commit, which serialises only the loops of the same shard and lane, i.e. nobody in normal runs.
+  await sql`
+    WITH outcome AS (
+      SELECT * FROM unnest(${ids}::bigint[], ${statuses}::text[], ${delays}::float8[], ${errors}::text[])
+        AS v(id, status, delay_ms, error)
+    ), updated AS (
+      UPDATE shardrelay.outbox o SET
+        status       = outcome.status,
+        attempts     = o.attempts + 1,
+        sent_at      = CASE WHEN outcome.status = 'sent' THEN clock_timestamp() END,
+        available_at = CASE WHEN outcome.status = 'pending'
+                            THEN clock_timestamp() + outcome.delay_ms * interval '1 millisecond'
+                            ELSE o.available_at END,
+        last_error   = outcome.error
+      FROM outcome
+      WHERE o.id = outcome.id
+      RETURNING o.id
+    )
+    INSERT INTO shardrelay.shard_progress AS p
+      (shard, lane, last_sent_id, sent_total, failed_total, dead_total, last_batch_at, last_batch_ms)
+    SELECT ${request.shard}, ${request.lane}, ${lastSentId?.toString() ?? null}::bigint,
+           ${sent}, ${failed}, ${dead}, clock_timestamp(), ${Math.round(request.batchMs)}
+    FROM (SELECT count(*) FROM updated) AS touched
+    ON CONFLICT (shard, lane) DO UPDATE SET
+      last_sent_id  = GREATEST(p.last_sent_id, EXCLUDED.last_sent_id),
+      sent_total    = p.sent_total + EXCLUDED.sent_total,
+      failed_total  = p.failed_total + EXCLUDED.failed_total,
+      dead_total    = p.dead_total + EXCLUDED.dead_total,
+      last_batch_at = EXCLUDED.last_batch_at,
+      last_batch_ms = EXCLUDED.last_batch_ms
+  `.execute(trx);
+}

@@ -1,0 +1,37 @@
+import type { SendOutcome } from '../sinks/sink.js';
+import { backoffDelayMs, type BackoffPolicy } from './backoff.js';
+import type { ClaimedMessage, Completion } from './claims.js';
+
+export interface RetryPolicy extends BackoffPolicy {
+  /** Attempts after which a row is given up (dead), unless the row sets its own `max_attempts`. */
+  readonly maxAttempts: number;
+}
+
+/**
+ * Turns sink outcomes into row transitions. Only `confirmed` becomes `sent`. `unknown` is retried
+ * like a retryable failure: the broker may hold the message, so the re-send carries the same event
+ * id for consumers to de-duplicate. Permanent failures and exhausted retries become `dead`.
+ */
+export function decideCompletions(
+  messages: readonly ClaimedMessage[],
+  outcomes: readonly SendOutcome[],
+  policy: RetryPolicy,
+  random: () => number = Math.random,
+): Completion[] {
+  if (outcomes.length !== messages.length) {
+    throw new Error(`sink returned ${outcomes.length} outcomes for ${messages.length} messages`);
+  }
+  return messages.map((m, i) => {
+    const outcome = outcomes[i] as SendOutcome;
+    if (outcome.status === 'confirmed') return { id: m.id, status: 'sent' };
+    const attempt = m.attempts + 1;
+    const limit = m.maxAttempts ?? policy.maxAttempts;
+    const error = outcome.status === 'unknown' ? `unknown: ${outcome.error}` : outcome.error;
+    if (outcome.status === 'failed' && !outcome.retryable) {
+      return { id: m.id, status: 'dead', error: `permanent: ${error}` };
+    }
+    if (attempt >= limit)
+      return { id: m.id, status: 'dead', error: `gave up after ${attempt} attempts: ${error}` };
+    return { id: m.id, status: 'pending', retryInMs: backoffDelayMs(policy, attempt, random), error };
+  });
+}

@@ -1,0 +1,154 @@
+import type { Kysely } from 'kysely';
+import cron, { type ScheduledTask } from 'node-cron';
+import type { Database, Lane } from '../db/schema.js';
+import type { Logger } from '../logger.js';
+import { ShardLoop } from './shardLoop.js';
+import { readShardConfig, type ShardConfig } from './shardConfig.js';
+import type { ShardOwnership } from './shardOwnership.js';
+
+export interface LaneRunner {
+  readonly lane: Lane;
+  /** Runs one batch of this lane for a shard; `full` = it claimed a whole batch (more may wait). */
+  readonly runBatch: (shard: number, shardCount: number) => Promise<{ readonly full: boolean }>;
+}
+
+export interface SchedulerOptions {
+  /** Reads shard_config; a connection of its own so a busy lane never delays the tick. */
+  readonly db: Kysely<Database>;
+  readonly lanes: readonly LaneRunner[];
+  readonly ownership: ShardOwnership;
+  readonly tickSeconds: number;
+  readonly logger: Logger;
+  /** Called after every tick (e.g. to check for a drained outbox or refresh gauges). */
+  readonly afterTick?: (config: ShardConfig, owned: readonly number[]) => Promise<void> | void;
+}
+
+/**
+ * Runs one ShardLoop per (owned shard × lane). A node-cron tick (every `tickSeconds`, with a little
+ * random delay so replicas do not tick in lockstep) re-reads the shard config and ownership,
+ * reconciles the loops and triggers them all: this polling is what guarantees progress. LISTEN
+ * wake-ups (`wake`) only make it faster.
+ *
+ * When the shard count's generation changes, every loop finishes its in-flight batch before loops
+ * of the new generation start, so a batch claimed under `id % 8` is completed before `id % 16`
+ * claims begin on this replica.
+ */
+export class Scheduler {
+  readonly #options: SchedulerOptions;
+  readonly #loops = new Map<string, { shard: number; lane: Lane; loop: ShardLoop }>();
+  #config: ShardConfig | undefined;
+  #task: ScheduledTask | undefined;
+  #ticking: Promise<void> | undefined;
+  #stopped = false;
+  #owned: readonly number[] = [];
+
+  constructor(options: SchedulerOptions) {
+    this.#options = options;
+  }
+
+  get config(): ShardConfig | undefined {
+    return this.#config;
+  }
+
+  get ownedShards(): readonly number[] {
+    return this.#owned;
+  }
+
+  async start(): Promise<void> {
+    await this.tick();
+    this.#task = cron.schedule(`*/${this.#options.tickSeconds} * * * * *`, () => this.tick(), {
+      name: 'shardrelay-tick',
+      noOverlap: true,
+      maxRandomDelay: Math.min(200, this.#options.tickSeconds * 100),
+    });
+  }
+
+  /** Re-reads config and ownership, reconciles loops, triggers them. Never runs twice at once. */
+  tick(): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    this.#ticking ??= this.#tick()
+      .catch((error: unknown) => {
+        this.#options.logger.error({ err: error }, 'scheduler tick failed; retrying next tick');
+      })
+      .finally(() => {
+        this.#ticking = undefined;
+      });
+    return this.#ticking;
+  }
+
+  async #tick(): Promise<void> {
+    const config = await readShardConfig(this.#options.db);
+    if (this.#config && this.#config.generation !== config.generation) {
+      this.#options.logger.info(
+        { from: this.#config.shardCount, to: config.shardCount, generation: config.generation },
+        'shard count changed; finishing in-flight batches before switching',
+      );
+      await this.#stopLoops([...this.#loops.keys()]);
+    }
+    this.#config = config;
+    if (this.#stopped) return;
+    const owned = await this.#options.ownership.refresh(config);
+    this.#owned = owned;
+    const wanted = new Set<string>();
+    for (const shard of owned) {
+      for (const lane of this.#options.lanes) {
+        const key = `${shard}:${lane.lane}`;
+        wanted.add(key);
+        if (!this.#loops.has(key))
+          this.#loops.set(key, { shard, lane: lane.lane, loop: this.#newLoop(shard, lane) });
+      }
+    }
+    await this.#stopLoops([...this.#loops.keys()].filter((key) => !wanted.has(key)));
+    for (const { loop } of this.#loops.values()) loop.trigger();
+    await this.#options.afterTick?.(config, owned);
+  }
+
+  #newLoop(shard: number, lane: LaneRunner): ShardLoop {
+    const shardCount = this.#config?.shardCount ?? 1;
+    return new ShardLoop({
+      runBatch: () => lane.runBatch(shard, shardCount),
+      errorBackoffMs: (failures) => Math.min(30_000, 250 * 2 ** Math.min(failures, 10)),
+      onError: (error, failures) =>
+        this.#options.logger.error(
+          { err: error, shard, lane: lane.lane, consecutiveFailures: failures },
+          'batch failed; its rows were rolled back to pending',
+        ),
+    });
+  }
+
+  async #stopLoops(keys: readonly string[]): Promise<void> {
+    const stopping = keys.map((key) => {
+      const entry = this.#loops.get(key);
+      this.#loops.delete(key);
+      return entry?.loop.stop();
+    });
+    await Promise.all(stopping);
+  }
+
+  /** Wakes the loops of the given shards (new rows arrived), for every lane or only one. */
+  wake(shards: readonly number[], lane?: Lane): void {
+    for (const shard of shards) {
+      for (const l of this.#options.lanes) {
+        if (lane && l.lane !== lane) continue;
+        this.#loops.get(`${shard}:${l.lane}`)?.loop.trigger();
+      }
+    }
+  }
+
+  /** Stops ticking and waits for every in-flight batch, or until `timeoutMs` passes. */
+  async stop(timeoutMs: number): Promise<boolean> {
+    this.#stopped = true;
+    await this.#task?.destroy();
+    const done = (async () => {
+      await this.#ticking;
+      await this.#stopLoops([...this.#loops.keys()]);
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
+    const finished = await Promise.race([done.then(() => true as const), timedOut]);
+    clearTimeout(timer);
+    return finished;
+  }
+}

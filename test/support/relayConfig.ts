@@ -1,0 +1,17 @@
+import { loadConfig, type ConfigOverrides, type RelayConfig } from '../../src/config.js';
+
+/** A relay configuration for tests: defaults plus fast retries, overridable per test. */
+export function testConfig(databaseUrl: string, overrides: ConfigOverrides = {}): RelayConfig {
+  return loadConfig(
+    {
+      databaseUrl,
+      sink: 'null',
+      retryBaseMs: 20,
+      retryCapMs: 200,
+      shutdownTimeoutMs: 5_000,
+      logLevel: 'silent',
+      ...overrides,
+    },
+    {},
+  );
+}
