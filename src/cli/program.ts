@@ -1,0 +1,367 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { Kysely } from 'kysely';
+import { SETTINGS, loadConfig, type ConfigOverrides, type RelayConfig } from '../config.js';
+import { createDatabase, createPool } from '../db/connection.js';
+import { migrateToLatest } from '../db/migrate.js';
+import type { Database } from '../db/schema.js';
+import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
+import { runDemo } from '../demo.js';
+import { enqueue } from '../enqueue.js';
+import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { createLogger } from '../logger.js';
+import { startRelay } from '../relay/relay.js';
+import { readStatus } from '../status.js';
+import { syntheticEvents } from '../synthetic.js';
+import { formatStatus } from './formatStatus.js';
+
+/** Exit codes: 0 done, 1 failure while running, 2 bad configuration or input (nothing was done). */
+const EXIT_BAD_CONFIG = 2;
+
+function wholeNumber(name: string, min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be a whole number from ${min} to ${max}`);
+    }
+    return n;
+  };
+}
+
+/** Adds the flags of the given settings to a command (names and help from the SETTINGS table). */
+function withSettings(command: Command, keys: readonly (keyof RelayConfig)[]): Command {
+  for (const key of keys) {
+    const s = SETTINGS[key];
+    command.addOption(new Option(`${s.flag} <value>`, `(env ${s.env})`).argParser((v) => v));
+  }
+  return command;
+}
+
+function overridesFrom(command: Command, keys: readonly (keyof RelayConfig)[]): ConfigOverrides {
+  const opts = command.optsWithGlobals<Record<string, unknown>>();
+  const result: Record<string, unknown> = {};
+  for (const key of keys) {
+    const attribute = new Option(`${SETTINGS[key].flag} <value>`).attributeName();
+    if (opts[attribute] !== undefined) result[key] = opts[attribute];
+  }
+  return result;
+}
+
+async function withDatabase<T>(config: RelayConfig, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+  const pool = createPool({
+    connectionString: config.databaseUrl,
+    max: 4,
+    applicationName: 'shardrelay-cli',
+  });
+  const db = createDatabase(pool);
+  try {
+    return await work(db);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (
+      code === 'ECONNREFUSED' ||
+      code === 'ENOTFOUND' ||
+      code === '3D000' ||
+      code === '28P01' ||
+      code === '28000'
+    ) {
+      throw new ShardRelayError(
+        'DATABASE_UNREACHABLE',
+        `cannot reach PostgreSQL at ${redactUrl(config.databaseUrl)}: ${toError(error).message}`,
+        {
+          cause: error,
+          fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',
+        },
+      );
+    }
+    throw error;
+  } finally {
+    await db.destroy();
+  }
+}
+
+const RUN_SETTINGS = Object.keys(SETTINGS) as (keyof RelayConfig)[];
+
+export function buildProgram(): Command {
+  const program = new Command('shardrelay')
+    .description('PostgreSQL outbox relay: sharded claims, confirmed delivery, real-time and batch lanes')
+    .showHelpAfterError()
+    .exitOverride();
+  withSettings(program, ['databaseUrl', 'logLevel']);
+
+  program
+    .command('migrate')
+    .description('create or upgrade the shardrelay schema (safe when replicas run it at once)')
+    .option(
+      '--migrations-dir <dir>',
+      'also apply your own .sql migrations from this folder (env SHARDRELAY_MIGRATIONS_DIR)',
+    )
+    .action(async (opts: { migrationsDir?: string }, command: Command) => {
+      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+      const migrationsDir = opts.migrationsDir ?? process.env.SHARDRELAY_MIGRATIONS_DIR;
+      const { applied } = await withDatabase(config, (db) =>
+        migrateToLatest(db, migrationsDir ? { migrationsDir } : {}),
+      );
+      console.log(applied.length ? `applied: ${applied.join(', ')}` : 'schema is up to date');
+    });
+
+  withSettings(
+    program
+      .command('run')
+      .description('run a relay replica until SIGTERM/SIGINT')
+      .option('--until-drained', 'exit 0 once no row is pending'),
+    RUN_SETTINGS.filter((k) => k !== 'databaseUrl' && k !== 'logLevel'),
+  ).action(async (opts: { untilDrained?: boolean }, command: Command) => {
+    const config = loadConfig(overridesFrom(command, RUN_SETTINGS));
+    const logger = createLogger(config.logLevel, { replica: config.replicaId });
+    const relay = await startRelay({ config, logger });
+    let exiting = false;
+    const shutdown = async (reason: string) => {
+      if (exiting) return;
+      exiting = true;
+      logger.info({ reason }, 'stopping: finishing in-flight batches');
+      // A hard bound: whatever happens, the process is gone shortly after the shutdown timeout.
+      setTimeout(() => process.exit(1), config.shutdownTimeoutMs + 2_000).unref();
+      const { clean } = await relay.stop();
+      process.exit(clean ? 0 : 1);
+    };
+    process.on('SIGTERM', () => void shutdown('SIGTERM'));
+    process.on('SIGINT', () => void shutdown('SIGINT'));
+    if (opts.untilDrained) {
+      await relay.whenDrained();
+      await shutdown('drained');
+    }
+    await new Promise(() => {}); // runs until a signal
+  });
+
+  withSettings(
+    program
+      .command('enqueue')
+      .description('enqueue synthetic events (for demos and tests)')
+      .requiredOption('--count <n>', 'how many events', wholeNumber('--count', 1, 10_000_000))
+      .option('--topic <topic>', 'topic of the events', 'demo.event')
+      .option(
+        '--payload-bytes <bytes>',
+        'approximate payload size',
+        wholeNumber('--payload-bytes', 0, 64 * 1024 * 1024),
+        200,
+      )
+      .addOption(new Option('--lane <lane>', 'lane column of the events').choices(['realtime', 'batch'])),
+    ['maxPayloadBytes'],
+  ).action(
+    async (
+      opts: { count: number; topic: string; payloadBytes: number; lane?: 'realtime' | 'batch' },
+      command: Command,
+    ) => {
+      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'maxPayloadBytes']));
+      await withDatabase(config, async (db) => {
+        const chunk = 10_000;
+        for (let done = 0; done < opts.count; done += chunk) {
+          const events = syntheticEvents(Math.min(chunk, opts.count - done), {
+            topic: opts.topic,
+            payloadBytes: opts.payloadBytes,
+            startAt: done,
+            ...(opts.lane ? { lane: opts.lane } : {}),
+          });
+          await enqueue(db, events, { maxPayloadBytes: config.maxPayloadBytes });
+        }
+      });
+      console.log(`enqueued ${opts.count} events on topic ${opts.topic}`);
+    },
+  );
+
+  withSettings(
+    program
+      .command('status')
+      .description('per-shard and per-lane lag, totals')
+      .option('--json', 'print one JSON object')
+      .option('--watch [seconds]', 'refresh in place every few seconds'),
+    ['lanePredicate'],
+  ).action(async (opts: { json?: boolean; watch?: string | boolean }, command: Command) => {
+    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'lanePredicate']));
+    await withDatabase(config, async (db) => {
+      const show = async () => {
+        const status = await readStatus(db, config.lanePredicate);
+        return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
+      };
+      if (!opts.watch) return console.log(await show());
+      const seconds = typeof opts.watch === 'string' ? Number(opts.watch) || 2 : 2;
+      for (;;) {
+        const text = await show();
+        process.stdout.write(`\x1b[2J\x1b[H${new Date().toISOString()}\n${text}\n`);
+        await new Promise((r) => setTimeout(r, seconds * 1000));
+      }
+    });
+  });
+
+  const dead = program.command('dead').description('dead letters: rows given up, with their reason');
+  dead
+    .command('list')
+    .option('--limit <n>', 'at most this many', wholeNumber('--limit', 1, 100_000), 100)
+    .option('--topic <topic>', 'only this topic')
+    .option('--json', 'print JSON')
+    .action(async (opts: { limit: number; topic?: string; json?: boolean }, command: Command) => {
+      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+      const rows = await withDatabase(config, (db) =>
+        listDeadLetters(db, { limit: opts.limit, ...(opts.topic ? { topic: opts.topic } : {}) }),
+      );
+      if (opts.json) return console.log(JSON.stringify(rows, null, 2));
+      if (rows.length === 0) return console.log('no dead letters');
+      for (const r of rows)
+        console.log(`${r.id}\t${r.eventId}\t${r.topic}\tattempts=${r.attempts}\t${r.lastError ?? ''}`);
+    });
+  dead
+    .command('replay')
+    .description('make dead rows pending again (fresh attempts, same event id)')
+    .option('--id <id...>', 'outbox ids to replay')
+    .option('--topic <topic>', 'every dead row of this topic')
+    .option('--all', 'every dead row')
+    .action(async (opts: { id?: string[]; topic?: string; all?: boolean }, command: Command) => {
+      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+      if (!opts.id && !opts.topic && !opts.all) {
+        throw new ConfigError(
+          'dead replay',
+          'nothing selected',
+          'pass --id <id...>, --topic <topic> or --all',
+        );
+      }
+      if (opts.id?.some((id) => !/^\d+$/.test(id))) {
+        throw new ConfigError(
+          '--id',
+          `${opts.id.join(' ')} (ids are whole numbers)`,
+          'pass outbox ids as printed by `dead list`',
+        );
+      }
+      const n = await withDatabase(config, (db) =>
+        replayDeadLetters(db, {
+          ...(opts.id ? { ids: opts.id } : {}),
+          ...(opts.topic ? { topic: opts.topic } : {}),
+          ...(opts.all ? { all: true } : {}),
+        }),
+      );
+      console.log(`replayed ${n} dead letters`);
+    });
+
+  const shards = program.command('shards').description('the shard count');
+  shards
+    .command('new-migration')
+    .description(
+      'write a migration that changes the shard count; apply it with `shardrelay migrate --migrations-dir`',
+    )
+    .argument('<count>', 'the new shard count (1 to 1024)')
+    .option(
+      '--dir <dir>',
+      'folder of your migrations',
+      process.env.SHARDRELAY_MIGRATIONS_DIR ?? 'shardrelay-migrations',
+    )
+    .action(async (count: string, opts: { dir: string }) => {
+      const n = Number(count);
+      if (!Number.isInteger(n) || n < 1 || n > 1024) {
+        throw new ConfigError(
+          'shard count',
+          `${count} is not a whole number from 1 to 1024`,
+          'give a shard count from 1 to 1024, e.g. `shards new-migration 16`',
+        );
+      }
+      const stamp = new Date().toISOString().replace(/\D/g, '').slice(0, 14);
+      const file = path.join(opts.dir, `${stamp}_shard_count_${n}.sql`);
+      await mkdir(opts.dir, { recursive: true });
+      await writeFile(
+        file,
+        `-- Changes the shard count to ${n}. Running replicas switch within a tick; no row is lost or\n` +
+          `-- sent twice. Waits at most the lock timeout for live replicas, then fails retryably.\n` +
+          `SELECT shardrelay.set_shard_count(${n});\n`,
+        { flag: 'wx' },
+      );
+      console.log(file);
+    });
+
+  program
+    .command('demo')
+    .description('embedded PostgreSQL (unless DATABASE_URL), synthetic load, relay, summary')
+    .option('--count <n>', 'events to enqueue', wholeNumber('--count', 1, 10_000_000), 20_000)
+    .option(
+      '--payload-bytes <bytes>',
+      'approximate payload size',
+      wholeNumber('--payload-bytes', 0, 1024 * 1024),
+      200,
+    )
+    .option(
+      '--realtime-share <fraction>',
+      'share of real-time events',
+      (v) => {
+        const f = Number(v);
+        if (!(f >= 0 && f <= 1)) throw new InvalidArgumentError('--realtime-share must be between 0 and 1');
+        return f;
+      },
+      0.1,
+    )
+    .addOption(
+      new Option('--sink <sink>', 'sink to deliver to').choices(['pgboss', 'null']).default('pgboss'),
+    )
+    .option('--no-progress', 'no progress bar')
+    .action(
+      async (
+        opts: {
+          count: number;
+          payloadBytes: number;
+          realtimeShare: number;
+          sink: 'pgboss' | 'null';
+          progress: boolean;
+        },
+        command: Command,
+      ) => {
+        const summary = await runDemo({
+          count: opts.count,
+          payloadBytes: opts.payloadBytes,
+          realtimeShare: opts.realtimeShare,
+          overrides: { ...overridesFrom(command, ['databaseUrl', 'logLevel']), sink: opts.sink },
+          progress: opts.progress && process.stderr.isTTY === true,
+          out: (line) => console.log(line),
+        });
+        console.log(
+          [
+            '',
+            'Summary',
+            `  database    ${summary.database}`,
+            `  enqueued    ${summary.enqueued}`,
+            `  sent        ${summary.sent}`,
+            `  dead        ${summary.dead}`,
+            `  time        ${summary.seconds} s`,
+            `  throughput  ${summary.rowsPerSecond} rows/s`,
+            `  latency     p50 ${summary.latencyMs.p50} ms, p99 ${summary.latencyMs.p99} ms (created_at to confirm)`,
+          ].join('\n'),
+        );
+        if (summary.sent !== summary.enqueued) process.exitCode = 1;
+      },
+    );
+  return program;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (thrown) {
+    const error = toError(thrown);
+    const code = (error as { code?: string }).code;
+    if (code?.startsWith('commander.')) {
+      // commander already printed the problem and the help; help and version are not errors.
+      return code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help'
+        ? 0
+        : EXIT_BAD_CONFIG;
+    }
+    if (error instanceof ShardRelayError) {
+      console.error(`shardrelay: ${error.describe()}`);
+      return error.code === 'CONFIG_INVALID' ||
+        error.code === 'DATABASE_UNREACHABLE' ||
+        error.code === 'EVENT_INVALID'
+        ? EXIT_BAD_CONFIG
+        : 1;
+    }
+    console.error(`shardrelay: ${error.stack ?? error.message}`);
+    return 1;
+  }
+}

@@ -1,0 +1,141 @@
+import { sql, type Kysely } from 'kysely';
+import type { Database, Lane } from './db/schema.js';
+import { laneFilter, type LanePredicate } from './lanes/lanePredicate.js';
+import { readShardConfig } from './relay/shardConfig.js';
+
+export interface ShardStatus {
+  readonly shard: number;
+  readonly pending: number;
+  readonly oldestPendingSeconds: number | null;
+  /** Rows confirmed and recorded as sent, from shard_progress (outlives pruning). */
+  readonly sent: number;
+  /** Rows in dead letters now (a replay takes them out). */
+  readonly dead: number;
+  readonly lastBatchAt: string | null;
+}
+
+export interface LaneStatus {
+  readonly lane: Lane;
+  readonly pending: number;
+  readonly oldestPendingSeconds: number | null;
+  /** created_at → sent_at over rows sent in the last 5 minutes; null when none. */
+  readonly p50Ms: number | null;
+  readonly p95Ms: number | null;
+  readonly p99Ms: number | null;
+}
+
+export interface RelayStatus {
+  readonly shardCount: number;
+  readonly generation: string;
+  readonly shards: readonly ShardStatus[];
+  readonly lanes: readonly LaneStatus[];
+  readonly totals: { readonly pending: number; readonly sent: number; readonly dead: number };
+}
+
+const num = (v: unknown): number => Number(v ?? 0);
+const optionalNum = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
+/**
+ * The picture `shardrelay status` prints. Pending and dead counts scan only the partial indexes of
+ * pending and dead rows; sent totals come from shard_progress, so they survive pruning.
+ */
+export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredicate): Promise<RelayStatus> {
+  const config = await readShardConfig(db);
+  const n = sql.lit(config.shardCount);
+  const [pending, dead, progress] = await Promise.all([
+    db
+      .selectFrom('shardrelay.outbox')
+      .select([
+        sql<number>`id % ${n}`.as('shard'),
+        sql<string>`count(*)`.as('pending'),
+        sql<number | null>`extract(epoch FROM now() - min(created_at))`.as('oldest'),
+      ])
+      .where('status', '=', 'pending')
+      .groupBy(sql`id % ${n}`)
+      .execute(),
+    db
+      .selectFrom('shardrelay.outbox')
+      .select([sql<number>`id % ${n}`.as('shard'), sql<string>`count(*)`.as('dead')])
+      .where('status', '=', 'dead')
+      .groupBy(sql`id % ${n}`)
+      .execute(),
+    db
+      .selectFrom('shardrelay.shard_progress')
+      .select([
+        'shard',
+        sql<string>`sum(sent_total)`.as('sent'),
+        sql<Date | null>`max(last_batch_at)`.as('last'),
+      ])
+      .groupBy('shard')
+      .execute(),
+  ]);
+  const shards: ShardStatus[] = Array.from({ length: config.shardCount }, (_, shard) => {
+    const p = pending.find((r) => num(r.shard) === shard);
+    const d = dead.find((r) => num(r.shard) === shard);
+    const g = progress.find((r) => r.shard === shard);
+    return {
+      shard,
+      pending: num(p?.pending),
+      oldestPendingSeconds: p ? optionalNum(p.oldest) : null,
+      sent: num(g?.sent),
+      dead: num(d?.dead),
+      lastBatchAt: g?.last ? new Date(g.last).toISOString() : null,
+    };
+  });
+  const lanes = await Promise.all(
+    (['realtime', 'batch'] as const).map((lane) => readLaneStatus(db, lanePredicate, lane)),
+  );
+  const sentBeyondShards = progress
+    .filter((g) => g.shard >= config.shardCount)
+    .reduce((a, g) => a + num(g.sent), 0);
+  return {
+    shardCount: config.shardCount,
+    generation: config.generation,
+    shards,
+    lanes,
+    totals: {
+      pending: shards.reduce((a, s) => a + s.pending, 0),
+      // Progress of shards that existed under a larger shard count still counts as sent.
+      sent: shards.reduce((a, s) => a + s.sent, 0) + sentBeyondShards,
+      dead: shards.reduce((a, s) => a + s.dead, 0),
+    },
+  };
+}
+
+async function readLaneStatus(
+  db: Kysely<Database>,
+  predicate: LanePredicate,
+  lane: Lane,
+): Promise<LaneStatus> {
+  const filter = laneFilter(predicate, lane);
+  const [pending, latency] = await Promise.all([
+    db
+      .selectFrom('shardrelay.outbox')
+      .select([
+        sql<string>`count(*)`.as('pending'),
+        sql<number | null>`extract(epoch FROM now() - min(created_at))`.as('oldest'),
+      ])
+      .where('status', '=', 'pending')
+      .where(filter)
+      .executeTakeFirstOrThrow(),
+    db
+      .selectFrom('shardrelay.outbox')
+      .select(
+        sql<number[] | null>`percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+          ORDER BY extract(epoch FROM sent_at - created_at) * 1000)`.as('p'),
+      )
+      .where('status', '=', 'sent')
+      .where('sent_at', '>=', sql<Date>`now() - interval '5 minutes'`)
+      .where(filter)
+      .executeTakeFirstOrThrow(),
+  ]);
+  const p = latency.p;
+  return {
+    lane,
+    pending: num(pending.pending),
+    oldestPendingSeconds: optionalNum(pending.oldest),
+    p50Ms: p ? Number(p[0]) : null,
+    p95Ms: p ? Number(p[1]) : null,
+    p99Ms: p ? Number(p[2]) : null,
+  };
+}
