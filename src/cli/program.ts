@@ -3,13 +3,13 @@ import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Kysely } from 'kysely';
 import { SETTINGS, loadConfig, type ConfigOverrides, type RelayConfig } from '../config.js';
-import { createDatabase, createPool } from '../db/connection.js';
+import { assertReachable, createDatabase, createPool } from '../db/connection.js';
 import { migrateToLatest } from '../db/migrate.js';
 import type { Database } from '../db/schema.js';
 import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
 import { runDemo } from '../demo.js';
 import { enqueue } from '../enqueue.js';
-import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { createLogger } from '../logger.js';
 import { startRelay } from '../relay/relay.js';
 import { readStatus } from '../status.js';
@@ -56,26 +56,8 @@ async function withDatabase<T>(config: RelayConfig, work: (db: Kysely<Database>)
   });
   const db = createDatabase(pool);
   try {
+    await assertReachable(db, config.databaseUrl);
     return await work(db);
-  } catch (error) {
-    const code = (error as { code?: string }).code;
-    if (
-      code === 'ECONNREFUSED' ||
-      code === 'ENOTFOUND' ||
-      code === '3D000' ||
-      code === '28P01' ||
-      code === '28000'
-    ) {
-      throw new ShardRelayError(
-        'DATABASE_UNREACHABLE',
-        `cannot reach PostgreSQL at ${redactUrl(config.databaseUrl)}: ${toError(error).message}`,
-        {
-          cause: error,
-          fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',
-        },
-      );
-    }
-    throw error;
   } finally {
     await db.destroy();
   }

@@ -1,5 +1,6 @@
-import { Kysely, PostgresDialect } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
+import { ShardRelayError, redactUrl, toError } from '../errors.js';
 import type { Database } from './schema.js';
 
 // bigint (int8) stays a string: ids may exceed 2^53. count(*) is int8 too; callers Number() it.
@@ -42,4 +43,20 @@ export function createPool(options: PoolOptions): pg.Pool {
 
 export function createDatabase(pool: pg.Pool): Kysely<Database> {
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/** Fails fast, with the fix, when PostgreSQL cannot be reached (wrong URL, server down, bad login). */
+export async function assertReachable<DB>(db: Kysely<DB>, url: string): Promise<void> {
+  try {
+    await sql`SELECT 1`.execute(db);
+  } catch (error) {
+    throw new ShardRelayError(
+      'DATABASE_UNREACHABLE',
+      `cannot reach PostgreSQL at ${redactUrl(url)}: ${toError(error).message}`,
+      {
+        cause: error,
+        fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',
+      },
+    );
+  }
 }

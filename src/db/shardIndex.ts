@@ -1,3 +1,6 @@
+import { sql, type Kysely } from 'kysely';
+import type { Database } from './schema.js';
+
 /**
  * The claim filters `id % N = shard` with N as a literal, so PostgreSQL can use an expression index
  * on `((id % N), id)` restricted to pending rows. Measured on a 2-core machine (PostgreSQL 15, batch
@@ -17,4 +20,26 @@ export function pendingShardIndexSql(shardCount: number): string[] {
     `CREATE INDEX IF NOT EXISTS outbox_pending_realtime_mod${shardCount}
        ON shardrelay.outbox ((id % ${shardCount}), id) WHERE status = 'pending' AND lane = 'realtime'`,
   ];
+}
+
+/**
+ * Builds the indexes for `shardCount` without blocking writers (CREATE INDEX CONCURRENTLY, which
+ * cannot run in a transaction, hence here and not in a migration). Several replicas may call it at
+ * once: IF NOT EXISTS makes the later ones no-ops, and an index left INVALID by a failed build is
+ * dropped and built again. Until it exists, claims for the new count still work, only slower.
+ */
+export async function ensurePendingShardIndexes(db: Kysely<Database>, shardCount: number): Promise<void> {
+  for (const statement of pendingShardIndexSql(shardCount)) {
+    const name = /INDEX IF NOT EXISTS (\w+)/.exec(statement)?.[1] as string;
+    const { rows } = await sql<{ valid: boolean }>`
+      SELECT i.indisvalid AS valid
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = 'shardrelay' AND c.relname = ${name}`.execute(db);
+    if (rows[0]?.valid === true) continue;
+    if (rows[0]?.valid === false)
+      await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${name}`).execute(db);
+    await sql
+      .raw(statement.replace('CREATE INDEX IF NOT EXISTS', 'CREATE INDEX CONCURRENTLY IF NOT EXISTS'))
+      .execute(db);
+  }
 }

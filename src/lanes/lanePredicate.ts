@@ -38,7 +38,7 @@ const scalar = z.union([z.string().max(1000), z.number().finite()]);
 
 const condition = z
   .object({
-    column: z.enum(LANE_COLUMNS, { error: `column must be one of: ${LANE_COLUMNS.join(', ')}` }),
+    column: z.enum(LANE_COLUMNS, { error: `column must be one of the outbox's: ${LANE_COLUMNS.join(', ')}` }),
     op: z.enum(LANE_OPERATORS, { error: `op must be one of: ${LANE_OPERATORS.join(', ')}` }),
     value: z.union([scalar, z.array(scalar).min(1).max(1000)]).optional(),
   })
@@ -56,14 +56,41 @@ const condition = z
       ctx.addIssue({ code: 'custom', message: `"${c.op}" takes a single value` });
   });
 
-export const lanePredicateSchema: z.ZodType<LanePredicate> = z.lazy(() =>
-  z.union([
-    condition,
-    z.object({ and: z.array(lanePredicateSchema).min(1) }).strict(),
-    z.object({ or: z.array(lanePredicateSchema).min(1) }).strict(),
-    z.object({ not: lanePredicateSchema }).strict(),
-  ]),
-) as z.ZodType<LanePredicate>;
+/**
+ * Validates a predicate tree by hand rather than with a schema union, so a refusal names the exact
+ * place and reason ("at or.1.column: column must be one of ...") instead of "invalid input".
+ */
+function check(input: unknown, path: string): LanePredicate {
+  const where = path ? ` at ${path}` : '';
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new Error(`lane predicate refused${where}: expected an object`);
+  }
+  const keys = Object.keys(input);
+  for (const combinator of ['and', 'or'] as const) {
+    if (combinator in input) {
+      const list = (input as Record<string, unknown>)[combinator];
+      if (keys.length !== 1 || !Array.isArray(list) || list.length === 0) {
+        throw new Error(
+          `lane predicate refused${where}: "${combinator}" takes a non-empty list and nothing beside it`,
+        );
+      }
+      const parts = list.map((q, i) => check(q, `${path ? `${path}.` : ''}${combinator}.${i}`));
+      return combinator === 'and' ? { and: parts } : { or: parts };
+    }
+  }
+  if ('not' in input) {
+    if (keys.length !== 1)
+      throw new Error(`lane predicate refused${where}: "not" takes one predicate and nothing beside it`);
+    return { not: check((input as { not: unknown }).not, `${path ? `${path}.` : ''}not`) };
+  }
+  const result = condition.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const field = issue && issue.path.length > 0 ? `${path ? `${path}.` : ''}${issue.path.join('.')}` : path;
+    throw new Error(`lane predicate refused${field ? ` at ${field}` : ''}: ${issue?.message ?? 'invalid'}`);
+  }
+  return result.data as LanePredicate;
+}
 
 /** The default: the `lane` column that `enqueue` sets (default 'batch'). */
 export const DEFAULT_LANE_PREDICATE: LanePredicate = Object.freeze({
@@ -72,15 +99,9 @@ export const DEFAULT_LANE_PREDICATE: LanePredicate = Object.freeze({
   value: 'realtime',
 });
 
-/** Parses and validates a predicate; throws with a message naming what is wrong. */
+/** Parses and validates a predicate; throws with a message naming what is wrong and where. */
 export function parseLanePredicate(input: unknown): LanePredicate {
-  const result = lanePredicateSchema.safeParse(input);
-  if (!result.success) {
-    const issue = result.error.issues[0];
-    const where = issue && issue.path.length > 0 ? ` at ${issue.path.join('.')}` : '';
-    throw new Error(`lane predicate refused${where}: ${issue?.message ?? 'invalid'}`);
-  }
-  return result.data;
+  return check(input, '');
 }
 
 type OutboxBuilder = ExpressionBuilder<Database, 'shardrelay.outbox'>;

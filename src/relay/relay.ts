@@ -1,9 +1,9 @@
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { RelayConfig } from '../config.js';
-import { createDatabase, createPool } from '../db/connection.js';
+import { assertReachable, createDatabase, createPool } from '../db/connection.js';
 import type { Database, Lane } from '../db/schema.js';
-import { ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { createSink } from '../sinks/createSink.js';
 import type { Sink } from '../sinks/sink.js';
@@ -41,18 +41,7 @@ export interface Relay {
 }
 
 async function checkDatabase(db: Kysely<Database>, url: string): Promise<void> {
-  try {
-    await sql`SELECT 1`.execute(db);
-  } catch (error) {
-    throw new ShardRelayError(
-      'DATABASE_UNREACHABLE',
-      `cannot reach PostgreSQL at ${redactUrl(url)}: ${toError(error).message}`,
-      {
-        cause: error,
-        fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',
-      },
-    );
-  }
+  await assertReachable(db, url);
   try {
     await db.selectFrom('shardrelay.shard_config').select('shard_count').executeTakeFirstOrThrow();
   } catch (error) {

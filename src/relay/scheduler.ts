@@ -1,6 +1,7 @@
 import type { Kysely } from 'kysely';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Database, Lane } from '../db/schema.js';
+import { ensurePendingShardIndexes } from '../db/shardIndex.js';
 import type { Logger } from '../logger.js';
 import { ShardLoop } from './shardLoop.js';
 import { readShardConfig, type ShardConfig } from './shardConfig.js';
@@ -85,6 +86,7 @@ export class Scheduler {
       );
       await this.#stopLoops([...this.#loops.keys()]);
     }
+    if (this.#config && this.#config.generation !== config.generation) this.#buildIndexes(config.shardCount);
     this.#config = config;
     if (this.#stopped) return;
     const owned = await this.#options.ownership.refresh(config);
@@ -101,6 +103,16 @@ export class Scheduler {
     await this.#stopLoops([...this.#loops.keys()].filter((key) => !wanted.has(key)));
     for (const { loop } of this.#loops.values()) loop.trigger();
     await this.#options.afterTick?.(config, owned);
+  }
+
+  #buildIndexes(shardCount: number): void {
+    // In the background: a large outbox takes a while to index, and ticks must go on meanwhile.
+    ensurePendingShardIndexes(this.#options.db, shardCount).catch((error: unknown) =>
+      this.#options.logger.warn(
+        { err: error, shardCount },
+        'building the shard index failed; claims work, slower',
+      ),
+    );
   }
 
   #newLoop(shard: number, lane: LaneRunner): ShardLoop {

@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ShardLoop } from '../../src/relay/shardLoop.js';
+
+/** A controllable runBatch: each call waits until the test releases it with a result. */
+function controlledBatches() {
+  const calls: ((full: boolean) => void)[] = [];
+  let waiter: (() => void) | undefined;
+  return {
+    runBatch: () =>
+      new Promise<{ full: boolean }>((resolve) => {
+        calls.push((full) => resolve({ full }));
+        waiter?.();
+      }),
+    calls,
+    async nextCall(n: number) {
+      while (calls.length < n) await new Promise<void>((r) => (waiter = r));
+    },
+  };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+describe('ShardLoop', () => {
+  it('never runs two batches at once and folds triggers during a batch into one re-run', async () => {
+    const batches = controlledBatches();
+    const loop = new ShardLoop({ runBatch: batches.runBatch, onError: () => {}, errorBackoffMs: () => 10 });
+    loop.trigger();
+    loop.trigger();
+    loop.trigger();
+    await batches.nextCall(1);
+    assert.equal(batches.calls.length, 1);
+    assert.equal(loop.state, 'running');
+    batches.calls[0]?.(false);
+    await batches.nextCall(2); // one re-run for the three triggers
+    batches.calls[1]?.(false);
+    await tick();
+    await tick();
+    assert.equal(loop.state, 'idle');
+    assert.equal(batches.calls.length, 2);
+  });
+
+  it('runs again at once while batches come back full', async () => {
+    const batches = controlledBatches();
+    const loop = new ShardLoop({ runBatch: batches.runBatch, onError: () => {}, errorBackoffMs: () => 10 });
+    loop.trigger();
+    for (let i = 0; i < 3; i++) {
+      await batches.nextCall(i + 1);
+      batches.calls[i]?.(true);
+    }
+    await batches.nextCall(4);
+    batches.calls[3]?.(false);
+    await tick();
+    await tick();
+    assert.equal(loop.state, 'idle');
+    assert.equal(batches.calls.length, 4);
+  });
+
+  it('backs off after a failed batch and reports consecutive failures', async () => {
+    const failures: number[] = [];
+    let calls = 0;
+    const loop = new ShardLoop({
+      runBatch: async () => {
+        calls++;
+        throw new Error('connection terminated');
+      },
+      onError: (_error, n) => failures.push(n),
+      errorBackoffMs: () => 30,
+    });
+    loop.trigger();
+    await tick();
+    await tick();
+    assert.equal(loop.state, 'backingOff');
+    loop.trigger(); // ignored while backing off
+    await tick();
+    assert.equal(calls, 1);
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(loop.state, 'idle');
+    loop.trigger();
+    await tick();
+    await tick();
+    assert.deepEqual(failures, [1, 2]);
+    await loop.stop();
+    assert.equal(loop.state, 'stopped');
+  });
+
+  it('stop() waits for the batch in flight', async () => {
+    const batches = controlledBatches();
+    const loop = new ShardLoop({ runBatch: batches.runBatch, onError: () => {}, errorBackoffMs: () => 10 });
+    loop.trigger();
+    await batches.nextCall(1);
+    let stopped = false;
+    const stopping = loop.stop().then(() => (stopped = true));
+    await tick();
+    assert.equal(stopped, false, 'still waiting for the in-flight batch');
+    batches.calls[0]?.(true); // full, but stopping: no further batch
+    await stopping;
+    assert.equal(batches.calls.length, 1);
+    assert.equal(loop.state, 'stopped');
+  });
+});
