@@ -34,7 +34,16 @@ export type LanePredicate =
   | { readonly or: readonly LanePredicate[] }
   | { readonly not: LanePredicate };
 
-const scalar = z.union([z.string().max(1000), z.number().finite()]);
+/**
+ * Values are bound parameters, so they cannot change the query; still, a value that looks like SQL
+ * (quotes, semicolons, comments, parentheses) is almost certainly a configuration mistake or an
+ * injection attempt, and is refused at start rather than silently matching nothing.
+ */
+const SAFE_VALUE = /^[A-Za-z0-9_.:@/ +-]{0,200}$/;
+const scalar = z.union([
+  z.string().regex(SAFE_VALUE, 'value may only hold letters, digits, space and _ . : @ / + - (at most 200)'),
+  z.number().finite(),
+]);
 
 const condition = z
   .object({

@@ -1,0 +1,46 @@
+/**
+ * Entry of the real-time lane's worker thread (see replica.ts). It runs an ordinary relay limited
+ * to the real-time lane, with its own event loop, connection pool, LISTEN connection and sink, so
+ * that a batch backlog keeping the main thread busy cannot delay a real-time row. It runs the
+ * shards the main thread says it holds; correctness never depends on that list (claims.ts).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import type { RelayConfig } from '../config.js';
+import { createLogger } from '../logger.js';
+import { startRelay } from './relay.js';
+import type { ShardOwnership } from './shardOwnership.js';
+import type { ToRealtimeWorker, FromRealtimeWorker } from './realtimeThreadMessages.js';
+
+const port = parentPort;
+if (!port) throw new Error('realtimeWorker.ts must run as a worker thread');
+
+const config = workerData as RelayConfig;
+const post = (message: FromRealtimeWorker) => port.postMessage(message);
+
+let owned: readonly number[] = [];
+const ownership: ShardOwnership = {
+  refresh: async () => owned,
+  release: async () => {},
+};
+
+const relay = await startRelay({
+  config,
+  lanes: ['realtime'],
+  ownership,
+  logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),
+  hooks: { onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }) },
+});
+
+port.on('message', (message: ToRealtimeWorker) => {
+  if (message.type === 'shards') {
+    const changed = message.shards.join() !== owned.join();
+    owned = message.shards;
+    if (changed) void relay.scheduler.tick();
+  } else if (message.type === 'stop') {
+    void relay.stop().then(({ clean }) => {
+      post({ type: 'stopped', clean });
+      port.close();
+    });
+  }
+});
+post({ type: 'ready' });
