@@ -1,0 +1,238 @@
+/**
+ * HTTP webhook sink: POSTs each outbox row as a structured-mode CloudEvent
+ * (`content-type: application/cloudevents+json`) with Node's built-in fetch. A 2xx answer is the
+ * confirm.
+ *
+ * Outcomes, per message:
+ * - 2xx                                        → confirmed
+ * - 408, 429, 5xx, a network error, no answer  → failed retryable (the receiver may come back)
+ *   within `timeoutMs`
+ * - no answer by the batch deadline            → unknown (the receiver may have processed it)
+ * - 3xx                                        → failed permanent: redirects are not followed,
+ *                                                since re-POSTing an event to wherever a server
+ *                                                points is not what the operator configured
+ * - any other 4xx                              → failed permanent, with the status and the start
+ *                                                of the response body
+ * Receivers see each event at least once and must deduplicate on the CloudEvent `id`.
+ *
+ * At most `concurrency` requests are in flight per sink, across all concurrent batches, so a
+ * burst of batches cannot open hundreds of sockets to the receiver.
+ */
+import { ConfigError, redactUrl, toError } from '../errors.js';
+import { applicationHeaders, encodeStructured, toCloudEvent, traceHeaders } from './cloudEvent.js';
+import { settleByDeadline } from './deadline.js';
+import {
+  confirmed,
+  permanent,
+  retryable,
+  unknown,
+  type OutboxMessage,
+  type SendContext,
+  type SendOutcome,
+  type Sink,
+} from './sink.js';
+
+export interface HttpSinkOptions {
+  /** Where events are POSTed. Credentials do not belong in it: pass `headers.authorization`. */
+  readonly url: string;
+  /** Per-request limit; a request without an answer by then fails as retryable. Default 10 000 ms. */
+  readonly timeoutMs?: number;
+  /** Requests in flight at most, across all batches. Default 16. */
+  readonly concurrency?: number;
+  /** Sent with every request (e.g. authorization); they take precedence over a row's own headers. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** CloudEvents `source` attribute. Default `shardrelay`. */
+  readonly source?: string;
+}
+
+const DEFAULTS = { timeoutMs: 10_000, concurrency: 16 } as const;
+
+/** How much of an error response's body goes into the outcome (and so into `last_error`). */
+const BODY_EXCERPT_CHARS = 200;
+
+/**
+ * Headers a row may not set: fetch manages framing and connection headers itself (undici throws on
+ * some of them), and the envelope owns the content type.
+ */
+const RESERVED_HEADERS = new Set([
+  'connection',
+  'content-length',
+  'content-type',
+  'expect',
+  'host',
+  'keep-alive',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+export function createHttpSink(options: HttpSinkOptions): Sink {
+  const url = validateUrl(options.url);
+  const where = redactUrl(options.url);
+  const timeoutMs = positiveInteger('http timeoutMs', options.timeoutMs ?? DEFAULTS.timeoutMs, 'e.g. 10000');
+  const limit = createLimiter(
+    positiveInteger('http concurrency', options.concurrency ?? DEFAULTS.concurrency, 'e.g. 16'),
+  );
+  const fixedHeaders = lowerCaseKeys(options.headers ?? {});
+  let closed = false;
+
+  async function post(message: OutboxMessage, deadline: number): Promise<SendOutcome> {
+    let body: Buffer;
+    let headers: Record<string, string>;
+    try {
+      const encoded = encodeStructured(toCloudEvent(message, { source: options.source }));
+      body = encoded.body;
+      const own = Object.fromEntries(
+        Object.entries({ ...applicationHeaders(message), ...traceHeaders(message) }).filter(
+          ([name]) => !RESERVED_HEADERS.has(name),
+        ),
+      );
+      headers = { ...own, ...fixedHeaders, ...encoded.headers };
+    } catch (error) {
+      return permanent(`cannot encode the event: ${toError(error).message}`);
+    }
+    const remaining = deadline - Date.now();
+    // Queued behind the concurrency limit until the deadline: nothing was sent.
+    if (remaining <= 0)
+      return retryable('not sent: the batch deadline passed while waiting for a free request slot');
+    // Whichever comes first: the per-request timeout (retryable) or the batch deadline (unknown,
+    // the same verdict settleByDeadline gives; aborting also frees the socket at once).
+    const byDeadline = remaining <= timeoutMs;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), Math.min(remaining, timeoutMs));
+    try {
+      const response = await fetch(url, {
+        method: 'POST',
+        headers,
+        body,
+        redirect: 'manual',
+        signal: controller.signal,
+      });
+      if (response.status >= 200 && response.status < 300) {
+        // Read the body to the end so undici can reuse the connection.
+        await response.arrayBuffer().catch(() => undefined);
+        return confirmed;
+      }
+      const excerpt = await bodyExcerpt(response);
+      const detail = `${where} answered ${response.status} ${response.statusText}${excerpt ? `: ${excerpt}` : ''}`;
+      if (response.status === 408 || response.status === 429 || response.status >= 500)
+        return retryable(detail);
+      if (response.status >= 300 && response.status < 400) {
+        const location = response.headers.get('location');
+        return permanent(
+          `${detail} (redirect${location ? ` to ${location}` : ''} not followed; configure the final URL)`,
+        );
+      }
+      return permanent(detail);
+    } catch (error) {
+      if (controller.signal.aborted) {
+        return byDeadline
+          ? unknown(`no answer from ${where} before the batch deadline`)
+          : retryable(`no answer from ${where} within ${timeoutMs} ms`);
+      }
+      return retryable(`request to ${where} failed: ${networkReason(error)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  return {
+    name: 'http',
+
+    async start() {
+      // Nothing to open: connections are made per request (and pooled by fetch). The receiver's
+      // availability shows in the outcomes, not as a start failure that would stop the relay.
+    },
+
+    async sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]> {
+      if (closed) return messages.map(() => retryable('the HTTP sink is closed'));
+      return settleByDeadline(
+        messages.map((message) => limit(() => post(message, context.deadline))),
+        context.deadline,
+      );
+    },
+
+    async close() {
+      closed = true;
+    },
+  };
+}
+
+/** Runs at most `max` tasks at once; the rest wait in FIFO order. */
+function createLimiter(max: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let active = 0;
+  const waiting: (() => void)[] = [];
+  const release = (): void => {
+    active -= 1;
+    waiting.shift()?.();
+  };
+  return async (task) => {
+    if (active >= max) await new Promise<void>((resolve) => waiting.push(resolve));
+    active += 1;
+    try {
+      return await task();
+    } finally {
+      release();
+    }
+  };
+}
+
+async function bodyExcerpt(response: Response): Promise<string> {
+  try {
+    const text = (await response.text()).replace(/\s+/g, ' ').trim();
+    return text.length > BODY_EXCERPT_CHARS ? `${text.slice(0, BODY_EXCERPT_CHARS)}…` : text;
+  } catch {
+    return '';
+  }
+}
+
+/** fetch reports every network failure as "fetch failed"; the useful part is in `cause`. */
+function networkReason(error: unknown): string {
+  const outer = toError(error);
+  const cause = outer.cause === undefined ? undefined : toError(outer.cause);
+  const code = (outer.cause as { code?: unknown } | undefined)?.code;
+  if (!cause) return outer.message;
+  return typeof code === 'string' && !cause.message.includes(code)
+    ? `${code} ${cause.message}`
+    : cause.message;
+}
+
+function validateUrl(raw: string): URL {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    // No cause: Node's URL error carries the input, which may hold a secret.
+    throw new ConfigError(
+      'http url',
+      `${redactUrl(raw)} is not a URL`,
+      'use e.g. https://receiver.example/events',
+    );
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(
+      'http url',
+      `protocol ${url.protocol} is not http: or https:`,
+      'use an http(s) URL',
+    );
+  }
+  if (url.username || url.password) {
+    // fetch refuses URLs with credentials; say how to pass them instead.
+    throw new ConfigError(
+      'http url',
+      `${redactUrl(raw)} contains credentials`,
+      'remove them from the URL and pass an authorization header (headers: { authorization: ... })',
+    );
+  }
+  return url;
+}
+
+function positiveInteger(setting: string, value: number, example: string): number {
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new ConfigError(setting, `${value} is not a positive whole number`, `use ${example}`);
+  }
+  return value;
+}
+
+function lowerCaseKeys(headers: Readonly<Record<string, string>>): Record<string, string> {
+  return Object.fromEntries(Object.entries(headers).map(([name, value]) => [name.toLowerCase(), value]));
+}

@@ -1,0 +1,92 @@
+/**
+ * A TCP proxy on 127.0.0.1 for fault injection between a client and a real server:
+ * - `cutAll()` destroys every proxied connection at once (a broker restart, a dropped link);
+ * - `stall()` stops forwarding bytes in both directions while keeping the sockets open (a hung
+ *   broker, a black-holed network): the client sees no error, only silence;
+ * - `resume()` forwards again, including what piled up during the stall.
+ * New connections are still accepted and proxied after a cut, so clients can reconnect; a connection
+ * opened during a stall is stalled too.
+ *
+ * Bytes are forwarded by hand rather than with `pipe()`: pipe resumes a paused source on 'drain',
+ * which would silently end a stall.
+ */
+import net from 'node:net';
+
+export interface TcpProxy {
+  /** The port the proxy listens on, on 127.0.0.1. */
+  readonly port: number;
+  /** Connections accepted so far (clients reconnecting show up here). */
+  readonly connectionCount: number;
+  cutAll(): void;
+  stall(): void;
+  resume(): void;
+  close(): Promise<void>;
+}
+
+export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
+  const sockets = new Set<net.Socket>();
+  let stalled = false;
+  let accepted = 0;
+
+  /** Forwards `from` → `to`, pausing `from` while `to` is full (and never resuming during a stall). */
+  function forward(from: net.Socket, to: net.Socket): void {
+    from.on('data', (chunk: Buffer) => {
+      if (!to.write(chunk)) from.pause();
+    });
+    to.on('drain', () => {
+      if (!stalled) from.resume();
+    });
+    from.on('end', () => to.end());
+  }
+
+  const server = net.createServer((client) => {
+    accepted += 1;
+    const upstream = net.connect(targetPort, targetHost);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => {
+        // A reset from either side ends both; the peer learns of it through the destroy below.
+      });
+      socket.on('close', () => {
+        sockets.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      });
+      if (stalled) socket.pause();
+    }
+    forward(client, upstream);
+    forward(upstream, client);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('the TCP proxy has no port');
+
+  return {
+    port: address.port,
+    get connectionCount() {
+      return accepted;
+    },
+    cutAll() {
+      for (const socket of sockets) socket.destroy();
+    },
+    stall() {
+      stalled = true;
+      for (const socket of sockets) socket.pause();
+    },
+    resume() {
+      stalled = false;
+      for (const socket of sockets) socket.resume();
+    },
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
