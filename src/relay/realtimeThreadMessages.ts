@@ -1,4 +1,5 @@
 import type { Lane } from '../db/schema.js';
+import type { ErrorCode } from '../errors.js';
 import type { BatchResult } from './batchRunner.js';
 
 /** Messages between the main thread and the real-time lane's worker thread. */
@@ -7,5 +8,12 @@ export type ToRealtimeWorker =
 
 export type FromRealtimeWorker =
   | { readonly type: 'ready' }
+  /** Start failed; the error's code and fix survive the thread boundary (an Error's class does not). */
+  | {
+      readonly type: 'failed';
+      readonly code: ErrorCode | undefined;
+      readonly message: string;
+      readonly fix: string | undefined;
+    }
   | { readonly type: 'batch'; readonly shard: number; readonly lane: Lane; readonly result: BatchResult }
   | { readonly type: 'stopped'; readonly clean: boolean };

@@ -7,14 +7,17 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RelayConfig } from '../config.js';
 import { createLogger } from '../logger.js';
-import { startRelay } from './relay.js';
+import { ShardRelayError, toError } from '../errors.js';
+import { startRelay, type Relay } from './relay.js';
 import type { ShardOwnership } from './shardOwnership.js';
 import type { ToRealtimeWorker, FromRealtimeWorker } from './realtimeThreadMessages.js';
 
 const port = parentPort;
 if (!port) throw new Error('realtimeWorker.ts must run as a worker thread');
 
-const config = workerData as RelayConfig;
+// The real-time lane polls on its own tick (its wake-ups come from NOTIFY).
+const given = workerData as RelayConfig;
+const config: RelayConfig = Object.freeze({ ...given, tickSeconds: given.realtimeTickSeconds });
 const post = (message: FromRealtimeWorker) => port.postMessage(message);
 
 let owned: readonly number[] = [];
@@ -23,13 +26,26 @@ const ownership: ShardOwnership = {
   release: async () => {},
 };
 
-const relay = await startRelay({
-  config,
-  lanes: ['realtime'],
-  ownership,
-  logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),
-  hooks: { onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }) },
-});
+let relay: Relay;
+try {
+  relay = await startRelay({
+    config,
+    lanes: ['realtime'],
+    ownership,
+    logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),
+    hooks: { onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }) },
+  });
+} catch (thrown) {
+  const error = toError(thrown);
+  post({
+    type: 'failed',
+    code: error instanceof ShardRelayError ? error.code : undefined,
+    message: error.message,
+    fix: error instanceof ShardRelayError ? error.fix : undefined,
+  });
+  port.close();
+  process.exit(1);
+}
 
 port.on('message', (message: ToRealtimeWorker) => {
   if (message.type === 'shards') {

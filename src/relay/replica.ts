@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import type { Lane } from '../db/schema.js';
+import { ShardRelayError } from '../errors.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
 import type { FromRealtimeWorker, ToRealtimeWorker } from './realtimeThreadMessages.js';
 
@@ -44,7 +45,13 @@ export async function startReplica(
   const ready = new Promise<void>((resolve, reject) => {
     worker.on('message', (message: FromRealtimeWorker) => {
       if (message.type === 'ready') resolve();
-      else if (message.type === 'batch')
+      else if (message.type === 'failed') {
+        reject(
+          message.code
+            ? new ShardRelayError(message.code, message.message, message.fix ? { fix: message.fix } : {})
+            : new Error(`the real-time lane could not start: ${message.message}`),
+        );
+      } else if (message.type === 'batch')
         options.hooks?.onBatch?.(message.shard, message.lane, message.result);
     });
     worker.on('error', (error) => {
