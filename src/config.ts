@@ -18,6 +18,7 @@ export interface RelayConfig {
   readonly realtimeBatchSize: number;
   readonly batchBatchSize: number;
   readonly tickSeconds: number;
+  readonly realtimeTickSeconds: number;
   readonly connectionsPerLane: number;
   readonly maxAttempts: number;
   readonly retryBaseMs: number;
@@ -34,6 +35,7 @@ export interface RelayConfig {
   readonly webhookUrl: string | undefined;
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
+  readonly canaryIntervalSeconds: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -116,6 +118,13 @@ export const SETTINGS: Settings = {
     schema: positiveInt(59),
     default: () => 1,
     fix: 'use a whole number of seconds from 1 to 59',
+  },
+  realtimeTickSeconds: {
+    env: 'SHARDRELAY_REALTIME_TICK_SECONDS',
+    flag: '--realtime-tick-seconds',
+    schema: positiveInt(59),
+    default: () => 1,
+    fix: 'use a whole number of seconds from 1 to 59 (the real-time lane is woken by NOTIFY; this is its fallback poll)',
   },
   connectionsPerLane: {
     env: 'SHARDRELAY_CONNECTIONS_PER_LANE',
@@ -226,6 +235,13 @@ export const SETTINGS: Settings = {
     schema: z.string().min(1),
     default: () => '127.0.0.1',
     fix: 'give an address to bind, e.g. 127.0.0.1 or 0.0.0.0',
+  },
+  canaryIntervalSeconds: {
+    env: 'SHARDRELAY_CANARY_INTERVAL_SECONDS',
+    flag: '--canary-interval-seconds',
+    schema: z.coerce.number().int().min(0).max(86_400),
+    default: () => 30,
+    fix: 'use a whole number of seconds from 0 (no canaries) to 86400',
   },
   logLevel: {
     env: 'SHARDRELAY_LOG_LEVEL',

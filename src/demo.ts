@@ -6,7 +6,7 @@ import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from './db/embedde
 import { migrateToLatest } from './db/migrate.js';
 import { enqueue } from './enqueue.js';
 import { createLogger } from './logger.js';
-import { startRelay } from './relay/relay.js';
+import { startReplica } from './relay/replica.js';
 import { syntheticEvents } from './synthetic.js';
 
 export interface DemoOptions {
@@ -74,7 +74,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
 
       options.out(`Relaying with sink "${config.sink}" over the shards in shardrelay.shard_config...`);
       const started = performance.now();
-      const relay = await startRelay({ config, logger: createLogger(config.logLevel) });
+      const relay = await startReplica({ config, logger: createLogger(config.logLevel) });
       const bar = options.progress
         ? new SingleBar(
             { format: '  {bar} {percentage}% | {value}/{total} sent | {rate} rows/s' },
@@ -89,6 +89,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
           .select(sql<string>`count(*)`.as('n'))
           .where('id', '>', before.max)
           .where('status', '<>', 'pending')
+          .where('canary', '=', false)
           .executeTakeFirstOrThrow()
           .then((r) => {
             sentSoFar = Number(r.n);
@@ -113,6 +114,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
             ORDER BY extract(epoch FROM sent_at - created_at) * 1000)`.as('p'),
         ])
         .where('id', '>', before.max)
+        .where('canary', '=', false)
         .executeTakeFirstOrThrow();
       const sent = Number(summary.sent);
       return {

@@ -1,7 +1,9 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database, Lane } from './db/schema.js';
 import { laneFilter, type LanePredicate } from './lanes/lanePredicate.js';
+import { readHealth, readLagTrend, type HealthRow } from './observability/views.js';
 import { readShardConfig } from './relay/shardConfig.js';
+import { readReplicaStatus, type ReplicaStatus, type ShardOwnerStatus } from './replicaStatus.js';
 
 export interface ShardStatus {
   readonly shard: number;
@@ -24,12 +26,26 @@ export interface LaneStatus {
   readonly p99Ms: number | null;
 }
 
+/** A shard and lane as shardrelay.health classifies it, with its backlog over the last minutes. */
+export interface ShardLaneHealth extends HealthRow {
+  /** Pending rows at the end of each of the last TREND_MINUTES minutes (oldest first); null = no sample. */
+  readonly trend: readonly (number | null)[];
+}
+
+export const TREND_MINUTES = 10;
+
 export interface RelayStatus {
   readonly shardCount: number;
   readonly generation: string;
   readonly shards: readonly ShardStatus[];
   readonly lanes: readonly LaneStatus[];
   readonly totals: { readonly pending: number; readonly sent: number; readonly dead: number };
+  /** Per shard and lane: owner, lag, status class (shardrelay.health) and trend. */
+  readonly health: readonly ShardLaneHealth[];
+  /** Relay processes and their heartbeats and shards (shardrelay.replicas). */
+  readonly replicas: readonly ReplicaStatus[];
+  /** Lease holder and backlog of every shard of the current count (shardrelay.shards). */
+  readonly shardOwners: readonly ShardOwnerStatus[];
 }
 
 const num = (v: unknown): number => Number(v ?? 0);
@@ -37,7 +53,8 @@ const optionalNum = (v: unknown): number | null => (v === null || v === undefine
 
 /**
  * The picture `shardrelay status` prints. Pending and dead counts scan only the partial indexes of
- * pending and dead rows; sent totals come from shard_progress, so they survive pruning.
+ * pending and dead rows; sent totals come from shard_progress, so they survive pruning. Canary rows
+ * (relay/canary.ts) are left out of every count.
  */
 export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredicate): Promise<RelayStatus> {
   const config = await readShardConfig(db);
@@ -51,12 +68,14 @@ export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredic
         sql<number | null>`extract(epoch FROM now() - min(created_at))`.as('oldest'),
       ])
       .where('status', '=', 'pending')
+      .where('canary', '=', false)
       .groupBy(sql`id % ${n}`)
       .execute(),
     db
       .selectFrom('shardrelay.outbox')
       .select([sql<number>`id % ${n}`.as('shard'), sql<string>`count(*)`.as('dead')])
       .where('status', '=', 'dead')
+      .where('canary', '=', false)
       .groupBy(sql`id % ${n}`)
       .execute(),
     db
@@ -82,9 +101,12 @@ export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredic
       lastBatchAt: g?.last ? new Date(g.last).toISOString() : null,
     };
   });
-  const lanes = await Promise.all(
-    (['realtime', 'batch'] as const).map((lane) => readLaneStatus(db, lanePredicate, lane)),
-  );
+  const [lanes, health, trends, membership] = await Promise.all([
+    Promise.all((['realtime', 'batch'] as const).map((lane) => readLaneStatus(db, lanePredicate, lane))),
+    readHealth(db),
+    readLagTrend(db, TREND_MINUTES),
+    readReplicaStatus(db),
+  ]);
   const sentBeyondShards = progress
     .filter((g) => g.shard >= config.shardCount)
     .reduce((a, g) => a + num(g.sent), 0);
@@ -99,6 +121,12 @@ export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredic
       sent: shards.reduce((a, s) => a + s.sent, 0) + sentBeyondShards,
       dead: shards.reduce((a, s) => a + s.dead, 0),
     },
+    health: health.map((h) => ({
+      ...h,
+      trend: trends.get(`${h.shard}/${h.lane}`) ?? Array<null>(TREND_MINUTES).fill(null),
+    })),
+    replicas: membership.replicas,
+    shardOwners: membership.shardOwners,
   };
 }
 
@@ -116,6 +144,7 @@ async function readLaneStatus(
         sql<number | null>`extract(epoch FROM now() - min(created_at))`.as('oldest'),
       ])
       .where('status', '=', 'pending')
+      .where('canary', '=', false)
       .where(filter)
       .executeTakeFirstOrThrow(),
     db
@@ -126,6 +155,7 @@ async function readLaneStatus(
       )
       .where('status', '=', 'sent')
       .where('sent_at', '>=', sql<Date>`now() - interval '5 minutes'`)
+      .where('canary', '=', false)
       .where(filter)
       .executeTakeFirstOrThrow(),
   ]);

@@ -1,13 +1,42 @@
-import type { RelayStatus } from '../status.js';
+import type { RelayStatus, ShardLaneHealth } from '../status.js';
+import { formatReplicas } from './formatReplicas.js';
 
 const seconds = (s: number | null) =>
   s === null ? '-' : s < 120 ? `${s.toFixed(1)}s` : `${(s / 60).toFixed(1)}m`;
 const ms = (v: number | null) => (v === null ? '-' : `${Math.round(v)}ms`);
 
+const BARS = '▁▂▃▄▅▆▇█';
+
+/** The backlog over the last minutes, scaled to its own peak; `·` = no sample that minute. */
+export function sparkline(points: readonly (number | null)[]): string {
+  const peak = Math.max(0, ...points.map((p) => p ?? 0));
+  return points
+    .map((p) => (p === null ? '·' : BARS[peak === 0 ? 0 : Math.round((p / peak) * (BARS.length - 1))]))
+    .join('');
+}
+
+function healthLine(h: ShardLaneHealth): string {
+  const owner = (h.owner ?? '-').slice(0, 16);
+  const lag = h.dueRows === 0 ? '-' : seconds(h.lagSeconds);
+  return `${String(h.shard).padStart(5)}  ${h.lane.padEnd(8)}  ${h.status.padEnd(5)}  ${owner.padEnd(16)}  ${String(h.pendingRows).padStart(7)}  ${lag.padStart(6)}  ${sparkline(h.trend)}  ${h.reason ?? ''}`.trimEnd();
+}
+
+function healthSummary(status: RelayStatus): string {
+  const counts = new Map<string, number>();
+  for (const h of status.health) counts.set(h.status, (counts.get(h.status) ?? 0) + 1);
+  return ['OK', 'WARN', 'STALL', 'STOP', 'ERROR']
+    .filter((c) => counts.has(c))
+    .map((c) => `${counts.get(c)} ${c}`)
+    .join(', ');
+}
+
 /** The terminal table of `shardrelay status`. */
 export function formatStatus(status: RelayStatus): string {
   const lines = [
-    `shards: ${status.shardCount} (generation ${status.generation})   pending ${status.totals.pending}   sent ${status.totals.sent}   dead ${status.totals.dead}`,
+    `shards: ${status.shardCount} (generation ${status.generation})   pending ${status.totals.pending}   sent ${status.totals.sent}   dead ${status.totals.dead}   health: ${healthSummary(status) || '-'}`,
+    '',
+    'shard  lane      class  owner             pending     lag  backlog 10 min  reason',
+    ...status.health.map(healthLine),
     '',
     'shard  pending  oldest   sent        dead  last batch',
     ...status.shards.map(
@@ -20,6 +49,8 @@ export function formatStatus(status: RelayStatus): string {
       (l) =>
         `${l.lane.padEnd(8)}  ${String(l.pending).padStart(7)}  ${seconds(l.oldestPendingSeconds).padStart(6)}  ${ms(l.p50Ms).padStart(6)}  ${ms(l.p95Ms).padStart(6)}  ${ms(l.p99Ms).padStart(6)}`,
     ),
+    '',
+    ...formatReplicas(status),
   ];
   return lines.join('\n');
 }

@@ -11,10 +11,11 @@ import { runDemo } from '../demo.js';
 import { enqueue } from '../enqueue.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { createLogger } from '../logger.js';
-import { startRelay } from '../relay/relay.js';
+import { startReplica } from '../relay/replica.js';
 import { readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
+import { watch } from './watch.js';
 
 /** Exit codes: 0 done, 1 failure while running, 2 bad configuration or input (nothing was done). */
 const EXIT_BAD_CONFIG = 2;
@@ -97,7 +98,7 @@ export function buildProgram(): Command {
   ).action(async (opts: { untilDrained?: boolean }, command: Command) => {
     const config = loadConfig(overridesFrom(command, RUN_SETTINGS));
     const logger = createLogger(config.logLevel, { replica: config.replicaId });
-    const relay = await startRelay({ config, logger });
+    const relay = await startReplica({ config, logger });
     let exiting = false;
     const shutdown = async (reason: string) => {
       if (exiting) return;
@@ -156,9 +157,9 @@ export function buildProgram(): Command {
   withSettings(
     program
       .command('status')
-      .description('per-shard and per-lane lag, totals')
+      .description('per shard and lane: owner, backlog, lag, health class and trend; totals')
       .option('--json', 'print one JSON object')
-      .option('--watch [seconds]', 'refresh in place every few seconds'),
+      .option('--watch [seconds]', 'redraw in place every few seconds (default 2)'),
     ['lanePredicate'],
   ).action(async (opts: { json?: boolean; watch?: string | boolean }, command: Command) => {
     const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'lanePredicate']));
@@ -169,11 +170,7 @@ export function buildProgram(): Command {
       };
       if (!opts.watch) return console.log(await show());
       const seconds = typeof opts.watch === 'string' ? Number(opts.watch) || 2 : 2;
-      for (;;) {
-        const text = await show();
-        process.stdout.write(`\x1b[2J\x1b[H${new Date().toISOString()}\n${text}\n`);
-        await new Promise((r) => setTimeout(r, seconds * 1000));
-      }
+      await watch(show, { seconds });
     });
   });
 
@@ -339,6 +336,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       console.error(`shardrelay: ${error.describe()}`);
       return error.code === 'CONFIG_INVALID' ||
         error.code === 'DATABASE_UNREACHABLE' ||
+        error.code === 'SINK_UNAVAILABLE' ||
         error.code === 'EVENT_INVALID'
         ? EXIT_BAD_CONFIG
         : 1;

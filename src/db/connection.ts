@@ -11,8 +11,8 @@ export interface PoolOptions {
   readonly applicationName: string;
   /** Called for errors on idle clients (e.g. PostgreSQL restarted). */
   readonly onError?: (error: Error) => void;
-  /** Sets idle_in_transaction_session_timeout on every connection of the pool. */
-  readonly idleInTransactionTimeoutMs?: number;
+  /** Session settings for every connection of the pool (sent at connect, no extra round trip). */
+  readonly settings?: Readonly<Record<string, string | number>>;
 }
 
 /**
@@ -27,9 +27,11 @@ export function createPool(options: PoolOptions): pg.Pool {
     application_name: options.applicationName,
     connectionTimeoutMillis: 10_000,
     idleTimeoutMillis: 30_000,
-    ...(options.idleInTransactionTimeoutMs
+    ...(options.settings && Object.keys(options.settings).length > 0
       ? {
-          options: `-c idle_in_transaction_session_timeout=${Math.round(options.idleInTransactionTimeoutMs)}`,
+          options: Object.entries(options.settings)
+            .map(([name, value]) => `-c ${name}=${value}`)
+            .join(' '),
         }
       : {}),
   });

@@ -36,6 +36,8 @@ export interface OutboxTable {
   status: ColumnType<OutboxStatus, OutboxStatus | undefined, OutboxStatus>;
   sent_at: ColumnType<Date | null, never, Date | string | null>;
   last_error: ColumnType<string | null, never, string | null>;
+  /** A synthetic canary row (relay/canary.ts): sent like any row, left out of every business count. */
+  canary: ColumnType<boolean, boolean | undefined, never>;
 }
 
 /** shardrelay.shard_config: a single row; the shard count and the generation it was set in. */
@@ -58,8 +60,69 @@ export interface ShardProgressTable {
   last_batch_ms: number | null;
 }
 
+/** shardrelay.replica: one row per relay process, its heartbeat (relay/shardLeases.ts). */
+export interface ReplicaTable {
+  instance: string;
+  replica_id: string;
+  hostname: string;
+  pid: number;
+  started_at: ColumnType<Date, Date | string | undefined, never>;
+  heartbeat_at: ColumnType<Date, Date | string | undefined, Date | string>;
+  lease_timeout_seconds: number;
+  generation: BigIntColumn;
+}
+
+/** shardrelay.shard_lease: one row per (generation, shard) lease (relay/shardLeases.ts). */
+export interface ShardLeaseTable {
+  generation: BigIntColumn;
+  shard: number;
+  owner: string;
+  owner_instance: string;
+  acquired_at: Timestamp;
+  renewed_at: Timestamp;
+  expires_at: Timestamp;
+}
+
+/** The shardrelay.replicas view (sql/replicas.sql); numerics arrive as strings. */
+export interface ReplicasView {
+  replica_id: string;
+  instance: string;
+  hostname: string;
+  pid: number;
+  alive: boolean;
+  started_at: Date;
+  heartbeat_at: Date;
+  heartbeat_age_seconds: string;
+  lease_timeout_seconds: number;
+  generation: string;
+  on_current_generation: boolean;
+  shards_held: string;
+  shards: number[];
+  duplicate_id: boolean;
+}
+
+/** The shardrelay.shards view (sql/shards.sql); numerics arrive as strings. */
+export interface ShardsView {
+  shard: number;
+  shard_count: number;
+  generation: string;
+  owner: string | null;
+  owner_instance: string | null;
+  acquired_at: Date | null;
+  renewed_at: Date | null;
+  expires_at: Date | null;
+  lease_valid: boolean | null;
+  lease_expires_in_seconds: string | null;
+  pending: string;
+  oldest_pending_age_seconds: string | null;
+}
+
 export interface Database {
   'shardrelay.outbox': OutboxTable;
   'shardrelay.shard_config': ShardConfigTable;
   'shardrelay.shard_progress': ShardProgressTable;
+  'shardrelay.replica': ReplicaTable;
+  'shardrelay.shard_lease': ShardLeaseTable;
+  'shardrelay.replicas': ReplicasView;
+  'shardrelay.shards': ShardsView;
 }

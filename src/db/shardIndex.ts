@@ -3,14 +3,28 @@ import type { Database } from './schema.js';
 
 /**
  * The claim filters `id % N = shard` with N as a literal, so PostgreSQL can use an expression index
- * on `((id % N), id)` restricted to pending rows. Measured on a 2-core machine (PostgreSQL 15, batch
- * 1000, 8 shards): about 158,000 rows/s drained with this index against about 100,000 rows/s with a
- * plain partial index on (id), where the modulo discards 7 of every 8 rows on the heap (3.5x slower
- * at batch 100). The planner matches the index only when the query's expression is the same, i.e.
- * with the same literal N, so each shard count gets its own index.
+ * on `((id % N), id)` restricted to pending rows; the planner matches it only when the query's
+ * expression is the same, i.e. with the same literal N, so each shard count gets its own index.
+ * The second index serves the real-time lane of the default lane predicate (`lane = 'realtime'`).
  *
- * The second index serves the real-time lane of the default lane predicate (`lane = 'realtime'`):
- * without it, a real-time claim must walk past every pending batch row of its shard.
+ * Is an index per N worth it? Measured on this project's 2-core machine (PostgreSQL 15, shared with
+ * other work: load average 4-8, so absolute figures vary about 2x between runs; the ratios held),
+ * with bench/claimIndex.ts: 500,000 pending rows, 1% real-time, N = 16, the variants interleaved
+ * batch by batch over the same backlog, three runs:
+ *
+ *                                       claim 1000    claim 100   real-time 100   drain (rows/s)
+ *   ((id % 16), id) WHERE pending       10.5-30.8 ms  2.0-3.5 ms    1.0-1.7 ms     9,300-19,300
+ *   (id) WHERE pending (plain partial)  18.2-44.1 ms  2.6-3.8 ms    7.4-11.9 ms    8,300-18,300
+ *   no pending index (primary key)      20.3-33.9 ms  2.6-3.7 ms    196-432 ms     5,600-12,200
+ *
+ * (drain = claim 1000 + mark sent + commit on one connection; the completion dominates it.) So:
+ * the per-N index makes a batch claim 1.4-1.8x faster and a drain 5-13% faster than a plain partial
+ * index, and a real-time claim under a batch backlog 7x faster (without any pending index a
+ * real-time claim scans the backlog: 0.2-0.4 s). It costs little: both indexes of a new count build
+ * CONCURRENTLY over those 500,000 rows in 1.0-2.0 s, and until they exist claims use the old count's
+ * index or the primary key (correct, slower). Indexes of earlier counts are dropped once the new
+ * ones are built: with those of three counts, inserts ran at 20,700 rows/s against 22,700 with one
+ * count's (about 9% slower). Decision: keep one pair per shard count, built and pruned by the relay.
  */
 export function pendingShardIndexSql(shardCount: number): string[] {
   if (!Number.isInteger(shardCount) || shardCount < 1) throw new Error(`bad shard count ${shardCount}`);
@@ -22,24 +36,60 @@ export function pendingShardIndexSql(shardCount: number): string[] {
   ];
 }
 
+/** Indexes of the pending backlog named after a shard count (ours; no other index matches). */
+const COUNT_INDEX = /^outbox_pending_(?:realtime_)?mod(\d+)$/;
+
 /**
  * Builds the indexes for `shardCount` without blocking writers (CREATE INDEX CONCURRENTLY, which
- * cannot run in a transaction, hence here and not in a migration). Several replicas may call it at
- * once: IF NOT EXISTS makes the later ones no-ops, and an index left INVALID by a failed build is
- * dropped and built again. Until it exists, claims for the new count still work, only slower.
+ * cannot run in a transaction, hence here and not in a migration), then drops those of other counts,
+ * which only cost writes once no replica claims with them. Every replica calls it when it sees a
+ * count (first tick, each change); one builds at a time, under a session advisory lock, and the
+ * others return at once ('busy'). One builder matters: a concurrent CREATE INDEX CONCURRENTLY of the
+ * same index ends in a deadlock or a duplicate-name error, and the INVALID index another session is
+ * still building would look like the leftover of a failed build (which is dropped and built again).
+ * Until the index exists, claims for the new count still work, only slower.
  */
-export async function ensurePendingShardIndexes(db: Kysely<Database>, shardCount: number): Promise<void> {
-  for (const statement of pendingShardIndexSql(shardCount)) {
-    const name = /INDEX IF NOT EXISTS (\w+)/.exec(statement)?.[1] as string;
-    const { rows } = await sql<{ valid: boolean }>`
-      SELECT i.indisvalid AS valid
-        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = 'shardrelay' AND c.relname = ${name}`.execute(db);
-    if (rows[0]?.valid === true) continue;
-    if (rows[0]?.valid === false)
-      await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${name}`).execute(db);
-    await sql
-      .raw(statement.replace('CREATE INDEX IF NOT EXISTS', 'CREATE INDEX CONCURRENTLY IF NOT EXISTS'))
-      .execute(db);
-  }
+export async function ensurePendingShardIndexes(
+  db: Kysely<Database>,
+  shardCount: number,
+): Promise<'present' | 'built' | 'busy'> {
+  const statements = pendingShardIndexSql(shardCount);
+  return db.connection().execute(async (session) => {
+    const { rows: lock } = await sql<{ locked: boolean }>`
+      SELECT pg_try_advisory_lock(hashtext('shardrelay.pending_shard_indexes')) AS locked`.execute(session);
+    if (!lock[0]?.locked) return 'busy';
+    try {
+      const existing = async () =>
+        (
+          await sql<{ name: string; valid: boolean }>`
+            SELECT c.relname AS name, i.indisvalid AS valid
+              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'shardrelay' AND c.relname LIKE 'outbox_pending%'`.execute(session)
+        ).rows;
+      let built = false;
+      for (const statement of statements) {
+        const name = /INDEX IF NOT EXISTS (\w+)/.exec(statement)?.[1] as string;
+        const index = (await existing()).find((i) => i.name === name);
+        if (index?.valid === true) continue;
+        if (index) await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${name}`).execute(session);
+        await sql
+          .raw(statement.replace('CREATE INDEX IF NOT EXISTS', 'CREATE INDEX CONCURRENTLY IF NOT EXISTS'))
+          .execute(session);
+        built = true;
+      }
+      const { rows: config } = await sql<{ shard_count: number }>`
+        SELECT shard_count FROM shardrelay.shard_config`.execute(session);
+      if (config[0]?.shard_count === shardCount) {
+        for (const index of await existing()) {
+          const count = COUNT_INDEX.exec(index.name)?.[1];
+          if (count !== undefined && Number(count) !== shardCount)
+            await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${index.name}`).execute(session);
+        }
+      }
+      return built ? 'built' : 'present';
+    } finally {
+      await sql`SELECT pg_advisory_unlock(hashtext('shardrelay.pending_shard_indexes'))`.execute(session);
+    }
+  });
 }

@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import type { Database, Lane } from '../db/schema.js';
 import type { LanePredicate } from '../lanes/lanePredicate.js';
 import { unknown, type SendOutcome, type Sink } from '../sinks/sink.js';
-import { claimBatch, completeBatch } from './claims.js';
+import { claimBatch, completeBatch, type ClaimedMessage } from './claims.js';
 import { decideCompletions, type RetryPolicy } from './completionPolicy.js';
 
 export interface BatchSettings {
@@ -11,9 +11,35 @@ export interface BatchSettings {
   readonly retry: RetryPolicy;
   /** How long the sink may take for the whole batch before unsettled messages count as unknown. */
   readonly sendTimeoutMs: number;
+  /**
+   * Asked inside the transaction, right before the claim: false = claim nothing (the replica may
+   * have lost the shard's lease while this batch waited for a connection).
+   */
+  readonly mayClaim?: () => boolean;
 }
 
+/**
+ * A delivery attempt that did not end in a confirm, with what joins it to the application's trace
+ * (correlation id, W3C traceparent): the relay logs one line per problem.
+ */
+export interface BatchProblem {
+  readonly id: string;
+  readonly eventId: string;
+  readonly topic: string;
+  readonly correlationId: string | null;
+  readonly traceparent: string | null;
+  /** This attempt's number (1 = first delivery). */
+  readonly attempt: number;
+  /** What happens to the row: delivered again later, or given up (a dead letter). */
+  readonly next: 'retry' | 'dead';
+  readonly retryInMs?: number;
+  readonly error: string;
+  readonly canary: boolean;
+}
+
+/** What one batch did. Counts and latencies are of business rows: canary rows are left out. */
 export interface BatchResult {
+  /** Every row claimed, canaries included (a full batch means more may wait). */
   readonly claimed: number;
   readonly sent: number;
   readonly retried: number;
@@ -24,6 +50,8 @@ export interface BatchResult {
   readonly sendMs: number;
   /** created_at → confirm, per sent row, in ms. */
   readonly latenciesMs: readonly number[];
+  /** Every retried or dead-lettered row, canaries included. */
+  readonly problems: readonly BatchProblem[];
 }
 
 export const EMPTY_BATCH: BatchResult = Object.freeze({
@@ -35,6 +63,7 @@ export const EMPTY_BATCH: BatchResult = Object.freeze({
   batchMs: 0,
   sendMs: 0,
   latenciesMs: Object.freeze([]) as readonly number[],
+  problems: Object.freeze([]) as readonly BatchProblem[],
 });
 
 /**
@@ -52,6 +81,7 @@ export async function runBatch(
 ): Promise<BatchResult> {
   const started = performance.now();
   return db.transaction().execute(async (trx) => {
+    if (settings.mayClaim?.() === false) return EMPTY_BATCH;
     const messages = await claimBatch(trx, {
       shard,
       shardCount,
@@ -82,22 +112,42 @@ export async function runBatch(
 
     const failures = { retryable: 0, permanent: 0, unknown: 0 };
     const latenciesMs: number[] = [];
+    const problems: BatchProblem[] = [];
     outcomes.forEach((o, i) => {
+      const message = messages[i] as ClaimedMessage;
+      const completion = completions[i];
+      if (completion && completion.status !== 'sent') {
+        problems.push({
+          id: message.id,
+          eventId: message.eventId,
+          topic: message.topic,
+          correlationId: message.correlationId,
+          traceparent: message.traceparent,
+          attempt: message.attempts + 1,
+          next: completion.status === 'dead' ? 'dead' : 'retry',
+          ...(completion.status === 'pending' ? { retryInMs: completion.retryInMs } : {}),
+          error: completion.error,
+          canary: message.canary === true,
+        });
+      }
+      if (message.canary) return;
       if (o.status === 'confirmed')
         latenciesMs.push(confirmedAt - (messages[i]?.createdAt.getTime() ?? confirmedAt));
       else if (o.status === 'unknown') failures.unknown++;
       else if (o.retryable) failures.retryable++;
       else failures.permanent++;
     });
+    const business = completions.filter((_, i) => messages[i]?.canary !== true);
     return {
       claimed: messages.length,
-      sent: completions.filter((c) => c.status === 'sent').length,
-      retried: completions.filter((c) => c.status === 'pending').length,
-      dead: completions.filter((c) => c.status === 'dead').length,
+      sent: business.filter((c) => c.status === 'sent').length,
+      retried: business.filter((c) => c.status === 'pending').length,
+      dead: business.filter((c) => c.status === 'dead').length,
       failures,
       batchMs,
       sendMs,
       latenciesMs,
+      problems,
     };
   });
 }

@@ -23,6 +23,8 @@ export interface ClaimRequest {
 
 export interface ClaimedMessage extends OutboxMessage {
   readonly maxAttempts: number | null;
+  /** A synthetic canary row (relay/canary.ts): delivered like any other, left out of business counts. */
+  readonly canary?: boolean;
 }
 
 /**
@@ -60,6 +62,7 @@ export async function claimBatch(
       'created_at',
       'attempts',
       'max_attempts',
+      'canary',
     ])
     .where('status', '=', 'pending')
     .where('available_at', '<=', sql<Date>`now()`)
@@ -83,6 +86,7 @@ export async function claimBatch(
     createdAt: r.created_at,
     attempts: r.attempts,
     maxAttempts: r.max_attempts,
+    canary: r.canary,
   }));
 }
 
@@ -112,9 +116,6 @@ export async function completeBatch(trx: Transaction<Database>, request: Complet
   const statuses: string[] = [];
   const delays: number[] = [];
   const errors: (string | null)[] = [];
-  let sent = 0;
-  let failed = 0;
-  let dead = 0;
   let lastSentId: bigint | null = null;
   for (const c of request.completions) {
     ids.push(c.id);
@@ -122,14 +123,16 @@ export async function completeBatch(trx: Transaction<Database>, request: Complet
     delays.push(c.status === 'pending' ? c.retryInMs : 0);
     errors.push(c.status === 'sent' ? null : c.error.slice(0, 2000));
     if (c.status === 'sent') {
-      sent++;
       const id = BigInt(c.id);
       if (lastSentId === null || id > lastSentId) lastSentId = id;
-    } else if (c.status === 'pending') failed++;
-    else dead++;
+    }
   }
-  // The progress row is upserted after the UPDATE in one statement. Its row lock is held until
-  // commit, which serialises only the loops of the same shard and lane, i.e. nobody in normal runs.
+  // The progress row and the minute's rollup row are upserted after the UPDATE in one statement.
+  // Their row locks are held until commit, which serialises only the loops of the same shard and
+  // lane, i.e. nobody in normal runs. Canary rows (relay/canary.ts) count in neither: progress
+  // totals and rollups are business figures. The rollup (migrations/0004_observability.ts) keeps the
+  // latency histogram the views read after the rows themselves are pruned. Times come from
+  // shardrelay.clock(): clock_timestamp(), unless a test set `shardrelay.now`.
   await sql`
     WITH outcome AS (
       SELECT * FROM unnest(${ids}::bigint[], ${statuses}::text[], ${delays}::float8[], ${errors}::text[])
@@ -138,20 +141,40 @@ export async function completeBatch(trx: Transaction<Database>, request: Complet
       UPDATE shardrelay.outbox o SET
         status       = outcome.status,
         attempts     = o.attempts + 1,
-        sent_at      = CASE WHEN outcome.status = 'sent' THEN clock_timestamp() END,
+        sent_at      = CASE WHEN outcome.status = 'sent' THEN shardrelay.clock() END,
         available_at = CASE WHEN outcome.status = 'pending'
-                            THEN clock_timestamp() + outcome.delay_ms * interval '1 millisecond'
+                            THEN shardrelay.clock() + outcome.delay_ms * interval '1 millisecond'
                             ELSE o.available_at END,
         last_error   = outcome.error
       FROM outcome
       WHERE o.id = outcome.id
-      RETURNING o.id
+      RETURNING o.status, o.canary, extract(epoch FROM o.sent_at - o.created_at) * 1000 AS latency_ms
+    ), business AS (
+      SELECT * FROM updated WHERE NOT canary
+    ), rollup AS (
+      INSERT INTO shardrelay.rollup_minute AS r
+        (minute, shard, lane, batches, sent, failed, dead, latency_ms_sum, latency_ms_max, latency_buckets)
+      SELECT date_trunc('minute', shardrelay.clock()), ${request.shard}, ${request.lane}, 1,
+             count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'pending'),
+             count(*) FILTER (WHERE status = 'dead'), coalesce(sum(latency_ms), 0), max(latency_ms),
+             shardrelay.latency_histogram(array_agg(latency_ms) FILTER (WHERE status = 'sent'))
+      FROM business
+      ON CONFLICT (minute, shard, lane) DO UPDATE SET
+        batches         = r.batches + 1,
+        sent            = r.sent + EXCLUDED.sent,
+        failed          = r.failed + EXCLUDED.failed,
+        dead            = r.dead + EXCLUDED.dead,
+        latency_ms_sum  = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
+        latency_ms_max  = GREATEST(r.latency_ms_max, EXCLUDED.latency_ms_max),
+        latency_buckets = shardrelay.add_counts(r.latency_buckets, EXCLUDED.latency_buckets)
     )
     INSERT INTO shardrelay.shard_progress AS p
       (shard, lane, last_sent_id, sent_total, failed_total, dead_total, last_batch_at, last_batch_ms)
     SELECT ${request.shard}, ${request.lane}, ${lastSentId?.toString() ?? null}::bigint,
-           ${sent}, ${failed}, ${dead}, clock_timestamp(), ${Math.round(request.batchMs)}
-    FROM (SELECT count(*) FROM updated) AS touched
+           touched.sent, touched.failed, touched.dead, shardrelay.clock(), ${Math.round(request.batchMs)}
+    FROM (SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) FILTER (WHERE status = 'pending') AS failed,
+                 count(*) FILTER (WHERE status = 'dead') AS dead
+            FROM business) AS touched
     ON CONFLICT (shard, lane) DO UPDATE SET
       last_sent_id  = GREATEST(p.last_sent_id, EXCLUDED.last_sent_id),
       sent_total    = p.sent_total + EXCLUDED.sent_total,

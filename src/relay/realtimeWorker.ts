@@ -32,6 +32,8 @@ try {
     config,
     lanes: ['realtime'],
     ownership,
+    // The main thread's relay observes the views and exports metrics for both lanes.
+    observe: false,
     logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),
     hooks: { onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }) },
   });

@@ -5,12 +5,15 @@ import { assertReachable, createDatabase, createPool } from '../db/connection.js
 import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
+import { createObserver, type Observer } from '../observability/observer.js';
 import { createSink } from '../sinks/createSink.js';
 import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
 import { OutboxListener } from './outboxListener.js';
+import { logBatchProblems } from './problemLog.js';
 import { Scheduler, type LaneRunner } from './scheduler.js';
-import { allShards, type ShardOwnership } from './shardOwnership.js';
+import { ShardLeases } from './shardLeases.js';
+import type { ShardOwnership } from './shardOwnership.js';
 
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
@@ -22,11 +25,18 @@ export interface StartRelayOptions {
   /** Defaults to the sink named by `config.sink`. */
   readonly sink?: Sink;
   readonly logger?: Logger;
-  /** Defaults to every shard (a single replica). */
+  /** Defaults to shard leases in PostgreSQL (relay/shardLeases.ts); a lone replica holds every shard. */
   readonly ownership?: ShardOwnership;
   readonly hooks?: RelayHooks;
   /** Which lanes to run; default both. */
   readonly lanes?: readonly Lane[];
+  /**
+   * Run the observe cycle (views to metrics, lag and produced samples, housekeeping); default true.
+   * A second relay of the same replica (the real-time worker thread) sets false.
+   */
+  readonly observe?: boolean;
+  /** Period of the observe cycle; default 5000 ms (observability/observer.ts). */
+  readonly observeIntervalMs?: number;
 }
 
 export interface Relay {
@@ -34,6 +44,8 @@ export interface Relay {
   readonly sink: Sink;
   readonly scheduler: Scheduler;
   readonly listener: OutboxListener;
+  /** Metrics, the /metrics /healthz /readyz server and the canaries of this relay. */
+  readonly observer: Observer;
   /** Resolves once no row is pending (sent or dead only); checked every tick and after batches. */
   whenDrained(): Promise<void>;
   /** Finishes in-flight batches (bounded by `shutdownTimeoutMs`), releases shards, closes everything. */
@@ -63,7 +75,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const pools: pg.Pool[] = [];
   const onPoolError = (error: Error) =>
     logger.warn({ err: error.message }, 'idle PostgreSQL connection lost');
-  const newPool = (max: number, name: string) => {
+  const newPool = (max: number, name: string, settings: Record<string, string | number> = {}) => {
     const pool = createPool({
       connectionString: config.databaseUrl,
       max,
@@ -71,7 +83,13 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       onError: onPoolError,
       // A transaction left idle (a hung sink) is ended by PostgreSQL soon after the send deadline,
       // which releases its row locks; the sink's deadline normally ends the wait first.
-      idleInTransactionTimeoutMs: config.sendTimeoutMs + 5_000,
+      // shardrelay.pid tells a database-side audit which relay process made a change (hostname
+      // and pid of each process are in shardrelay.replicas).
+      settings: {
+        idle_in_transaction_session_timeout: config.sendTimeoutMs + 5_000,
+        'shardrelay.pid': process.pid,
+        ...settings,
+      },
     });
     pools.push(pool);
     return pool;
@@ -99,22 +117,42 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     );
   }
 
+  // Its own connection, so a slow view query never delays a tick or a lease renewal.
+  const observer = createObserver({
+    db: createDatabase(newPool(1, 'observer')),
+    config,
+    sinkName: sink.name,
+    lanes,
+    logger,
+    observe: options.observe,
+    intervalMs: options.observeIntervalMs,
+  });
+  const deliverySink = observer.trackInflight(sink);
+
   const retry = { maxAttempts: config.maxAttempts, baseMs: config.retryBaseMs, capMs: config.retryCapMs };
   let drainedWaiters: (() => void)[] = [];
   const laneRunners: LaneRunner[] = lanes.map((lane) => {
-    const db = createDatabase(newPool(config.connectionsPerLane, lane));
+    // Real-time commits do not wait for the WAL flush, which under a batch backlog carries the
+    // batch lane's large updates (measured: see replica.ts). Safe: if PostgreSQL crashes, the
+    // last commits are lost, their rows are pending again and are re-sent with the same event
+    // id, the failure mode every crash already has. The application's own commits are untouched.
+    const db = createDatabase(
+      newPool(config.connectionsPerLane, lane, lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
+    );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
     return {
       lane,
-      runBatch: async (shard, shardCount) => {
-        const result = await runBatch(db, sink, shard, shardCount, lane, {
+      runBatch: async (shard, shardCount, mayClaim) => {
+        const result = await runBatch(db, deliverySink, shard, shardCount, lane, {
           lanePredicate: config.lanePredicate,
           batchSize,
           retry,
           sendTimeoutMs: config.sendTimeoutMs,
+          ...(mayClaim ? { mayClaim } : {}),
         });
         if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);
-        if (result.dead > 0) logger.warn({ shard, lane, dead: result.dead }, 'rows moved to dead letters');
+        observer.recordBatch(shard, lane, result);
+        logBatchProblems(logger, shard, lane, result);
         return { full: result.claimed >= batchSize };
       },
     };
@@ -134,10 +172,20 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     for (const resolve of waiters) resolve();
   };
 
+  const ownership =
+    options.ownership ??
+    new ShardLeases({
+      db: controlDb,
+      replicaId: config.replicaId,
+      leaseTimeoutSeconds: config.leaseTimeoutSeconds,
+      tickSeconds: config.tickSeconds,
+      logger,
+      requestRefresh: () => void scheduler.tick(),
+    });
   const scheduler = new Scheduler({
     db: controlDb,
     lanes: laneRunners,
-    ownership: options.ownership ?? allShards(),
+    ownership,
     tickSeconds: config.tickSeconds,
     logger,
     afterTick: checkDrained,
@@ -150,36 +198,46 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   });
   await scheduler.start();
   listener.start();
-  logger.info({ replica: config.replicaId, sink: sink.name, lanes }, 'relay started');
+  logger.info({ sink: sink.name, lanes }, 'relay started');
 
   let stopping: Promise<{ clean: boolean }> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      await observer.stop();
+      await listener.stop();
+      const clean = await scheduler.stop(config.shutdownTimeoutMs);
+      if (!clean) {
+        logger.warn(
+          { timeoutMs: config.shutdownTimeoutMs },
+          'in-flight batches did not finish in time; their transactions are rolled back and the rows stay pending',
+        );
+      }
+      await ownership
+        .release()
+        .catch((error: unknown) => logger.warn({ err: error }, 'releasing shards failed'));
+      await sink.close().catch((error: unknown) => logger.warn({ err: error }, 'closing the sink failed'));
+      await Promise.all(pools.map((p) => p.end().catch(() => {})));
+      logger.info({ clean }, 'relay stopped');
+      return { clean };
+    })());
+  try {
+    await observer.start(scheduler);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+
   return {
     replicaId: config.replicaId,
     sink,
     scheduler,
     listener,
+    observer,
     whenDrained: () =>
       new Promise<void>((resolve) => {
         drainedWaiters.push(resolve);
         void checkDrained().catch(() => {});
       }),
-    stop: () =>
-      (stopping ??= (async () => {
-        await listener.stop();
-        const clean = await scheduler.stop(config.shutdownTimeoutMs);
-        if (!clean) {
-          logger.warn(
-            { timeoutMs: config.shutdownTimeoutMs },
-            'in-flight batches did not finish in time; their transactions are rolled back and the rows stay pending',
-          );
-        }
-        await options.ownership
-          ?.release()
-          .catch((error: unknown) => logger.warn({ err: error }, 'releasing shards failed'));
-        await sink.close().catch((error: unknown) => logger.warn({ err: error }, 'closing the sink failed'));
-        await Promise.all(pools.map((p) => p.end().catch(() => {})));
-        logger.info({ clean }, 'relay stopped');
-        return { clean };
-      })()),
+    stop,
   };
 }

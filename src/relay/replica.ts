@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Lane } from '../db/schema.js';
 import { ShardRelayError } from '../errors.js';
+import type { BatchResult } from './batchRunner.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
 import type { FromRealtimeWorker, ToRealtimeWorker } from './realtimeThreadMessages.js';
 
@@ -40,6 +41,8 @@ export async function startReplica(
   if (!thread) return startRelay(options);
 
   const worker = startWorker({ ...options.config, metricsPort: undefined });
+  // The worker has no metrics of its own: the main relay's observer counts its batches too.
+  let recordWorkerBatch: ((shard: number, lane: Lane, result: BatchResult) => void) | undefined;
   const send = (message: ToRealtimeWorker) => worker.postMessage(message);
   let workerFailed: Error | undefined;
   const ready = new Promise<void>((resolve, reject) => {
@@ -51,8 +54,10 @@ export async function startReplica(
             ? new ShardRelayError(message.code, message.message, message.fix ? { fix: message.fix } : {})
             : new Error(`the real-time lane could not start: ${message.message}`),
         );
-      } else if (message.type === 'batch')
+      } else if (message.type === 'batch') {
+        recordWorkerBatch?.(message.shard, message.lane, message.result);
         options.hooks?.onBatch?.(message.shard, message.lane, message.result);
+      }
     });
     worker.on('error', (error) => {
       workerFailed = error;
@@ -65,6 +70,8 @@ export async function startReplica(
   let main: Relay;
   try {
     main = await startRelay({ ...options, lanes: lanes.filter((l): l is Lane => l !== 'realtime') });
+    const observer = main.observer;
+    recordWorkerBatch = (shard, lane, result) => observer.recordBatch(shard, lane, result);
   } catch (error) {
     await worker.terminate();
     throw error;

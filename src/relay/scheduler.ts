@@ -10,7 +10,12 @@ import type { ShardOwnership } from './shardOwnership.js';
 export interface LaneRunner {
   readonly lane: Lane;
   /** Runs one batch of this lane for a shard; `full` = it claimed a whole batch (more may wait). */
-  readonly runBatch: (shard: number, shardCount: number) => Promise<{ readonly full: boolean }>;
+  readonly runBatch: (
+    shard: number,
+    shardCount: number,
+    /** Asked once the batch's transaction has its connection, right before the claim. */
+    mayClaim?: () => boolean,
+  ) => Promise<{ readonly full: boolean }>;
 }
 
 export interface SchedulerOptions {
@@ -40,19 +45,28 @@ export class Scheduler {
   #config: ShardConfig | undefined;
   #task: ScheduledTask | undefined;
   #ticking: Promise<void> | undefined;
+  #tickAgain = false;
   #stopped = false;
   #owned: readonly number[] = [];
+  #lastTickEndedAt = 0;
 
   constructor(options: SchedulerOptions) {
     this.#options = options;
+  }
+
+  /** Epoch ms at which the last tick ended, successfully or not (0 before the first): liveness. */
+  get lastTickEndedAt(): number {
+    return this.#lastTickEndedAt;
   }
 
   get config(): ShardConfig | undefined {
     return this.#config;
   }
 
+  /** Shards this replica may run now (held at the last refresh, and still held by `holds`). */
   get ownedShards(): readonly number[] {
-    return this.#owned;
+    const holds = this.#options.ownership.holds?.bind(this.#options.ownership);
+    return holds ? this.#owned.filter((shard) => holds(shard)) : this.#owned;
   }
 
   async start(): Promise<void> {
@@ -61,18 +75,37 @@ export class Scheduler {
       name: 'shardrelay-tick',
       noOverlap: true,
       maxRandomDelay: Math.min(200, this.#options.tickSeconds * 100),
+      // node-cron logs a skipped overlapping tick as a warning on the console; for us a slow tick
+      // is expected under load (the next one comes), so its messages go to our log at debug.
+      logger: {
+        info: (message) => this.#options.logger.debug({ source: 'node-cron' }, message),
+        warn: (message) => this.#options.logger.debug({ source: 'node-cron' }, message),
+        error: (message) => this.#options.logger.warn({ source: 'node-cron' }, String(message)),
+        debug: (message) => this.#options.logger.debug({ source: 'node-cron' }, String(message)),
+      },
     });
   }
 
   /** Re-reads config and ownership, reconciles loops, triggers them. Never runs twice at once. */
   tick(): Promise<void> {
     if (this.#stopped) return Promise.resolve();
-    this.#ticking ??= this.#tick()
+    if (this.#ticking) {
+      // Asked for while a tick runs (e.g. a NOTIFY that leases were released): that tick may have
+      // read the database before the change, so one more runs right after it.
+      this.#tickAgain = true;
+      return this.#ticking;
+    }
+    this.#ticking = this.#tick()
       .catch((error: unknown) => {
         this.#options.logger.error({ err: error }, 'scheduler tick failed; retrying next tick');
       })
       .finally(() => {
         this.#ticking = undefined;
+        this.#lastTickEndedAt = Date.now();
+        if (this.#tickAgain) {
+          this.#tickAgain = false;
+          void this.tick();
+        }
       });
     return this.#ticking;
   }
@@ -86,7 +119,8 @@ export class Scheduler {
       );
       await this.#stopLoops([...this.#loops.keys()]);
     }
-    if (this.#config && this.#config.generation !== config.generation) this.#buildIndexes(config.shardCount);
+    // Also on the first tick: the count may have changed while no replica ran.
+    if (this.#config?.generation !== config.generation) this.#buildIndexes(config.shardCount);
     this.#config = config;
     if (this.#stopped) return;
     const owned = await this.#options.ownership.refresh(config);
@@ -118,7 +152,13 @@ export class Scheduler {
   #newLoop(shard: number, lane: LaneRunner): ShardLoop {
     const shardCount = this.#config?.shardCount ?? 1;
     return new ShardLoop({
-      runBatch: () => lane.runBatch(shard, shardCount),
+      // Asked before every batch, not only per tick, and again right before the claim (a batch
+      // may wait for a pooled connection, e.g. across a pause): a replica whose lease may have
+      // lapsed (it was paused, its heartbeats failed) claims nothing until a refresh re-validates it.
+      runBatch: () => {
+        const holds = () => this.#options.ownership.holds?.(shard) !== false;
+        return holds() ? lane.runBatch(shard, shardCount, holds) : Promise.resolve({ full: false });
+      },
       errorBackoffMs: (failures) => Math.min(30_000, 250 * 2 ** Math.min(failures, 10)),
       onError: (error, failures) =>
         this.#options.logger.error(

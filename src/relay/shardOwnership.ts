@@ -10,6 +10,12 @@ export interface ShardOwnership {
   refresh(config: ShardConfig): Promise<readonly number[]>;
   /** Gives up every shard (graceful shutdown), after the loops have stopped. */
   release(): Promise<void>;
+  /**
+   * Whether a new batch of `shard` may start now. Asked before every batch, between refreshes: a
+   * lease-based owner answers false once its lease may have expired (e.g. the process was paused),
+   * so a stale replica stops claiming before it re-validates. Absent: always true.
+   */
+  holds?(shard: number): boolean;
 }
 
 /** A single replica: every shard is ours. */

@@ -97,6 +97,18 @@ describe('bad input', () => {
       /cannot reach PostgreSQL at postgres:\/\/shardrelay:\*\*\*@127\.0\.0\.1:1\/nowhere[\s\S]*fix: check DATABASE_URL/,
     ],
     [
+      'an unreachable broker',
+      ['run', '--sink', 'rabbitmq', '--amqp-url', 'amqp://shardrelay:secret@127.0.0.1:1/'],
+      {},
+      /sink rabbitmq could not start[\s\S]*fix: check the sink connection settings/,
+    ],
+    [
+      'a malformed broker URL',
+      ['run', '--sink', 'jetstream', '--nats-url', 'http://127.0.0.1:4222'],
+      {},
+      /--nats-url \/ NATS_URL: http:\/\/127\.0\.0\.1:4222 \(must be a URL starting with nats:\/\/ or tls:\/\/\)/,
+    ],
+    [
       'an unreachable database for migrate',
       ['migrate'],
       { DATABASE_URL: 'postgres://127.0.0.1:1/nowhere' },

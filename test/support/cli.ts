@@ -6,7 +6,8 @@ const ENTRY = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 /** Starts the real CLI as an OS process (TypeScript through tsx), with the given environment additions. */
 export function spawnCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
   return spawn(process.execPath, ['--import', 'tsx', ENTRY, ...args], {
-    env: { ...process.env, SHARDRELAY_LOG_LEVEL: 'warn', ...env },
+    // No synthetic canary rows unless a test asks for them: tests count rows exactly.
+    env: { ...process.env, SHARDRELAY_LOG_LEVEL: 'warn', SHARDRELAY_CANARY_INTERVAL_SECONDS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
 }

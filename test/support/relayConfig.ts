@@ -10,6 +10,8 @@ export function testConfig(databaseUrl: string, overrides: ConfigOverrides = {})
       retryCapMs: 200,
       shutdownTimeoutMs: 5_000,
       logLevel: 'silent',
+      // No synthetic canary rows unless a test asks for them: tests count rows exactly.
+      canaryIntervalSeconds: 0,
       ...overrides,
     },
     {},

@@ -1,0 +1,587 @@
+import { randomUUID } from 'node:crypto';
+import os from 'node:os';
+import { sql, type Kysely } from 'kysely';
+import type { Database } from '../db/schema.js';
+import { toError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { CONFIG_CHANNEL } from './outboxListener.js';
+import type { ShardConfig } from './shardConfig.js';
+import type { ShardOwnership } from './shardOwnership.js';
+
+/**
+ * Shard leases: which replica runs which shard.
+ *
+ * A shard lease is a database-backed lease with an explicit term identity (generation): one row of
+ * `shardrelay.shard_lease` per (generation, shard), where the generation is the shard-config
+ * generation (`shard_config.generation`, bumped by every change of the shard count) the lease was
+ * taken under. A lease of generation 3 says nothing about generation 4: a change of the count starts
+ * new terms instead of stretching old ones, so an old lease can never pass for a current one.
+ *
+ * Correctness never depends on these leases. Two replicas that run the same shard at the same time
+ * (during a hand-off, after a stall, with one replica's view out of date) only compete for rows: the
+ * claim locks rows `FOR UPDATE SKIP LOCKED` and PostgreSQL re-checks `status = 'pending'` on the
+ * newest row version (relay/claims.ts), so one transaction at most sends a row. Leases spread the
+ * work and keep replicas from spending claims on each other's rows; that is all. For the same
+ * reason the claim does not check a fencing token.
+ *
+ * Fields, who writes them, who reads them:
+ *
+ *   shard_lease.generation, shard  The key. Written by the taker (acquireFreeShards,
+ *                                  takeOverExpiredLeases).
+ *   shard_lease.owner              The replica id, for people. Taker; read by the views and logs.
+ *   shard_lease.owner_instance     A random token of the owning process: the identity every check
+ *                                  uses, so two processes started with one replica id never both
+ *                                  believe they hold a lease. Taker; read by renewLeases (only
+ *                                  the owner renews), releaseLeases, leaveMembership,
+ *                                  readBalance and the views.
+ *   shard_lease.acquired_at        When this owner took it. Taker; views.
+ *   shard_lease.renewed_at,        PostgreSQL's clock (clock_timestamp()), never a Node clock, so
+ *     expires_at                   replicas whose clocks disagree still agree on expiry. Owner
+ *                                  (renewLeases, every heartbeat) and taker; expires_at is read by
+ *                                  takers (only an expired lease may be taken over), readBalance
+ *                                  and the views.
+ *   replica.instance, replica_id,  Written once by the process's first heartbeat; views.
+ *     hostname, pid, started_at
+ *   replica.heartbeat_at           The process, every heartbeat. Read by every replica to count
+ *                                  the live members: heartbeat_at + lease_timeout_seconds > now.
+ *   replica.lease_timeout_seconds  The process's own setting: how long it stays a member without
+ *                                  a heartbeat (its leases last as long). Read with heartbeat_at.
+ *   replica.generation             The shard generation the process runs now; readBalance (only
+ *                                  members already on the current generation can be short of
+ *                                  shards) and the views ("all replicas switched?").
+ *
+ * Every operation below is one statement in its own transaction; no lock is held between them,
+ * and none touches `shard_config`, so a shard-count migration never waits on a replica.
+ *
+ * What a replica does on every refresh (the scheduler calls it every tick, a config NOTIFY or a
+ * lease expiry brings it forward): heartbeat; drop its leases of other generations (the scheduler
+ * has stopped those loops before calling refresh); delete the leases it chose to give back on the
+ * previous refresh (their loops have stopped since, so a hand-off never overlaps); renew the rest
+ * (what comes back is what it holds; a lease someone took over is gone); then balance against the
+ * live members: take expired leases and free shards up to its share, or mark leases above it for
+ * give-back. Its share is ceil(N / members), except floor(N / members) while some member on the
+ * current generation holds fewer than floor (so shards flow to a newcomer instead of back to the
+ * replicas that just gave them up). Held counts end within one of each other. After a change of
+ * the shard count it takes nothing while another replica still holds leases of the old count
+ * (at most one lease timeout), so the two counts' batches do not compete for the same rows.
+ *
+ * Leaving (graceful shutdown, after the loops stopped): leaveMembership deletes the membership
+ * row and every lease in one transaction and NOTIFYs, so the others re-take the shards at once.
+ * Joining, giving back and dropping an old generation NOTIFY too (shardrelay_config); the
+ * listeners turn that into an immediate refresh, with the tick as the fallback.
+ *
+ * Heartbeats also run on a timer of their own (every min(tick, lease timeout / 3)), so a tick that
+ * waits for a slow in-flight batch does not let the leases lapse.
+ *
+ * Stalls: the process trusts its leases only until its last successful renewal started plus the
+ * lease timeout, by its own monotonic clock (`holds`), which is never later than their expiry in
+ * the database. A process that was paused past that (SIGSTOP, a long GC pause, a frozen VM) starts
+ * no new batch when it wakes: it renews first, and the renewal returns only the leases nobody took
+ * over meanwhile. A batch that was in flight during the pause finishes; its row locks kept everyone
+ * else off its rows, or PostgreSQL ended its transaction and the rows are pending again.
+ */
+
+export interface ShardLeasesOptions {
+  /** A connection of the control pool; every statement here is short. */
+  readonly db: Kysely<Database>;
+  readonly replicaId: string;
+  /** How long a lease and a membership last without a heartbeat. */
+  readonly leaseTimeoutSeconds: number;
+  /** The scheduler tick; heartbeats run at least this often. */
+  readonly tickSeconds: number;
+  readonly logger: Logger;
+  /** Asks for an early refresh (a scheduler tick), e.g. when another replica's lease is about to expire. */
+  readonly requestRefresh?: () => void;
+  /** The process token; a fresh random one by default. */
+  readonly instance?: string;
+}
+
+interface Member {
+  readonly instance: string;
+  readonly replicaId: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lease operations, one statement each.
+// ---------------------------------------------------------------------------------------------
+
+const leaseInterval = (seconds: number) => sql`${seconds} * interval '1 second'`;
+
+/** Upserts this process's membership row. `joined` is true when the row was created now. */
+export async function heartbeat(
+  db: Kysely<Database>,
+  me: Member,
+  generation: string,
+  leaseTimeoutSeconds: number,
+): Promise<{ readonly joined: boolean }> {
+  const { rows } = await sql<{ joined: boolean }>`
+    INSERT INTO shardrelay.replica AS r
+      (instance, replica_id, hostname, pid, lease_timeout_seconds, generation)
+    VALUES (${me.instance}, ${me.replicaId}, ${os.hostname()}, ${process.pid}, ${leaseTimeoutSeconds},
+            ${generation}::bigint)
+    ON CONFLICT (instance) DO UPDATE SET
+      heartbeat_at = clock_timestamp(),
+      lease_timeout_seconds = EXCLUDED.lease_timeout_seconds,
+      generation = EXCLUDED.generation
+    RETURNING (xmax = 0) AS joined`.execute(db);
+  return { joined: rows[0]?.joined === true };
+}
+
+/**
+ * Deletes this process's leases of every other generation (its loops of those generations have
+ * stopped), and anyone's expired leases of other generations and long-gone members (housekeeping;
+ * a crashed replica stays visible in the views for 15 minutes). Announces it when it let go of
+ * leases, since the other replicas wait for that before they take leases of the new generation.
+ */
+export async function dropOtherGenerations(
+  db: Kysely<Database>,
+  me: Member,
+  generation: string,
+): Promise<number> {
+  const { rows } = await sql<{ dropped: number }>`
+    WITH mine AS (
+      DELETE FROM shardrelay.shard_lease
+       WHERE generation <> ${generation}::bigint
+         AND (owner_instance = ${me.instance} OR expires_at < clock_timestamp())
+      RETURNING owner_instance
+    ), gone AS (
+      DELETE FROM shardrelay.replica
+       WHERE heartbeat_at < clock_timestamp() - interval '15 minutes'
+      RETURNING 1
+    )
+    , counted AS (
+      SELECT (SELECT count(*) FROM mine WHERE owner_instance = ${me.instance})::int AS dropped,
+             (SELECT count(*) FROM gone)::int AS gone
+    )
+    -- Replicas waiting for the old generation to be let go of (readBalance) look again at once.
+    SELECT dropped, CASE WHEN dropped > 0 THEN pg_notify(${CONFIG_CHANNEL}, 'old generation released') END
+      FROM counted`.execute(db);
+  return rows[0]?.dropped ?? 0;
+}
+
+/** Extends every lease of `generation` this process still owns; returns their shards. */
+export async function renewLeases(
+  db: Kysely<Database>,
+  me: Member,
+  generation: string,
+  leaseTimeoutSeconds: number,
+): Promise<number[]> {
+  const { rows } = await sql<{ shard: number }>`
+    UPDATE shardrelay.shard_lease
+       SET renewed_at = clock_timestamp(),
+           expires_at = clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
+     WHERE generation = ${generation}::bigint
+       AND owner_instance = ${me.instance}
+    RETURNING shard`.execute(db);
+  return rows.map((r) => r.shard);
+}
+
+/** Gives leases back (deletes them), so another replica can take them at once. */
+export async function releaseLeases(
+  db: Kysely<Database>,
+  me: Member,
+  generation: string,
+  shards: readonly number[],
+): Promise<number[]> {
+  const { rows } = await sql<{ shard: number }>`
+    WITH released AS (
+      DELETE FROM shardrelay.shard_lease
+       WHERE owner_instance = ${me.instance} AND generation = ${generation}::bigint
+         AND shard = ANY(${[...shards]}::int[])
+      RETURNING shard
+    )
+    SELECT shard, pg_notify(${CONFIG_CHANNEL}, 'leases released') FROM released`.execute(db);
+  return rows.map((r) => r.shard);
+}
+
+/**
+ * Graceful leave, one transaction: the membership row and every lease go together, then the NOTIFY,
+ * so the others see one replica fewer and free shards in the same refresh and take them at once.
+ */
+export async function leaveMembership(db: Kysely<Database>, me: Member): Promise<number[]> {
+  const { rows } = await sql<{ shards: number[] }>`
+    WITH member AS (
+      DELETE FROM shardrelay.replica WHERE instance = ${me.instance} RETURNING 1
+    ), released AS (
+      DELETE FROM shardrelay.shard_lease WHERE owner_instance = ${me.instance} RETURNING shard
+    )
+    SELECT coalesce((SELECT array_agg(shard ORDER BY shard) FROM released), '{}') AS shards,
+           (SELECT count(*) FROM member) AS left_membership,
+           pg_notify(${CONFIG_CHANNEL}, 'replica left')`.execute(db);
+  return rows[0]?.shards ?? [];
+}
+
+/**
+ * The take-over: up to `limit` leases of `generation` that other processes let expire become ours.
+ * `FOR UPDATE SKIP LOCKED` passes over lease rows another replica is taking over or renewing right
+ * now, and PostgreSQL re-checks `expires_at <= clock_timestamp()` on the newest row version when it
+ * locks one, so a lease renewed by its owner a moment ago is never taken, and two takers never
+ * both get the same lease.
+ */
+export async function takeOverExpiredLeases(
+  db: Kysely<Database>,
+  me: Member,
+  generation: string,
+  leaseTimeoutSeconds: number,
+  limit: number,
+): Promise<{ readonly shard: number; readonly previousOwner: string; readonly expiredForSeconds: number }[]> {
+  if (limit <= 0) return [];
+  const { rows } = await sql<{ shard: number; previous_owner: string; expired_for: number }>`
+    WITH expired AS (
+      SELECT generation, shard, owner AS previous_owner, expires_at AS expired_at
+        FROM shardrelay.shard_lease
+       WHERE generation = ${generation}::bigint
+         AND expires_at <= clock_timestamp()
+         AND owner_instance <> ${me.instance}
+       ORDER BY random()
+       LIMIT ${limit}
+         FOR UPDATE SKIP LOCKED
+    )
+    UPDATE shardrelay.shard_lease l
+       SET owner = ${me.replicaId},
+           owner_instance = ${me.instance},
+           acquired_at = clock_timestamp(),
+           renewed_at = clock_timestamp(),
+           expires_at = clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
+      FROM expired
+     WHERE l.generation = expired.generation AND l.shard = expired.shard
+    RETURNING l.shard, expired.previous_owner,
+              extract(epoch FROM clock_timestamp() - expired.expired_at)::float8 AS expired_for`.execute(db);
+  return rows.map((r) => ({
+    shard: r.shard,
+    previousOwner: r.previous_owner,
+    expiredForSeconds: r.expired_for,
+  }));
+}
+
+/**
+ * Takes up to `limit` shards that have no lease row in `generation` (never taken, or given back).
+ * Two replicas inserting the same shard: the unique key makes the second wait for the first's
+ * commit, then `DO NOTHING` leaves it to the first.
+ */
+export async function acquireFreeShards(
+  db: Kysely<Database>,
+  me: Member,
+  config: ShardConfig,
+  leaseTimeoutSeconds: number,
+  limit: number,
+): Promise<number[]> {
+  if (limit <= 0) return [];
+  const { rows } = await sql<{ shard: number }>`
+    INSERT INTO shardrelay.shard_lease
+      (generation, shard, owner, owner_instance, acquired_at, renewed_at, expires_at)
+    SELECT ${config.generation}::bigint, s, ${me.replicaId}, ${me.instance},
+           clock_timestamp(), clock_timestamp(), clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
+      FROM generate_series(0, ${config.shardCount - 1}) AS s
+     WHERE NOT EXISTS (SELECT 1 FROM shardrelay.shard_lease l
+                        WHERE l.generation = ${config.generation}::bigint AND l.shard = s)
+     ORDER BY random()
+     LIMIT ${limit}
+    ON CONFLICT (generation, shard) DO NOTHING
+    RETURNING shard`.execute(db);
+  return rows.map((r) => r.shard);
+}
+
+export interface Balance {
+  /** Live members (heartbeat within their lease timeout), this process included. */
+  readonly live: number;
+  /** Live processes that use this process's replica id, this one included. */
+  readonly sameReplicaId: number;
+  /** Shards of the generation with an unexpired lease. */
+  readonly leased: number;
+  /** The fewest valid leases any other live member on this generation holds; null if none. */
+  readonly othersMinHeld: number | null;
+  /** Milliseconds until the first unexpired lease of another process (any generation) expires; null if none. */
+  readonly nextForeignExpiryMs: number | null;
+  /** Unexpired leases of other generations: batches of another shard count may still be running. */
+  readonly otherGenerationLeases: number;
+}
+
+/** Membership and lease counts, read in one snapshot. */
+export async function readBalance(db: Kysely<Database>, me: Member, generation: string): Promise<Balance> {
+  const { rows } = await sql<{
+    live: number;
+    same_id: number;
+    leased: number;
+    others_min_held: number | null;
+    next_expiry_ms: number | null;
+    other_generations: number;
+  }>`
+    WITH live AS (
+      SELECT instance, replica_id, generation
+        FROM shardrelay.replica
+       WHERE heartbeat_at + lease_timeout_seconds * interval '1 second' > clock_timestamp()
+    ), valid AS (
+      SELECT shard, owner_instance, expires_at
+        FROM shardrelay.shard_lease
+       WHERE generation = ${generation}::bigint AND expires_at > clock_timestamp()
+    ), others AS (
+      SELECT count(v.shard) AS held
+        FROM live m LEFT JOIN valid v ON v.owner_instance = m.instance
+       WHERE m.generation = ${generation}::bigint AND m.instance <> ${me.instance}
+       GROUP BY m.instance
+    )
+    SELECT (SELECT count(*) FROM live)::int AS live,
+           (SELECT count(*) FROM live WHERE replica_id = ${me.replicaId})::int AS same_id,
+           (SELECT count(*) FROM valid)::int AS leased,
+           (SELECT min(held) FROM others)::int AS others_min_held,
+           (SELECT extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000
+              FROM shardrelay.shard_lease
+             WHERE expires_at > clock_timestamp() AND owner_instance <> ${me.instance})::float8 AS next_expiry_ms,
+           (SELECT count(*) FROM shardrelay.shard_lease
+             WHERE generation <> ${generation}::bigint AND expires_at > clock_timestamp())::int AS other_generations`.execute(
+    db,
+  );
+  const row = rows[0];
+  return {
+    live: Math.max(1, row?.live ?? 1),
+    sameReplicaId: row?.same_id ?? 1,
+    leased: row?.leased ?? 0,
+    othersMinHeld: row?.others_min_held ?? null,
+    nextForeignExpiryMs: row?.next_expiry_ms ?? null,
+    otherGenerationLeases: row?.other_generations ?? 0,
+  };
+}
+
+/**
+ * How many shards this replica should hold: ceil(N / live), but only floor(N / live) while another
+ * member on the current generation holds fewer than floor (it gets the remainder first).
+ */
+export function shareOf(shardCount: number, live: number, othersMinHeld: number | null): number {
+  const floor = Math.floor(shardCount / live);
+  const ceil = Math.ceil(shardCount / live);
+  return othersMinHeld !== null && othersMinHeld < floor ? floor : ceil;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ownership a replica runs with.
+// ---------------------------------------------------------------------------------------------
+
+/** Lease-based shard ownership: the default of `startRelay`. A single replica holds every shard. */
+export class ShardLeases implements ShardOwnership {
+  readonly instance: string;
+  readonly #options: ShardLeasesOptions;
+  readonly #me: Member;
+  readonly #leaseMs: number;
+  readonly #heartbeatMs: number;
+  /** Generation and shard count of the last refresh; the leases below belong to it. */
+  #config: ShardConfig | undefined;
+  /** Leases this process owned at its last renewal (plus those taken since). */
+  readonly #held = new Set<number>();
+  /** Held leases chosen for give-back: no new batch; deleted at the next refresh. */
+  readonly #releasing = new Set<number>();
+  /** performance.now() until which the held leases are certainly still ours in the database. */
+  #validUntil = 0;
+  #lastRenewalStart: number | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+  #heartbeatTimer: NodeJS.Timeout | undefined;
+  #expiryTimer: NodeJS.Timeout | undefined;
+  #joined = false;
+  #stopped = false;
+  #heartbeatFailing = false;
+  #warnedSameId = 1;
+  #waitingForOldGeneration = false;
+  /** performance.now() when this process first saw the current generation. */
+  #generationSeenAt = 0;
+
+  constructor(options: ShardLeasesOptions) {
+    this.#options = options;
+    this.instance = options.instance ?? randomUUID();
+    this.#me = { instance: this.instance, replicaId: options.replicaId };
+    this.#leaseMs = options.leaseTimeoutSeconds * 1000;
+    this.#heartbeatMs = Math.min(options.tickSeconds, options.leaseTimeoutSeconds / 3) * 1000;
+  }
+
+  /** True while this process may start a batch of `shard`: it holds the lease and it cannot have expired. */
+  holds(shard: number): boolean {
+    return (
+      !this.#stopped &&
+      this.#held.has(shard) &&
+      !this.#releasing.has(shard) &&
+      performance.now() < this.#validUntil
+    );
+  }
+
+  refresh(config: ShardConfig): Promise<readonly number[]> {
+    return this.#serially(() => this.#refresh(config));
+  }
+
+  /** Gives every lease back at once and leaves the membership (graceful shutdown, loops stopped). */
+  release(): Promise<void> {
+    return this.#serially(async () => {
+      this.#stopped = true;
+      clearInterval(this.#heartbeatTimer);
+      clearTimeout(this.#expiryTimer);
+      if (!this.#joined) return;
+      const released = await leaveMembership(this.#options.db, this.#me);
+      this.#held.clear();
+      this.#options.logger.info({ shards: released }, 'left the membership; shard leases released');
+    });
+  }
+
+  #serially<T>(operation: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(operation, operation);
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  async #refresh(config: ShardConfig): Promise<readonly number[]> {
+    if (this.#stopped) return [];
+    const { db, logger } = this.#options;
+    const L = this.#options.leaseTimeoutSeconds;
+    if (this.#config?.generation !== config.generation) this.#generationSeenAt = performance.now();
+    if (this.#config && this.#config.generation !== config.generation) {
+      // The scheduler stopped every loop of the old generation before calling us.
+      logger.info(
+        { from: this.#config.generation, to: config.generation, shardCount: config.shardCount },
+        'dropping shard leases of the old generation',
+      );
+      this.#held.clear();
+      this.#releasing.clear();
+    }
+    this.#config = config;
+
+    const started = await this.#renew(config.generation);
+    await dropOtherGenerations(db, this.#me, config.generation);
+    if (this.#releasing.size > 0) {
+      const given = await releaseLeases(db, this.#me, config.generation, [...this.#releasing]);
+      for (const shard of this.#releasing) this.#held.delete(shard);
+      this.#releasing.clear();
+      logger.info({ shards: given.sort((a, b) => a - b) }, 'gave shard leases back to rebalance');
+    }
+
+    const balance = await readBalance(db, this.#me, config.generation);
+    const share = shareOf(config.shardCount, balance.live, balance.othersMinHeld);
+    const waitedMs = performance.now() - this.#generationSeenAt;
+    if (balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs) {
+      // A shard-count change is under way and some replica still finishes batches of the other
+      // count. Its rows overlap ours (id % 8 = 3 and id % 16 = 11 share rows), so start nothing
+      // until it has let go: its refresh deletes those leases (and NOTIFYs) once its loops have
+      // stopped. Not needed for correctness (row locks are), it keeps the two generations from
+      // competing for the same rows and progress rows. Bounded by one lease timeout, so a replica
+      // stuck in a slow batch cannot hold the switch up.
+      if (!this.#waitingForOldGeneration) {
+        logger.info(
+          { leases: balance.otherGenerationLeases },
+          'waiting for replicas to finish batches of the previous shard count before taking shards',
+        );
+      }
+    } else if (this.#held.size < share) {
+      if (balance.otherGenerationLeases > 0 && this.#waitingForOldGeneration) {
+        logger.warn(
+          { leases: balance.otherGenerationLeases, waitedSeconds: Math.round(waitedMs / 1000) },
+          'leases of the previous shard count are still held after a lease timeout; taking shards anyway',
+        );
+      }
+      const wanted = share - this.#held.size;
+      const taken = await takeOverExpiredLeases(db, this.#me, config.generation, L, wanted);
+      for (const t of taken) this.#held.add(t.shard);
+      if (taken.length > 0) {
+        logger.info(
+          {
+            shards: taken.map((t) => t.shard),
+            from: [...new Set(taken.map((t) => t.previousOwner))],
+            expiredForSeconds: Math.max(...taken.map((t) => t.expiredForSeconds)),
+          },
+          'took over expired shard leases',
+        );
+      }
+      // Replicas woken by the same NOTIFY race for the same free shards; a loser tries the
+      // remaining ones at once (a few rounds) instead of a tick later.
+      const free: number[] = [];
+      for (let round = 0; round < 3 && taken.length + free.length < wanted; round++) {
+        const got = await acquireFreeShards(db, this.#me, config, L, wanted - taken.length - free.length);
+        if (got.length === 0 && balance.leased + taken.length + free.length >= config.shardCount) break;
+        free.push(...got);
+      }
+      for (const shard of free) this.#held.add(shard);
+      if (free.length > 0) logger.info({ shards: free.sort((a, b) => a - b) }, 'took free shards');
+    } else if (this.#held.size > share) {
+      // Two steps, so a hand-off never overlaps: the loops of these shards stop now (they are no
+      // longer returned), the leases are deleted at the next refresh.
+      const extra = [...this.#held].sort((a, b) => b - a).slice(0, this.#held.size - share);
+      for (const shard of extra) this.#releasing.add(shard);
+      logger.info(
+        { shards: extra, share, live: balance.live },
+        'holding more than a fair share; stopping these shards to give them back',
+      );
+    }
+    this.#waitingForOldGeneration = balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs;
+    this.#validUntil = started + this.#leaseMs;
+
+    if (balance.sameReplicaId > 1 && balance.sameReplicaId !== this.#warnedSameId) {
+      logger.warn(
+        { replicaId: this.#options.replicaId, processes: balance.sameReplicaId, instance: this.instance },
+        'another running process uses this replica id; each process still holds leases of its own, but give every replica a unique --replica-id',
+      );
+    }
+    this.#warnedSameId = balance.sameReplicaId;
+    this.#scheduleExpiryWake(balance.nextForeignExpiryMs);
+    this.#heartbeatTimer ??= setInterval(() => void this.#heartbeatOnly(), this.#heartbeatMs).unref();
+    return [...this.#held].filter((shard) => !this.#releasing.has(shard)).sort((a, b) => a - b);
+  }
+
+  /** Heartbeat and renewal; returns when the renewal started (performance.now()). */
+  async #renew(generation: string): Promise<number> {
+    const { db, logger } = this.#options;
+    const started = performance.now();
+    if (this.#lastRenewalStart !== undefined && started - this.#lastRenewalStart > this.#leaseMs) {
+      logger.warn(
+        { stalledSeconds: Math.round((started - this.#lastRenewalStart) / 100) / 10 },
+        'no lease renewal for longer than the lease timeout (process paused or database unreachable); re-validating leases before any new batch',
+      );
+    }
+    const { joined } = await heartbeat(db, this.#me, generation, this.#options.leaseTimeoutSeconds);
+    if (joined) {
+      if (this.#joined) logger.warn('membership row was gone (removed as long dead); joined again');
+      this.#joined = true;
+      await sql`SELECT pg_notify(${CONFIG_CHANNEL}, 'replica joined')`.execute(db);
+    }
+    const renewed = new Set(await renewLeases(db, this.#me, generation, this.#options.leaseTimeoutSeconds));
+    const lost = [...this.#held].filter((shard) => !renewed.has(shard));
+    if (lost.length > 0) {
+      logger.warn(
+        { shards: lost.sort((a, b) => a - b) },
+        'shard leases were taken over by another replica while ours had expired; no new batch starts on them',
+      );
+    }
+    this.#held.clear();
+    for (const shard of renewed) this.#held.add(shard);
+    for (const shard of this.#releasing) if (!renewed.has(shard)) this.#releasing.delete(shard);
+    this.#lastRenewalStart = started;
+    return started;
+  }
+
+  /** Between ticks: keeps membership and leases alive even while a tick waits for a slow batch. */
+  async #heartbeatOnly(): Promise<void> {
+    await this.#serially(async () => {
+      if (this.#stopped || !this.#config) return;
+      try {
+        const started = await this.#renew(this.#config.generation);
+        this.#validUntil = started + this.#leaseMs;
+        if (this.#heartbeatFailing) this.#options.logger.info('lease heartbeat works again');
+        this.#heartbeatFailing = false;
+      } catch (error) {
+        if (!this.#heartbeatFailing) {
+          this.#options.logger.warn(
+            { err: toError(error).message },
+            'lease heartbeat failed; retrying (loops stop claiming if it keeps failing past the lease timeout)',
+          );
+        }
+        this.#heartbeatFailing = true;
+      }
+    }).catch(() => {});
+  }
+
+  /**
+   * Another replica's lease that stops being renewed expires between two ticks; refresh right then,
+   * so its shards are taken over one lease timeout after its last heartbeat, not up to a tick later.
+   */
+  #scheduleExpiryWake(inMs: number | null): void {
+    clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    const wake = this.#options.requestRefresh;
+    if (!wake || inMs === null || this.#stopped) return;
+    this.#expiryTimer = setTimeout(wake, Math.max(0, inMs) + 25).unref();
+  }
+}
