@@ -1,0 +1,147 @@
+/**
+ * The messages between the bench driver and the processes it measures (relayProcess.ts,
+ * floorProcess.ts). The measured code runs in a child process of its own so that its CPU time and
+ * peak RSS are its own, not mixed with the driver's load generator and sampling.
+ *
+ * Protocol: the driver sends `{ id, request }`, the child answers `{ id, response }` or
+ * `{ id, error }`. Requests are few and small; the answers carry the counters the driver needs.
+ */
+
+export type SinkKind = 'null' | 'pgboss' | 'rabbitmq';
+
+export interface RelayStart {
+  readonly kind: 'startRelay';
+  readonly databaseUrl: string;
+  readonly sink: SinkKind;
+  readonly amqpUrl: string;
+  readonly amqpExchange: string;
+  readonly batchSize: number;
+  readonly connections: number;
+}
+
+export interface FloorStart {
+  readonly kind: 'startFloor';
+  readonly databaseUrl: string;
+  readonly batchSize: number;
+  readonly connections: number;
+}
+
+export type BenchRequest =
+  | RelayStart
+  | FloorStart
+  /** Floor only: drain the outbox now; answers when no pending row is left. */
+  | { readonly kind: 'runFloor' }
+  | { readonly kind: 'usage' }
+  | { readonly kind: 'stop' };
+
+/** What a child reports about itself: counters since it started. */
+export interface ChildUsage {
+  readonly kind: 'usage';
+  /** Epoch ms when the answer was made. */
+  readonly at: number;
+  /** User + system CPU of the child since it started, µs (process.resourceUsage). */
+  readonly cpuUs: number;
+  /** Peak RSS of the child's lifetime, bytes (process.resourceUsage().maxRSS). */
+  readonly maxRssBytes: number;
+  readonly rssBytes: number;
+  /**
+   * Peaks of the V8 heap (reserved, used) and of memory outside it (Buffers), sampled every 100 ms:
+   * what the RSS is made of. RSS well above the used heap is heap the garbage collector has not
+   * given back, not live data.
+   */
+  readonly peakHeapTotalBytes: number;
+  readonly peakHeapUsedBytes: number;
+  readonly peakExternalBytes: number;
+  /** Rows recorded as sent by this child. */
+  readonly sent: number;
+  /** Committed batches that claimed rows: sent / batches is the mean batch size. */
+  readonly batches: number;
+  /** Rows that went back to pending (retry) or to dead letters; both should stay 0 in a benchmark. */
+  readonly retried: number;
+  readonly dead: number;
+  /** Epoch ms of the first and the last committed batch that claimed rows; 0 before the first. */
+  readonly firstBatchAt: number;
+  readonly lastBatchAt: number;
+  /** Errors the child saw (batch failures, sink errors), the first few, for the report. */
+  readonly errors: readonly string[];
+}
+
+export interface FloorRun {
+  readonly kind: 'floorRun';
+  readonly rows: number;
+  readonly startedAt: number;
+  readonly finishedAt: number;
+}
+
+export type BenchResponse = { readonly kind: 'ready' } | { readonly kind: 'stopped' } | ChildUsage | FloorRun;
+
+export interface RequestEnvelope {
+  readonly id: number;
+  readonly request: BenchRequest;
+}
+
+export type ResponseEnvelope =
+  { readonly id: number; readonly response: BenchResponse } | { readonly id: number; readonly error: string };
+
+/**
+ * Child side: answers every request with `handle`, one at a time in arrival order. A handler
+ * that throws answers with the error's message, so the driver fails with the child's reason
+ * instead of a timeout.
+ */
+export function serveRequests(handle: (request: BenchRequest) => Promise<BenchResponse>): void {
+  if (!process.send) throw new Error('this file is started by the bench driver (bench/main.ts), over IPC');
+  process.on('message', (message: RequestEnvelope) => {
+    handle(message.request).then(
+      (response) => process.send?.({ id: message.id, response } satisfies ResponseEnvelope),
+      (error: unknown) =>
+        process.send?.({
+          id: message.id,
+          error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+        } satisfies ResponseEnvelope),
+    );
+  });
+  // The driver going away (crash, Ctrl-C) must not leave a relay running against the database.
+  process.on('disconnect', () => process.exit(0));
+  trackMemory();
+}
+
+let peakHeapTotal = 0;
+let peakHeapUsed = 0;
+let peakExternal = 0;
+
+function sampleMemory(): void {
+  const memory = process.memoryUsage();
+  peakHeapTotal = Math.max(peakHeapTotal, memory.heapTotal);
+  peakHeapUsed = Math.max(peakHeapUsed, memory.heapUsed);
+  peakExternal = Math.max(peakExternal, memory.external);
+}
+
+/** Starts the memory sampling of a child (it does not keep the process alive). */
+export function trackMemory(): void {
+  setInterval(sampleMemory, 100).unref();
+}
+
+/** The part of usage every child computes the same way. */
+export function processUsage(): Pick<
+  ChildUsage,
+  | 'at'
+  | 'cpuUs'
+  | 'maxRssBytes'
+  | 'rssBytes'
+  | 'peakHeapTotalBytes'
+  | 'peakHeapUsedBytes'
+  | 'peakExternalBytes'
+> {
+  sampleMemory();
+  const usage = process.resourceUsage();
+  return {
+    at: Date.now(),
+    cpuUs: usage.userCPUTime + usage.systemCPUTime,
+    // maxRSS is in kilobytes on Linux.
+    maxRssBytes: usage.maxRSS * 1024,
+    rssBytes: process.memoryUsage.rss(),
+    peakHeapTotalBytes: peakHeapTotal,
+    peakHeapUsedBytes: peakHeapUsed,
+    peakExternalBytes: peakExternal,
+  };
+}

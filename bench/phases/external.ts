@@ -1,0 +1,90 @@
+/**
+ * Phase 7: scenarios that live in their own files, written with their own issues — the lane
+ * scenario (bench/laneLatency.ts, `runLaneLatencyBench(options)`) and the confirm-pipelining
+ * scenario (bench/confirmPipelining.ts, `runConfirmPipeliningBench(options)`). Each runs once,
+ * after the rounds, when its file exists; it is loaded by path at run time so that the bench
+ * builds and runs without it. Whatever it returns goes into the JSON as is.
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { PhaseContext } from './context.js';
+
+export interface ExternalScenario {
+  readonly phase: 'lanes' | 'confirm-pipelining';
+  readonly file: string;
+  readonly exportName: string;
+  /** Needs RabbitMQ (skipped without it, failed without it under CI=true). */
+  readonly needsRabbitMq: boolean;
+  /** For the time budget: measured on the 2-core machine (90 s and 7 s in a full run), with margin. */
+  readonly estimateMs: (quick: boolean) => number;
+  /** The scenario's own options, from the bench's. */
+  readonly options: (context: PhaseContext) => Record<string, unknown>;
+}
+
+export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
+  {
+    phase: 'lanes',
+    file: 'laneLatency.ts',
+    exportName: 'runLaneLatencyBench',
+    needsRabbitMq: false,
+    estimateMs: (quick) => (quick ? 45_000 : 120_000),
+    // The sizes of laneLatency.ts's own --quick.
+    options: ({ database, options }) => ({
+      databaseUrl: database.url,
+      ...(options.quick ? { backlogRows: 50_000, durationSeconds: 5 } : {}),
+    }),
+  },
+  {
+    phase: 'confirm-pipelining',
+    file: 'confirmPipelining.ts',
+    exportName: 'runConfirmPipeliningBench',
+    needsRabbitMq: true,
+    estimateMs: () => 15_000,
+    options: ({ amqp, options }) => ({ amqpUrl: amqp?.url ?? options.amqpUrl }),
+  },
+];
+
+export interface ExternalResult {
+  readonly phase: string;
+  readonly status: 'absent' | 'skipped' | 'ran' | 'failed';
+  readonly seconds: number;
+  readonly result?: unknown;
+  readonly error?: string;
+}
+
+function fileOf(scenario: ExternalScenario): string {
+  return fileURLToPath(new URL(`../${scenario.file}`, import.meta.url));
+}
+
+export function scenarioPresent(scenario: ExternalScenario): boolean {
+  return existsSync(fileOf(scenario));
+}
+
+export async function runExternal(
+  context: PhaseContext,
+  scenario: ExternalScenario,
+): Promise<ExternalResult> {
+  const started = Date.now();
+  const seconds = () => (Date.now() - started) / 1000;
+  if (!scenarioPresent(scenario)) return { phase: scenario.phase, status: 'absent', seconds: 0 };
+  try {
+    const module = (await import(pathToFileURL(fileOf(scenario)).href)) as Record<string, unknown>;
+    const run = module[scenario.exportName];
+    if (typeof run !== 'function')
+      throw new Error(`${scenario.file} does not export ${scenario.exportName}()`);
+    const result: unknown = await (run as (options: Record<string, unknown>) => unknown)(
+      scenario.options(context),
+    );
+    return { phase: scenario.phase, status: 'ran', seconds: seconds(), result };
+  } catch (error) {
+    return {
+      phase: scenario.phase,
+      status: 'failed',
+      seconds: seconds(),
+      error: error instanceof Error ? error.message : String(error),
+    };
+  } finally {
+    // A scenario may leave rows or other state behind; whatever runs next must start clean.
+    await context.database.reset().catch(() => {});
+  }
+}
