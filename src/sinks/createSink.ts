@@ -1,29 +1,39 @@
 import type { RelayConfig } from '../config.js';
 import type { Logger } from '../logger.js';
-import { createHttpSink } from './httpSink.js';
-import { createJetStreamSink } from './jetStreamSink.js';
-import { createNullSink } from './nullSink.js';
-import { createPgBossSink } from './pgBossSink.js';
-import { createRabbitMqSink } from './rabbitmqSink.js';
 import type { Sink } from './sink.js';
 
-/** The sink named by the configuration, not yet started (each lane thread creates its own). */
+/**
+ * The sink named by the configuration, not yet started (each lane thread creates its own). Each
+ * sink module is imported only when chosen: broker clients are large, and every CLI command and
+ * worker thread would otherwise load all of them at start.
+ */
 export async function createSink(config: RelayConfig, logger: Logger): Promise<Sink> {
   switch (config.sink) {
     case 'null':
-      return createNullSink();
+      return (await import('./nullSink.js')).createNullSink();
     case 'pgboss':
-      return createPgBossSink({
+      return (await import('./pgBossSink.js')).createPgBossSink({
         connectionString: config.databaseUrl,
         schema: config.pgBossSchema,
         onError: (error) => logger.error({ err: error }, 'pg-boss error'),
       });
     case 'rabbitmq':
-      return createRabbitMqSink({ url: config.amqpUrl, exchange: config.amqpExchange, log: logger });
+      return (await import('./rabbitmqSink.js')).createRabbitMqSink({
+        url: config.amqpUrl,
+        exchange: config.amqpExchange,
+        log: logger,
+      });
     case 'jetstream':
-      return createJetStreamSink({ url: config.natsUrl, stream: config.natsStream, log: logger });
+      return (await import('./jetStreamSink.js')).createJetStreamSink({
+        url: config.natsUrl,
+        stream: config.natsStream,
+        log: logger,
+      });
     case 'http':
       // loadConfig refuses the http sink without a webhook URL.
-      return createHttpSink({ url: config.webhookUrl as string, timeoutMs: config.sendTimeoutMs });
+      return (await import('./httpSink.js')).createHttpSink({
+        url: config.webhookUrl as string,
+        timeoutMs: config.sendTimeoutMs,
+      });
   }
 }

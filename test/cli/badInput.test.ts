@@ -116,7 +116,7 @@ describe('bad input', () => {
     ],
   ];
   for (const [name, args, env, message] of badConfigs) {
-    it(`the CLI exits 2 on ${name}, naming the fix`, { timeout: 30_000 }, async () => {
+    it(`the CLI exits 2 on ${name}, naming the fix`, { timeout: 90_000 }, async () => {
       const result = await runCli(args, { DATABASE_URL: t.url, ...env });
       assert.equal(result.code, 2, `exit code (stderr: ${result.stderr})`);
       assert.match(result.stderr, message);
