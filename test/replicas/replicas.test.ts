@@ -154,7 +154,6 @@ describe('replicas dividing 12 shards', () => {
       );
       assert.equal(rows[0]?.unheld, 0);
 
-      if (process.env.DEBUG_LEAVE) for (const r of [r1, r2, r3, r4]) console.log(r.stderr());
       for (const r of [r1, r3, r4]) {
         const result = await replicas.stop(r);
         assert.equal(result.code, 0, result.stderr);

@@ -1,4 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import path from 'node:path';
 import { sql, type Kysely } from 'kysely';
 import type { Database } from '../../src/db/schema.js';
 import { enqueue } from '../../src/enqueue.js';
@@ -22,7 +24,10 @@ export class ReplicaProcesses {
   readonly #env: NodeJS.ProcessEnv;
   readonly #args: readonly string[];
 
-  /** `SHARDRELAY_TEST_REPLICA_LOG_LEVEL=info npm test -- …` makes the replicas log more (default warn). */
+  /**
+   * For debugging: SHARDRELAY_TEST_REPLICA_LOG_LEVEL=info makes the replicas log more (default warn),
+   * SHARDRELAY_TEST_REPLICA_LOG_DIR=<dir> keeps each one's whole log in a file there.
+   */
   constructor(env: NodeJS.ProcessEnv, args: readonly string[]) {
     const level = process.env.SHARDRELAY_TEST_REPLICA_LOG_LEVEL;
     this.#env = { ...(level ? { SHARDRELAY_LOG_LEVEL: level } : {}), ...env };
@@ -33,6 +38,8 @@ export class ReplicaProcesses {
     const child = spawnCli(['run', ...this.#args, '--replica-id', replicaId, ...extraArgs], this.#env);
     let stderr = '';
     child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const logDir = process.env.SHARDRELAY_TEST_REPLICA_LOG_DIR;
+    if (logDir) child.stderr?.pipe(createWriteStream(path.join(logDir, `${name}-${child.pid}.log`)));
     const replica: ReplicaProcess = {
       name,
       child,
