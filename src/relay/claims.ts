@@ -105,10 +105,13 @@ export interface CompleteRequest {
 
 /**
  * Records the outcome of a claimed batch, in the claim's transaction (the rows are still locked by
- * it), with one statement: rows confirmed by the broker become `sent` (sent_at = the moment of this
- * statement, after the confirm); retried rows get a later `available_at`; given-up rows become
- * `dead` with their error. The same statement adds the batch to the shard's progress row, so
- * progress and row states can never disagree. `attempts` counts every delivery attempt.
+ * it), with one call of `shardrelay.complete_batch` (migrations/0005_complete_batch_function.ts):
+ * rows confirmed by the broker become `sent` (sent_at = the moment of this call, after the
+ * confirm); retried rows get a later `available_at`; given-up rows become `dead` with their error.
+ * The same call adds the batch to the shard's progress row and the minute's rollup row, so
+ * progress, rollups and row states can never disagree. It locks the progress row, then the rollup
+ * row, always in that order. Times come from shardrelay.clock(): clock_timestamp(), unless a test
+ * set `shardrelay.now`.
  */
 export async function completeBatch(trx: Transaction<Database>, request: CompleteRequest): Promise<void> {
   if (request.completions.length === 0) return;
@@ -116,71 +119,14 @@ export async function completeBatch(trx: Transaction<Database>, request: Complet
   const statuses: string[] = [];
   const delays: number[] = [];
   const errors: (string | null)[] = [];
-  let lastSentId: bigint | null = null;
   for (const c of request.completions) {
     ids.push(c.id);
     statuses.push(c.status);
     delays.push(c.status === 'pending' ? c.retryInMs : 0);
     errors.push(c.status === 'sent' ? null : c.error.slice(0, 2000));
-    if (c.status === 'sent') {
-      const id = BigInt(c.id);
-      if (lastSentId === null || id > lastSentId) lastSentId = id;
-    }
   }
-  // The progress row and the minute's rollup row are upserted after the UPDATE in one statement.
-  // Their row locks are held until commit, which serialises only the loops of the same shard and
-  // lane, i.e. nobody in normal runs. Canary rows (relay/canary.ts) count in neither: progress
-  // totals and rollups are business figures. The rollup (migrations/0004_observability.ts) keeps the
-  // latency histogram the views read after the rows themselves are pruned. Times come from
-  // shardrelay.clock(): clock_timestamp(), unless a test set `shardrelay.now`.
   await sql`
-    WITH outcome AS (
-      SELECT * FROM unnest(${ids}::bigint[], ${statuses}::text[], ${delays}::float8[], ${errors}::text[])
-        AS v(id, status, delay_ms, error)
-    ), updated AS (
-      UPDATE shardrelay.outbox o SET
-        status       = outcome.status,
-        attempts     = o.attempts + 1,
-        sent_at      = CASE WHEN outcome.status = 'sent' THEN shardrelay.clock() END,
-        available_at = CASE WHEN outcome.status = 'pending'
-                            THEN shardrelay.clock() + outcome.delay_ms * interval '1 millisecond'
-                            ELSE o.available_at END,
-        last_error   = outcome.error
-      FROM outcome
-      WHERE o.id = outcome.id
-      RETURNING o.status, o.canary, extract(epoch FROM o.sent_at - o.created_at) * 1000 AS latency_ms
-    ), business AS (
-      SELECT * FROM updated WHERE NOT canary
-    ), rollup AS (
-      INSERT INTO shardrelay.rollup_minute AS r
-        (minute, shard, lane, batches, sent, failed, dead, latency_ms_sum, latency_ms_max, latency_buckets)
-      SELECT date_trunc('minute', shardrelay.clock()), ${request.shard}, ${request.lane}, 1,
-             count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'pending'),
-             count(*) FILTER (WHERE status = 'dead'), coalesce(sum(latency_ms), 0), max(latency_ms),
-             shardrelay.latency_histogram(array_agg(latency_ms) FILTER (WHERE status = 'sent'))
-      FROM business
-      ON CONFLICT (minute, shard, lane) DO UPDATE SET
-        batches         = r.batches + 1,
-        sent            = r.sent + EXCLUDED.sent,
-        failed          = r.failed + EXCLUDED.failed,
-        dead            = r.dead + EXCLUDED.dead,
-        latency_ms_sum  = r.latency_ms_sum + EXCLUDED.latency_ms_sum,
-        latency_ms_max  = GREATEST(r.latency_ms_max, EXCLUDED.latency_ms_max),
-        latency_buckets = shardrelay.add_counts(r.latency_buckets, EXCLUDED.latency_buckets)
-    )
-    INSERT INTO shardrelay.shard_progress AS p
-      (shard, lane, last_sent_id, sent_total, failed_total, dead_total, last_batch_at, last_batch_ms)
-    SELECT ${request.shard}, ${request.lane}, ${lastSentId?.toString() ?? null}::bigint,
-           touched.sent, touched.failed, touched.dead, shardrelay.clock(), ${Math.round(request.batchMs)}
-    FROM (SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) FILTER (WHERE status = 'pending') AS failed,
-                 count(*) FILTER (WHERE status = 'dead') AS dead
-            FROM business) AS touched
-    ON CONFLICT (shard, lane) DO UPDATE SET
-      last_sent_id  = GREATEST(p.last_sent_id, EXCLUDED.last_sent_id),
-      sent_total    = p.sent_total + EXCLUDED.sent_total,
-      failed_total  = p.failed_total + EXCLUDED.failed_total,
-      dead_total    = p.dead_total + EXCLUDED.dead_total,
-      last_batch_at = EXCLUDED.last_batch_at,
-      last_batch_ms = EXCLUDED.last_batch_ms
+    SELECT shardrelay.complete_batch(${request.shard}::int, ${request.lane}::text, ${ids}::bigint[],
+      ${statuses}::text[], ${delays}::float8[], ${errors}::text[], ${Math.round(request.batchMs)}::int)
   `.execute(trx);
 }
