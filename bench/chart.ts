@@ -3,24 +3,13 @@
  * spike, with the spike's commit, the recovery moment and the baseline threshold marked. Drawn by
  * Vega-Lite and rendered to SVG by Vega, headless; the bench writes no SVG itself.
  *
- * `vega` and `vega-lite` are loaded when installed. Without them the bench writes the Vega-Lite
- * specification with its data (`<chart>.vl.json`), which any Vega-Lite viewer renders, and says so.
+ * vega and vega-lite are devDependencies: the bench is a development tool.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { parse, View } from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
 import type { TimelinePoint } from './phases/recovery.js';
-
-/** The parts of vega-lite and vega used here (loaded by name at run time, so typed here). */
-interface VegaLite {
-  compile(spec: object): { spec: object };
-}
-interface Vega {
-  parse(spec: object): unknown;
-  View: new (
-    runtime: unknown,
-    options: { renderer: 'none' },
-  ) => { toSVG(): Promise<string>; finalize(): void };
-}
 
 export interface RecoveryChart {
   readonly title: string;
@@ -32,7 +21,7 @@ export interface RecoveryChart {
   readonly thresholdLag: number;
 }
 
-export function recoverySpec(chart: RecoveryChart): object {
+export function recoverySpec(chart: RecoveryChart): TopLevelSpec {
   const throughput = chart.points.flatMap((p) => [
     { t: p.t, series: 'sent by the relay', value: p.sentPerSec },
     { t: p.t, series: 'offered (steady load)', value: p.insertedPerSec },
@@ -41,14 +30,25 @@ export function recoverySpec(chart: RecoveryChart): object {
     { t: 0, label: 'spike committed' },
     ...(chart.recoverySeconds === null ? [] : [{ t: chart.recoverySeconds, label: 'lag back to baseline' }]),
   ];
-  const x = { field: 't', type: 'quantitative', title: 'seconds since the spike committed' };
+  const x = { field: 't', type: 'quantitative', title: 'seconds since the spike committed' } as const;
   const width = 640;
   const height = 200;
   const moments = [
-    { data: { values: marks }, mark: { type: 'rule', strokeDash: [4, 4], color: 'gray' }, encoding: { x } },
     {
       data: { values: marks },
-      mark: { type: 'text', align: 'left', baseline: 'top', dx: 4, dy: 4, color: 'gray' },
+      mark: { type: 'rule' as const, strokeDash: [4, 4], color: 'gray' },
+      encoding: { x },
+    },
+    {
+      data: { values: marks },
+      mark: {
+        type: 'text' as const,
+        align: 'left' as const,
+        baseline: 'top' as const,
+        dx: 4,
+        dy: 4,
+        color: 'gray',
+      },
       encoding: { x, y: { value: 0 }, text: { field: 'label' } },
     },
   ];
@@ -94,32 +94,13 @@ export function recoverySpec(chart: RecoveryChart): object {
   };
 }
 
-async function load(name: string): Promise<unknown> {
-  try {
-    return await import(name);
-  } catch {
-    return undefined;
-  }
-}
-
-/** Writes the chart to `file` (SVG); returns the path written and a note when it could not render. */
+/** Writes the chart to `file` as SVG, rendered headless (no canvas, no browser). */
 export async function writeRecoveryChart(
   file: string,
   chart: RecoveryChart,
-): Promise<{ readonly path: string; readonly note?: string }> {
+): Promise<{ readonly path: string }> {
   await mkdir(path.dirname(file), { recursive: true });
-  const spec = recoverySpec(chart);
-  const vegaLite = (await load('vega-lite')) as VegaLite | undefined;
-  const vega = (await load('vega')) as Vega | undefined;
-  if (!vegaLite?.compile || !vega?.View) {
-    const specFile = `${file.replace(/\.svg$/, '')}.vl.json`;
-    await writeFile(specFile, `${JSON.stringify(spec, null, 2)}\n`);
-    return {
-      path: specFile,
-      note: 'vega and vega-lite are not installed: wrote the Vega-Lite spec instead of the SVG',
-    };
-  }
-  const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), { renderer: 'none' });
+  const view = new View(parse(compile(recoverySpec(chart)).spec), { renderer: 'none' });
   try {
     await writeFile(file, await view.toSVG());
   } finally {

@@ -216,7 +216,6 @@ async function chartOfRecovery(
     recoverySeconds: typeof detail.recoverySeconds === 'number' ? detail.recoverySeconds : null,
     thresholdLag: Number(detail.thresholdLag),
   });
-  if (written.note) process.stderr.write(`${written.note}: ${written.path}\n`);
   return written.path;
 }
 
