@@ -13,7 +13,7 @@ import { sql, type Kysely } from 'kysely';
 import { createDatabase, createPool } from '../src/db/connection.js';
 import type { Database } from '../src/db/schema.js';
 import { DEFAULT_LANE_PREDICATE } from '../src/lanes/lanePredicate.js';
-import { claimBatch } from '../src/relay/claims.js';
+import { CLAIM_SESSION_SETTINGS, claimBatch } from '../src/relay/claims.js';
 import { readShardConfig } from '../src/relay/shardConfig.js';
 import { processUsage, serveRequests, type BenchResponse, type FloorStart } from './ipc.js';
 
@@ -97,6 +97,8 @@ serveRequests(async (request) => {
         connectionString: request.databaseUrl,
         max: request.connections,
         applicationName: 'shardrelay-bench-floor',
+        // The relay's claim connections run with these; the floor claims the same way.
+        settings: CLAIM_SESSION_SETTINGS,
       });
       db = createDatabase(floorPool);
       // Open every connection before the clock starts, as the relay has by the time rows arrive.

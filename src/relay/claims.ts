@@ -1,4 +1,4 @@
-import { sql, type Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Database, Lane } from '../db/schema.js';
 import { laneFilter, type LanePredicate } from '../lanes/lanePredicate.js';
 import type { OutboxMessage } from '../sinks/sink.js';
@@ -12,6 +12,24 @@ import type { OutboxMessage } from '../sinks/sink.js';
  * rolls the transaction back, the locks vanish and the rows are claimable again at once, still
  * `pending`. Nothing else (no lease, no shard ownership) is needed for correctness.
  */
+
+/**
+ * Session settings for the connections that claim (the lane pools). They make the ordered scan of
+ * the shard's partial index `((id % N), id) WHERE status = 'pending'` the only cheap plan for
+ * `claimBatch`, so a claim reads about `batchSize` rows, however many are pending.
+ *
+ * Why: PostgreSQL keeps no statistics for `id % N` (a partial index's expressions are not used for
+ * estimates), so it guesses 0.5% of the pending rows per shard. Below about 200,000 pending rows
+ * that guess is under the LIMIT and it plans a bitmap scan of every pending row of the shard, a
+ * sort, then the LIMIT. Measured on 2 cores, 96,000 pending rows (12,000 per shard), one
+ * 1,000-row claim: 21.5 ms as planned, 1.8 ms with these settings. They only penalise sorts and
+ * bitmap scans (a query that needs a sort still gets one); these connections run nothing but
+ * claims, completions and the sink's own writes in the same transaction.
+ */
+export const CLAIM_SESSION_SETTINGS: Readonly<Record<string, string>> = Object.freeze({
+  enable_sort: 'off',
+  enable_bitmapscan: 'off',
+});
 
 export interface ClaimRequest {
   readonly shard: number;
@@ -47,7 +65,27 @@ export async function claimBatch(
   trx: Transaction<Database>,
   request: ClaimRequest,
 ): Promise<ClaimedMessage[]> {
-  const rows = await trx
+  const rows = await claimQuery(trx, request).execute();
+  return rows.map((r) => ({
+    id: r.id,
+    eventId: r.event_id,
+    topic: r.topic,
+    key: r.key,
+    payload: r.payload,
+    headers: r.headers,
+    correlationId: r.correlation_id,
+    traceparent: r.traceparent,
+    lane: r.lane,
+    createdAt: r.created_at,
+    attempts: r.attempts,
+    maxAttempts: r.max_attempts,
+    canary: r.canary,
+  }));
+}
+
+/** The claim statement itself (claimBatch runs it; tests read its plan). */
+export function claimQuery(trx: Kysely<Database>, request: ClaimRequest) {
+  return trx
     .selectFrom('shardrelay.outbox')
     .select([
       'id',
@@ -71,23 +109,7 @@ export async function claimBatch(
     .orderBy('id')
     .limit(request.batchSize)
     .forUpdate()
-    .skipLocked()
-    .execute();
-  return rows.map((r) => ({
-    id: r.id,
-    eventId: r.event_id,
-    topic: r.topic,
-    key: r.key,
-    payload: r.payload,
-    headers: r.headers,
-    correlationId: r.correlation_id,
-    traceparent: r.traceparent,
-    lane: r.lane,
-    createdAt: r.created_at,
-    attempts: r.attempts,
-    maxAttempts: r.max_attempts,
-    canary: r.canary,
-  }));
+    .skipLocked();
 }
 
 /** What the completer decided for one claimed row. */

@@ -9,6 +9,7 @@ import { createObserver, type Observer } from '../observability/observer.js';
 import { createSink } from '../sinks/createSink.js';
 import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
+import { CLAIM_SESSION_SETTINGS } from './claims.js';
 import { OutboxListener } from './outboxListener.js';
 import { logBatchProblems } from './problemLog.js';
 import { Scheduler, type LaneRunner } from './scheduler.js';
@@ -137,7 +138,10 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     // last commits are lost, their rows are pending again and are re-sent with the same event
     // id, the failure mode every crash already has. The application's own commits are untouched.
     const db = createDatabase(
-      newPool(config.connectionsPerLane, lane, lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
+      newPool(config.connectionsPerLane, lane, {
+        ...CLAIM_SESSION_SETTINGS,
+        ...(lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
+      }),
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
     return {
