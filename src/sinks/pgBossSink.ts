@@ -2,6 +2,7 @@ import { CompiledQuery, sql, type Transaction } from 'kysely';
 import PgBoss from 'pg-boss';
 import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
+import { backoffDelayMs } from '../relay/backoff.js';
 import {
   confirmed,
   retryable,
@@ -47,6 +48,30 @@ function toJob(m: OutboxMessage): PgBoss.JobInsert<PgBossEventJob> {
   };
 }
 
+const DEADLOCK_DETECTED = '40P01';
+
+/**
+ * pg-boss's create_queue inserts the queue row, then adds foreign keys that lock the whole queue
+ * table: two sessions creating two new queues at the same moment deadlock, and PostgreSQL aborts
+ * one of them. The relay's own creators are serialised (ensureQueues); a consumer's pg-boss can
+ * still collide with them. Nothing is half-created (the aborted call rolled back), so it is run
+ * again after a short random pause.
+ */
+async function createQueueRetryingDeadlocks(boss: PgBoss, topic: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await boss.createQueue(topic);
+      return;
+    } catch (error) {
+      const code = (error as { code?: unknown } | null)?.code;
+      if (code !== DEADLOCK_DETECTED || attempt >= 5) throw error;
+      await new Promise((resolve) =>
+        setTimeout(resolve, backoffDelayMs({ baseMs: 20, capMs: 500 }, attempt)),
+      );
+    }
+  }
+}
+
 /** pg-boss's `db` option: runs its SQL on the relay's claim transaction. */
 function transactionExecutor(trx: Transaction<Database>): PgBoss.Db {
   return {
@@ -71,13 +96,20 @@ export function createPgBossSink(options: PgBossSinkOptions): Sink & { readonly 
   const knownQueues = new Set<string>();
   let boss: PgBoss | undefined;
 
-  async function ensureQueues(topics: Iterable<string>): Promise<void> {
-    for (const topic of topics) {
-      if (knownQueues.has(topic) || !boss) continue;
+  async function ensureQueues(topics: Iterable<string>, trx: Transaction<Database>): Promise<void> {
+    const missing = [...topics].filter((topic) => !knownQueues.has(topic));
+    if (missing.length === 0 || !boss) return;
+    // One queue creator at a time across every relay process: pg-boss's create_queue deadlocks
+    // with itself (see createQueueRetryingDeadlocks), and under a burst of new topics retries alone
+    // kept colliding (measured: 4 sinks creating 40 queues, 1 to 3 of 160 batches failed after
+    // 5 attempts). The lock is taken by the claim transaction, which waits for nothing else while
+    // pg-boss creates the queue on its own connection, and ends with it.
+    await sql`SELECT pg_advisory_xact_lock(hashtext('shardrelay.pgboss.create_queue'))`.execute(trx);
+    for (const topic of missing) {
       // Idempotent (ON CONFLICT DO NOTHING in pg-boss); it runs on pg-boss's own connection and
       // commits at once, so the queue exists before our transaction inserts into it. pg-boss
       // silently drops jobs for a queue that does not exist, hence this step.
-      await boss.createQueue(topic);
+      await createQueueRetryingDeadlocks(boss, topic);
       knownQueues.add(topic);
     }
   }
@@ -104,7 +136,7 @@ export function createPgBossSink(options: PgBossSinkOptions): Sink & { readonly 
     },
     async sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]> {
       if (!boss) throw new Error('pg-boss sink is not started');
-      await ensureQueues(new Set(messages.map((m) => m.topic)));
+      await ensureQueues(new Set(messages.map((m) => m.topic)), context.transaction);
       // A savepoint keeps the claim transaction usable if the insert fails (an aborted
       // transaction could not record the retry), so a failed insert becomes a retry, not a crash.
       await sql`SAVEPOINT shardrelay_pgboss`.execute(context.transaction);
