@@ -1,10 +1,12 @@
 import type { Lane } from '../db/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { BatchResult } from './batchRunner.js';
+import type { HeldShards } from './shardOwnership.js';
 
 /** Messages between the main thread and the real-time lane's worker thread. */
 export type ToRealtimeWorker =
-  { readonly type: 'shards'; readonly shards: readonly number[] } | { readonly type: 'stop' };
+  /** The shards the main thread holds, their generation and until when they stay held. */
+  ({ readonly type: 'shards' } & HeldShards) | { readonly type: 'stop' };
 
 export type FromRealtimeWorker =
   | { readonly type: 'ready' }

@@ -2,14 +2,15 @@
  * Entry of the real-time lane's worker thread (see replica.ts). It runs an ordinary relay limited
  * to the real-time lane, with its own event loop, connection pool, LISTEN connection and sink, so
  * that a batch backlog keeping the main thread busy cannot delay a real-time row. It runs the
- * shards the main thread says it holds; correctness never depends on that list (claims.ts).
+ * shards the main thread says it holds, while the main thread's leases are known valid
+ * (realtimeOwnership.ts); correctness never depends on that list (claims.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RelayConfig } from '../config.js';
 import { createLogger } from '../logger.js';
 import { ShardRelayError, toError } from '../errors.js';
 import { startRelay, type Relay } from './relay.js';
-import type { ShardOwnership } from './shardOwnership.js';
+import { RealtimeOwnership } from './realtimeOwnership.js';
 import type { ToRealtimeWorker, FromRealtimeWorker } from './realtimeThreadMessages.js';
 
 const port = parentPort;
@@ -20,11 +21,7 @@ const given = workerData as RelayConfig;
 const config: RelayConfig = Object.freeze({ ...given, tickSeconds: given.realtimeTickSeconds });
 const post = (message: FromRealtimeWorker) => port.postMessage(message);
 
-let owned: readonly number[] = [];
-const ownership: ShardOwnership = {
-  refresh: async () => owned,
-  release: async () => {},
-};
+const ownership = new RealtimeOwnership();
 
 let relay: Relay;
 try {
@@ -51,9 +48,7 @@ try {
 
 port.on('message', (message: ToRealtimeWorker) => {
   if (message.type === 'shards') {
-    const changed = message.shards.join() !== owned.join();
-    owned = message.shards;
-    if (changed) void relay.scheduler.tick();
+    if (ownership.receive(message)) void relay.scheduler.tick();
   } else if (message.type === 'stop') {
     void relay.stop().then(({ clean }) => {
       post({ type: 'stopped', clean });

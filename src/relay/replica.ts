@@ -28,7 +28,8 @@ function startWorker(workerData: unknown): Worker {
  * woken real-time loop waits behind it. The real-time claim itself costs under 0.1 ms (it has its
  * own partial index). With its own thread the real-time lane has its own event loop, connections,
  * LISTEN connection and sink, and waits only for a CPU. The main thread keeps shard ownership and
- * tells the worker which shards it holds.
+ * tells the worker which shards it holds, of which generation, and until when its leases are known
+ * valid (realtimeOwnership.ts).
  */
 export async function startReplica(
   options: StartRelayOptions & { readonly realtimeThread?: boolean },
@@ -77,13 +78,17 @@ export async function startReplica(
     throw error;
   }
 
-  // Hand the worker our shards whenever they change (checked often: ownership changes per tick).
-  let lastShards = '';
+  // Hand the worker our shards whenever they, their generation or their deadline change (checked
+  // often: ownership changes per tick, and every lease renewal moves the deadline). The worker
+  // cannot ask our `holds`; the deadline lets it stop on its own once our leases may have lapsed,
+  // e.g. the moment the process wakes from a pause, before this thread has renewed and posted.
+  let lastShared = '';
   const shareShards = () => {
-    const shards = main.scheduler.ownedShards;
-    if (shards.join() === lastShards) return;
-    lastShards = shards.join();
-    send({ type: 'shards', shards });
+    const held = main.scheduler.heldShards;
+    const key = `${held.generation}/${held.shards.join()}/${held.validUntil}`;
+    if (key === lastShared) return;
+    lastShared = key;
+    send({ type: 'shards', ...held });
   };
   shareShards();
   const sharing = setInterval(shareShards, 100);
@@ -94,7 +99,7 @@ export async function startReplica(
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(sharing);
-        send({ type: 'shards', shards: [] });
+        send({ type: 'shards', generation: undefined, shards: [], validUntil: 0 });
         const workerStopped = new Promise<boolean>((resolve) => {
           worker.on('message', (m: FromRealtimeWorker) => m.type === 'stopped' && resolve(m.clean));
           worker.on('exit', () => resolve(false));

@@ -5,7 +5,7 @@ import { ensurePendingShardIndexes } from '../db/shardIndex.js';
 import type { Logger } from '../logger.js';
 import { ShardLoop } from './shardLoop.js';
 import { readShardConfig, type ShardConfig } from './shardConfig.js';
-import type { ShardOwnership } from './shardOwnership.js';
+import type { HeldShards, ShardOwnership } from './shardOwnership.js';
 
 export interface LaneRunner {
   readonly lane: Lane;
@@ -48,6 +48,8 @@ export class Scheduler {
   #tickAgain = false;
   #stopped = false;
   #owned: readonly number[] = [];
+  /** The generation `#owned` was refreshed under (its shard numbers mean `id % shardCount` of it). */
+  #ownedGeneration: string | undefined;
   #lastTickEndedAt = 0;
 
   constructor(options: SchedulerOptions) {
@@ -67,6 +69,19 @@ export class Scheduler {
   get ownedShards(): readonly number[] {
     const holds = this.#options.ownership.holds?.bind(this.#options.ownership);
     return holds ? this.#owned.filter((shard) => holds(shard)) : this.#owned;
+  }
+
+  /**
+   * `ownedShards` with the generation whose shard numbers they are and until when (Date.now() ms)
+   * they stay held without another refresh: what the real-time worker thread runs by (replica.ts).
+   */
+  get heldShards(): HeldShards {
+    const shards = this.ownedShards;
+    const ownership = this.#options.ownership;
+    let validUntil = shards.length > 0 ? Infinity : 0;
+    if (ownership.validUntil)
+      for (const shard of shards) validUntil = Math.min(validUntil, ownership.validUntil(shard));
+    return { generation: this.#ownedGeneration, shards, validUntil };
   }
 
   async start(): Promise<void> {
@@ -117,6 +132,9 @@ export class Scheduler {
         { from: this.#config.shardCount, to: config.shardCount, generation: config.generation },
         'shard count changed; finishing in-flight batches before switching',
       );
+      // No new batch of the old count from here on, on this thread or the real-time worker's
+      // (heldShards): its shard numbers mean other rows now. The refresh below sets the new ones.
+      this.#owned = [];
       await this.#stopLoops([...this.#loops.keys()]);
     }
     // Also on the first tick: the count may have changed while no replica ran.
@@ -125,6 +143,7 @@ export class Scheduler {
     if (this.#stopped) return;
     const owned = await this.#options.ownership.refresh(config);
     this.#owned = owned;
+    this.#ownedGeneration = config.generation;
     const wanted = new Set<string>();
     for (const shard of owned) {
       for (const lane of this.#options.lanes) {

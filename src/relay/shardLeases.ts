@@ -79,6 +79,9 @@ import type { ShardOwnership } from './shardOwnership.js';
  * no new batch when it wakes: it renews first, and the renewal returns only the leases nobody took
  * over meanwhile. A batch that was in flight during the pause finishes; its row locks kept everyone
  * else off its rows, or PostgreSQL ended its transaction and the rows are pending again.
+ * The real-time worker thread gets the same deadline by the wall clock with its shard list
+ * (`validUntil`, relay/replica.ts), so it too starts nothing after such a pause until the main
+ * thread's renewal has re-validated its shards.
  */
 
 export interface ShardLeasesOptions {
@@ -99,6 +102,12 @@ export interface ShardLeasesOptions {
 interface Member {
   readonly instance: string;
   readonly replicaId: string;
+}
+
+/** When a renewal started, by this thread's monotonic clock and by the wall clock. */
+interface Renewal {
+  readonly started: number;
+  readonly startedWall: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +381,12 @@ export class ShardLeases implements ShardOwnership {
   readonly #releasing = new Set<number>();
   /** performance.now() until which the held leases are certainly still ours in the database. */
   #validUntil = 0;
+  /**
+   * The same moment by the wall clock (Date.now()), for the real-time worker thread (`validUntil`):
+   * the two threads share no monotonic clock, and a deadline rather than a flag, because a paused
+   * process resumes both threads at once, and the worker must not trust a list it got before the pause.
+   */
+  #validUntilWall = 0;
   #lastRenewalStart: number | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   #heartbeatTimer: NodeJS.Timeout | undefined;
@@ -400,6 +415,14 @@ export class ShardLeases implements ShardOwnership {
       !this.#releasing.has(shard) &&
       performance.now() < this.#validUntil
     );
+  }
+
+  /**
+   * Date.now() until which `holds(shard)` stays true (0 if it is false now): when the last
+   * successful renewal started plus the lease timeout, the same deadline `holds` uses.
+   */
+  validUntil(shard: number): number {
+    return this.holds(shard) ? this.#validUntilWall : 0;
   }
 
   refresh(config: ShardConfig): Promise<readonly number[]> {
@@ -441,7 +464,7 @@ export class ShardLeases implements ShardOwnership {
     }
     this.#config = config;
 
-    const started = await this.#renew(config.generation);
+    const renewal = await this.#renew(config.generation);
     await dropOtherGenerations(db, this.#me, config.generation);
     if (this.#releasing.size > 0) {
       const given = await releaseLeases(db, this.#me, config.generation, [...this.#releasing]);
@@ -507,7 +530,7 @@ export class ShardLeases implements ShardOwnership {
       );
     }
     this.#waitingForOldGeneration = balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs;
-    this.#validUntil = started + this.#leaseMs;
+    this.#trustUntil(renewal);
 
     if (balance.sameReplicaId > 1 && balance.sameReplicaId !== this.#warnedSameId) {
       logger.warn(
@@ -521,10 +544,20 @@ export class ShardLeases implements ShardOwnership {
     return [...this.#held].filter((shard) => !this.#releasing.has(shard)).sort((a, b) => a - b);
   }
 
-  /** Heartbeat and renewal; returns when the renewal started (performance.now()). */
-  async #renew(generation: string): Promise<number> {
+  /**
+   * The held leases are ours until the renewal that confirmed them started plus the lease timeout:
+   * never later than their expires_at in the database, which PostgreSQL set after that start.
+   */
+  #trustUntil(renewal: Renewal): void {
+    this.#validUntil = renewal.started + this.#leaseMs;
+    this.#validUntilWall = renewal.startedWall + this.#leaseMs;
+  }
+
+  /** Heartbeat and renewal; returns when the renewal started. */
+  async #renew(generation: string): Promise<Renewal> {
     const { db, logger } = this.#options;
     const started = performance.now();
+    const startedWall = Date.now();
     if (this.#lastRenewalStart !== undefined && started - this.#lastRenewalStart > this.#leaseMs) {
       logger.warn(
         { stalledSeconds: Math.round((started - this.#lastRenewalStart) / 100) / 10 },
@@ -549,7 +582,7 @@ export class ShardLeases implements ShardOwnership {
     for (const shard of renewed) this.#held.add(shard);
     for (const shard of this.#releasing) if (!renewed.has(shard)) this.#releasing.delete(shard);
     this.#lastRenewalStart = started;
-    return started;
+    return { started, startedWall };
   }
 
   /** Between ticks: keeps membership and leases alive even while a tick waits for a slow batch. */
@@ -557,8 +590,7 @@ export class ShardLeases implements ShardOwnership {
     await this.#serially(async () => {
       if (this.#stopped || !this.#config) return;
       try {
-        const started = await this.#renew(this.#config.generation);
-        this.#validUntil = started + this.#leaseMs;
+        this.#trustUntil(await this.#renew(this.#config.generation));
         if (this.#heartbeatFailing) this.#options.logger.info('lease heartbeat works again');
         this.#heartbeatFailing = false;
       } catch (error) {

@@ -16,6 +16,26 @@ export interface ShardOwnership {
    * so a stale replica stops claiming before it re-validates. Absent: always true.
    */
   holds?(shard: number): boolean;
+  /**
+   * Wall-clock time (epoch ms, as `Date.now()`) until which `holds(shard)` stays true without
+   * another refresh or renewal; 0 when it is false now. For another thread of this process (the
+   * real-time worker, relay/replica.ts), which cannot ask `holds` itself. It is counted from when
+   * ownership was last confirmed (a lease renewal started), never from now, so a thread that wakes
+   * from a pause longer than that finds it already passed. Absent: ownership does not expire.
+   */
+  validUntil?(shard: number): number;
+}
+
+/**
+ * What the main thread of a replica tells its real-time worker thread: the shards it may run now,
+ * the shard-config generation whose shard numbers they are, and until when (`Date.now()` ms) they
+ * stay held unless a newer message says so (Infinity: no expiry; 0 or any past time: not held).
+ */
+export interface HeldShards {
+  /** undefined before the first refresh. */
+  readonly generation: string | undefined;
+  readonly shards: readonly number[];
+  readonly validUntil: number;
 }
 
 /** A single replica: every shard is ours. */

@@ -715,6 +715,11 @@ describe('duplicate and stale replicas', () => {
         assert.equal(counts.sent, counts.total, 'nothing lost');
         assert.equal(counts.deliveredTwice, 0, 'no row sent twice');
         assert.equal(batchViolations, 0, 'b started no batch on a shard it no longer held');
+        assert.equal(
+          realtimeViolations,
+          0,
+          'b’s real-time worker thread started no batch on a shard it no longer held',
+        );
         assert.match(b.stderr(), /no lease renewal for longer than the lease timeout/);
         assert.match(b.stderr(), /shard leases were taken over by another replica/);
         assert.equal((await liveReplicas(t.db)).length, 3);

@@ -1,0 +1,80 @@
+import type { ShardConfig } from './shardConfig.js';
+import type { HeldShards, ShardOwnership } from './shardOwnership.js';
+
+/**
+ * The real-time worker thread's shard ownership (relay/realtimeWorker.ts). The main thread holds
+ * the leases and posts what it holds (`HeldShards`) whenever the list, its generation or its
+ * validity changes, at least on every renewal (relay/replica.ts); this only answers by the last
+ * message.
+ *
+ * A shard is held while three things are true:
+ *  - it is in the last list;
+ *  - that list's generation is the one this thread's scheduler runs (the config of its last
+ *    refresh). Each thread reads shard_config on its own tick, so for a moment after a change of
+ *    the shard count they disagree, and a shard number of one count means other rows under the
+ *    other;
+ *  - the wall clock is before the list's deadline. The deadline is when the main thread's last
+ *    successful renewal started plus the lease timeout, not "when the message came plus the lease",
+ *    so after a pause of the whole process (SIGSTOP, a frozen VM; both threads resume together) it
+ *    has already passed, and the worker starts nothing on a shard another replica may have taken
+ *    over meanwhile until the main thread's renewal re-validates it and posts again.
+ *
+ * As with the leases themselves, correctness never depends on this (row locks and the pending
+ * re-check in claims.ts do); it keeps a stale replica from spending claims on rows that are no
+ * longer its to send.
+ */
+export class RealtimeOwnership implements ShardOwnership {
+  readonly #now: () => number;
+  #held: HeldShards = { generation: undefined, shards: [], validUntil: 0 };
+  #shards: ReadonlySet<number> = new Set();
+  /** The generation this thread's scheduler runs: that of its last refresh. */
+  #running: string | undefined;
+
+  /** `now`: the wall clock, as `Date.now()` (the main thread's deadlines are on it); tests pass their own. */
+  constructor(now: () => number = Date.now) {
+    this.#now = now;
+  }
+
+  /**
+   * Takes a message of the main thread. True when this thread's scheduler should tick now: the
+   * list or its generation changed (loops to start or stop), or the shards were not held and are
+   * again (loops that skipped their batches may run the rows that waited meanwhile).
+   */
+  receive(held: HeldShards): boolean {
+    const before = this.#held;
+    const now = this.#now();
+    this.#held = { generation: held.generation, shards: [...held.shards], validUntil: held.validUntil };
+    this.#shards = new Set(held.shards);
+    return (
+      held.generation !== before.generation ||
+      held.shards.join() !== before.shards.join() ||
+      (before.validUntil <= now && held.validUntil > now)
+    );
+  }
+
+  holds(shard: number): boolean {
+    return (
+      this.#held.generation !== undefined &&
+      this.#held.generation === this.#running &&
+      this.#shards.has(shard) &&
+      this.#now() < this.#held.validUntil
+    );
+  }
+
+  /**
+   * The shards to run loops for: the list, if it belongs to the generation the scheduler runs now,
+   * else none (the main thread posts the new generation's list once it has switched too). Not
+   * filtered by the deadline: a lapsed lease stops batches (`holds`), the loops stay for when the
+   * main thread re-validates it.
+   */
+  async refresh(config: ShardConfig): Promise<readonly number[]> {
+    this.#running = config.generation;
+    return this.#held.generation === config.generation ? this.#held.shards : [];
+  }
+
+  /** The leases are the main thread's; it gives them back. */
+  async release(): Promise<void> {
+    this.#held = { generation: undefined, shards: [], validUntil: 0 };
+    this.#shards = new Set();
+  }
+}
