@@ -19,6 +19,7 @@
  * burst of batches cannot open hundreds of sockets to the receiver.
  */
 import { ConfigError, redactUrl, toError } from '../errors.js';
+import { parseBrokerUrl } from './brokerUrl.js';
 import { applicationHeaders, encodeStructured, toCloudEvent, traceHeaders } from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
 import {
@@ -197,24 +198,7 @@ function networkReason(error: unknown): string {
 }
 
 function validateUrl(raw: string): URL {
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    // No cause: Node's URL error carries the input, which may hold a secret.
-    throw new ConfigError(
-      'http url',
-      `${redactUrl(raw)} is not a URL`,
-      'use e.g. https://receiver.example/events',
-    );
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new ConfigError(
-      'http url',
-      `protocol ${url.protocol} is not http: or https:`,
-      'use an http(s) URL',
-    );
-  }
+  const url = parseBrokerUrl(raw, 'http url', ['http:', 'https:'], 'https://receiver.example/events');
   if (url.username || url.password) {
     // fetch refuses URLs with credentials; say how to pass them instead.
     throw new ConfigError(

@@ -44,6 +44,7 @@ import {
   type StreamInfo,
 } from 'nats';
 import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { parseBrokerUrl } from './brokerUrl.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { applicationHeaders, encodeBinary, toCloudEvent, traceHeaders } from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
@@ -404,20 +405,7 @@ function connectionOptions(url: string, timeout: number, pingInterval: number): 
   let user: string | undefined;
   let pass: string | undefined;
   for (const raw of url.split(',').map((u) => u.trim())) {
-    let parsed: URL;
-    try {
-      parsed = new URL(raw);
-    } catch {
-      // No cause: Node's URL error carries the input, password included.
-      throw new ConfigError('nats url', `${redactUrl(raw)} is not a URL`, 'use nats://host:4222');
-    }
-    if (parsed.protocol !== 'nats:' && parsed.protocol !== 'tls:') {
-      throw new ConfigError(
-        'nats url',
-        `protocol ${parsed.protocol} is not nats: or tls:`,
-        'use nats://host:4222',
-      );
-    }
+    const parsed = parseBrokerUrl(raw, 'nats url', ['nats:', 'tls:'], 'nats://host:4222');
     if (parsed.username) user = decodeURIComponent(parsed.username);
     if (parsed.password) pass = decodeURIComponent(parsed.password);
     servers.push(`${parsed.protocol}//${parsed.host}`);

@@ -32,6 +32,7 @@
  */
 import amqplib, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { parseBrokerUrl } from './brokerUrl.js';
 import { silentLogger, type Logger } from '../logger.js';
 import {
   applicationHeaders,
@@ -517,24 +518,12 @@ function shortstrProblem(what: string, value: string): string | undefined {
 
 /** Validates the URL and adds the heartbeat unless the URL sets one. */
 function withHeartbeat(url: string, heartbeatSeconds: number): string {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    // No cause: Node's URL error carries the input, password included.
-    throw new ConfigError(
-      'rabbitmq url',
-      `${redactUrl(url)} is not a URL`,
-      'use amqp://user:password@host:5672/vhost',
-    );
-  }
-  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
-    throw new ConfigError(
-      'rabbitmq url',
-      `protocol ${parsed.protocol} is not amqp: or amqps:`,
-      'use amqp://user:password@host:5672/vhost',
-    );
-  }
+  const parsed = parseBrokerUrl(
+    url,
+    'rabbitmq url',
+    ['amqp:', 'amqps:'],
+    'amqp://user:password@host:5672/vhost',
+  );
   if (!Number.isInteger(heartbeatSeconds) || heartbeatSeconds < 0) {
     throw new ConfigError(
       'rabbitmq heartbeatSeconds',
