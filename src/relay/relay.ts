@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { RelayConfig } from '../config.js';
 import { assertReachable, createDatabase, createPool } from '../db/connection.js';
+import { outboxVacuumProblem } from '../db/vacuumCheck.js';
 import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -102,6 +103,11 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     await Promise.all(pools.map((p) => p.end()));
     throw error;
   }
+  // Said once per process: the real-time worker thread's relay (observe: false) stays quiet.
+  const vacuumProblem =
+    options.observe === false ? undefined : await outboxVacuumProblem(controlDb).catch(() => undefined);
+  if (vacuumProblem)
+    logger.warn({ fix: 'turn autovacuum on (or vacuum shardrelay.outbox on a schedule)' }, vacuumProblem);
 
   const sink = options.sink ?? (await createSink(config, logger));
   try {
