@@ -246,7 +246,7 @@ async function cleanup(admin: ChannelModel, channel: Channel, exchange: string):
   }
 }
 
-function table(result: ConfirmPipeliningResult): string {
+export function formatConfirmPipelining(result: ConfirmPipeliningResult): string {
   const { raw, delayed } = result;
   const oneByOne = (f: OneByOneFigure): string =>
     f.extrapolated
@@ -291,7 +291,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const jsonPath = argValue('--json');
   runConfirmPipeliningBench(full ? { delayedSample: Number.MAX_SAFE_INTEGER } : {})
     .then((result) => {
-      console.log(table(result));
+      console.log(formatConfirmPipelining(result));
       const json = JSON.stringify(result, null, 2);
       console.log(`\n${json}`);
       if (jsonPath) writeFileSync(jsonPath, `${json}\n`);

@@ -211,9 +211,10 @@ export function markdown(report: BenchReport): string {
         ? 'not present in this checkout'
         : e.status === 'skipped'
           ? `skipped: ${e.error ?? ''}`
-          : `${e.status} in ${e.seconds.toFixed(0)} s${e.error ? ` — ${e.error}` : ' (its result is in the JSON)'}`;
+          : `${e.status} in ${e.seconds.toFixed(0)} s${e.error ? ` — ${e.error}` : ''}`;
     lines.push('');
     lines.push(`Scenario ${e.phase}: ${what}`);
+    if (e.summary) lines.push('', e.summary);
   }
   const problems = report.phases.flatMap((p) => p.problems.map((text) => `${p.name}: ${text}`));
   if (problems.length + report.failures.length + report.skipped.length > 0) {

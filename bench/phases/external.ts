@@ -13,6 +13,8 @@ export interface ExternalScenario {
   readonly phase: 'lanes' | 'confirm-pipelining';
   readonly file: string;
   readonly exportName: string;
+  /** The export that turns the result into the lines the bench prints. */
+  readonly formatName: string;
   /** Needs RabbitMQ (skipped without it, failed without it under CI=true). */
   readonly needsRabbitMq: boolean;
   /** For the time budget: measured on the 2-core machine (90 s and 7 s in a full run), with margin. */
@@ -26,6 +28,7 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     phase: 'lanes',
     file: 'laneLatency.ts',
     exportName: 'runLaneLatencyBench',
+    formatName: 'formatLaneReport',
     needsRabbitMq: false,
     estimateMs: (quick) => (quick ? 45_000 : 120_000),
     // The sizes of laneLatency.ts's own --quick.
@@ -38,6 +41,7 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     phase: 'confirm-pipelining',
     file: 'confirmPipelining.ts',
     exportName: 'runConfirmPipeliningBench',
+    formatName: 'formatConfirmPipelining',
     needsRabbitMq: true,
     estimateMs: () => 15_000,
     options: ({ amqp, options }) => ({ amqpUrl: amqp?.url ?? options.amqpUrl }),
@@ -49,6 +53,8 @@ export interface ExternalResult {
   readonly status: 'absent' | 'skipped' | 'ran' | 'failed';
   readonly seconds: number;
   readonly result?: unknown;
+  /** The scenario's own report of the result, printed under the bench's table. */
+  readonly summary?: string;
   readonly error?: string;
 }
 
@@ -75,7 +81,16 @@ export async function runExternal(
     const result: unknown = await (run as (options: Record<string, unknown>) => unknown)(
       scenario.options(context),
     );
-    return { phase: scenario.phase, status: 'ran', seconds: seconds(), result };
+    const format = module[scenario.formatName];
+    const summary =
+      typeof format === 'function' ? String((format as (result: unknown) => unknown)(result)) : undefined;
+    return {
+      phase: scenario.phase,
+      status: 'ran',
+      seconds: seconds(),
+      result,
+      ...(summary ? { summary } : {}),
+    };
   } catch (error) {
     return {
       phase: scenario.phase,
