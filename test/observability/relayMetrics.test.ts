@@ -159,9 +159,12 @@ describe('relay metrics agree with the SQL views', { timeout: 120_000 }, () => {
     for (const row of latency.rows) {
       const count = sum(samples, 'shardrelay_end_to_end_latency_seconds_count', { lane: row.lane });
       assert.equal(count, Number(row.sent), `latency observations of ${row.lane}`);
-      // The view's p50 comes from the completer's histogram (created_at to sent_at), the metric's
-      // from the relay's (created_at to the sink's answer, a few ms earlier): within a margin,
-      // at most half the observations lie below the view's p50 and at least half up to it.
+      // The view's p50 comes from the completer's histogram (created_at to sent_at, stamped by
+      // PostgreSQL when the batch completes), the metric's from the relay's (created_at to the
+      // sink's answer, just before). So the view's p50 is never much earlier than the metric's, and
+      // later by at most the time a completion takes after the confirm: a few ms on a quiet
+      // machine; under a parallel test that saturates PostgreSQL, one slow completion of a
+      // 100-row batch moved a whole lane by more than 80 ms (seen in CI). Half a second bounds it.
       const p50 = row.p50_ms / 1000;
       const cumulative = samples
         .filter(
@@ -169,11 +172,17 @@ describe('relay metrics agree with the SQL views', { timeout: 120_000 }, () => {
         )
         .map((s) => ({ le: Number(s.labels.le), n: s.value }))
         .sort((a, b) => a.le - b.le);
-      const below = [...cumulative].reverse().find((b) => b.le <= p50 * 0.8)?.n ?? 0;
-      const upTo = cumulative.find((b) => b.le >= p50 * 1.2)?.n ?? count;
+      // The metric's p50 lies in (metricP50Above, metricP50AtMost].
+      const metricP50Above = [...cumulative].reverse().find((b) => b.n < count / 2)?.le ?? 0;
+      const metricP50AtMost = cumulative.find((b) => b.n >= count / 2)?.le ?? Infinity;
+      const buckets = JSON.stringify(cumulative);
       assert.ok(
-        below <= count / 2 && upTo >= count / 2,
-        `p50 ${p50}s of ${row.lane}: ${JSON.stringify(cumulative)}`,
+        metricP50Above <= p50 * 1.2,
+        `p50 ${p50}s of ${row.lane} is earlier than the metric's: ${buckets}`,
+      );
+      assert.ok(
+        p50 <= metricP50AtMost + 0.5,
+        `p50 ${p50}s of ${row.lane} is far later than the metric's: ${buckets}`,
       );
     }
     const batches = await sql<{
