@@ -1,12 +1,6 @@
-import {
-  CompiledQuery,
-  DummyDriver,
-  Kysely,
-  PostgresAdapter,
-  PostgresIntrospector,
-  PostgresQueryCompiler,
-} from 'kysely';
+import { CompiledQuery, Kysely } from 'kysely';
 import { z } from 'zod';
+import { queryCompiler } from './db/queryCompiler.js';
 import type { Database } from './db/schema.js';
 import { InvalidEventError } from './errors.js';
 
@@ -65,16 +59,6 @@ const eventSchema = z
   .strict();
 
 const BATCH_ROWS = 1000; // 13 parameters a row keeps a statement far below PostgreSQL's 65,535.
-
-/** A Kysely used only to compile queries for a pg-client executor; it never connects. */
-const compiler = new Kysely<Database>({
-  dialect: {
-    createAdapter: () => new PostgresAdapter(),
-    createDriver: () => new DummyDriver(),
-    createIntrospector: (db) => new PostgresIntrospector(db),
-    createQueryCompiler: () => new PostgresQueryCompiler(),
-  },
-});
 
 function validate(events: readonly OutboxEvent[], maxPayloadBytes: number) {
   return events.map((event, index) => {
@@ -157,7 +141,7 @@ export async function enqueue(
         .execute();
       for (const r of inserted) result.push({ id: r.id, eventId: r.event_id });
     } else {
-      const query: CompiledQuery = compiler
+      const query: CompiledQuery = queryCompiler
         .insertInto('shardrelay.outbox')
         .values(chunk)
         .returning(['id', 'event_id'])

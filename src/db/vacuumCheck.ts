@@ -12,13 +12,17 @@ import type { Database } from './schema.js';
  * down 45%. The relay cannot fix that setting, but it can say so at start.
  */
 export async function outboxVacuumProblem(db: Kysely<Database>): Promise<string | undefined> {
-  const { rows } = await sql<{ server: string; table: string[] | null }>`
+  // The table option as PostgreSQL reads it: stored as written (`off`, `false`, `0` ...).
+  const { rows } = await sql<{ server: string; table: boolean }>`
     SELECT current_setting('autovacuum') AS server,
-           (SELECT reloptions FROM pg_class WHERE oid = 'shardrelay.outbox'::regclass) AS table`.execute(db);
+           coalesce((SELECT option_value::boolean
+                       FROM pg_class, pg_options_to_table(reloptions)
+                      WHERE oid = 'shardrelay.outbox'::regclass AND option_name = 'autovacuum_enabled'),
+                    true) AS table`.execute(db);
   const row = rows[0];
   if (row?.server === 'off')
     return 'autovacuum is off on this PostgreSQL server: the outbox is never vacuumed and bloats by every row sent';
-  if (row?.table?.some((option) => option === 'autovacuum_enabled=false'))
+  if (row?.table === false)
     return 'autovacuum is disabled for shardrelay.outbox (autovacuum_enabled = false): it bloats by every row sent';
   return undefined;
 }

@@ -10,27 +10,12 @@
  * quotes doubled (and the predicate parser refuses quotes anyway). A one-expression SQL function is
  * inlined by the planner, so it costs what the expression costs.
  */
-import {
-  DummyDriver,
-  Kysely,
-  PostgresAdapter,
-  PostgresIntrospector,
-  PostgresQueryCompiler,
-  sql,
-} from 'kysely';
+import { sql, type Kysely } from 'kysely';
+import { queryCompiler } from '../db/queryCompiler.js';
 import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
 import { LANE_COLUMNS, laneFilter, type LanePredicate } from '../lanes/lanePredicate.js';
 import type { Logger } from '../logger.js';
-
-const compiler = new Kysely<Database>({
-  dialect: {
-    createAdapter: () => new PostgresAdapter(),
-    createDriver: () => new DummyDriver(),
-    createIntrospector: (db) => new PostgresIntrospector(db),
-    createQueryCompiler: () => new PostgresQueryCompiler(),
-  },
-});
 
 function literal(value: unknown): string {
   if (typeof value === 'number' && Number.isFinite(value)) return String(value);
@@ -40,7 +25,7 @@ function literal(value: unknown): string {
 
 /** The body of shardrelay.is_realtime(o shardrelay.outbox) for a predicate. */
 export function isRealtimeFunctionBody(predicate: LanePredicate): string {
-  const compiled = compiler
+  const compiled = queryCompiler
     .selectFrom('shardrelay.outbox')
     .select(sql<number>`1`.as('one'))
     .where(laneFilter(predicate, 'realtime'))

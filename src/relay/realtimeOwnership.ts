@@ -26,7 +26,6 @@ import type { HeldShards, ShardOwnership } from './shardOwnership.js';
 export class RealtimeOwnership implements ShardOwnership {
   readonly #now: () => number;
   #held: HeldShards = { generation: undefined, shards: [], validUntil: 0 };
-  #shards: ReadonlySet<number> = new Set();
   /** The generation this thread's scheduler runs: that of its last refresh. */
   #running: string | undefined;
 
@@ -44,7 +43,6 @@ export class RealtimeOwnership implements ShardOwnership {
     const before = this.#held;
     const now = this.#now();
     this.#held = { generation: held.generation, shards: [...held.shards], validUntil: held.validUntil };
-    this.#shards = new Set(held.shards);
     return (
       held.generation !== before.generation ||
       held.shards.join() !== before.shards.join() ||
@@ -56,7 +54,7 @@ export class RealtimeOwnership implements ShardOwnership {
     return (
       this.#held.generation !== undefined &&
       this.#held.generation === this.#running &&
-      this.#shards.has(shard) &&
+      this.#held.shards.includes(shard) &&
       this.#now() < this.#held.validUntil
     );
   }
@@ -75,6 +73,5 @@ export class RealtimeOwnership implements ShardOwnership {
   /** The leases are the main thread's; it gives them back. */
   async release(): Promise<void> {
     this.#held = { generation: undefined, shards: [], validUntil: 0 };
-    this.#shards = new Set();
   }
 }

@@ -20,7 +20,7 @@ describe('the outbox vacuum check', () => {
       return;
     }
     assert.equal(await outboxVacuumProblem(t.db), undefined);
-    await sql`ALTER TABLE shardrelay.outbox SET (autovacuum_enabled = false)`.execute(t.db);
+    await sql`ALTER TABLE shardrelay.outbox SET (autovacuum_enabled = off)`.execute(t.db);
     assert.match((await outboxVacuumProblem(t.db)) ?? '', /autovacuum_enabled = false/);
   });
 });
