@@ -1,6 +1,5 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database, Lane } from './db/schema.js';
-import { laneFilter, type LanePredicate } from './lanes/lanePredicate.js';
 import { readHealth, readLagTrend, type HealthRow } from './observability/views.js';
 import { readShardConfig } from './relay/shardConfig.js';
 import { readReplicaStatus, type ReplicaStatus, type ShardOwnerStatus } from './replicaStatus.js';
@@ -56,7 +55,7 @@ const optionalNum = (v: unknown): number | null => (v === null || v === undefine
  * pending and dead rows; sent totals come from shard_progress, so they survive pruning. Canary rows
  * (relay/canary.ts) are left out of every count.
  */
-export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredicate): Promise<RelayStatus> {
+export async function readStatus(db: Kysely<Database>): Promise<RelayStatus> {
   const config = await readShardConfig(db);
   const n = sql.lit(config.shardCount);
   const [pending, dead, progress] = await Promise.all([
@@ -65,7 +64,7 @@ export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredic
       .select([
         sql<number>`id % ${n}`.as('shard'),
         sql<string>`count(*)`.as('pending'),
-        sql<number | null>`extract(epoch FROM now() - min(created_at))`.as('oldest'),
+        sql<number | null>`extract(epoch FROM shardrelay.now() - min(created_at))`.as('oldest'),
       ])
       .where('status', '=', 'pending')
       .where('canary', '=', false)
@@ -102,7 +101,7 @@ export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredic
     };
   });
   const [lanes, health, trends, membership] = await Promise.all([
-    Promise.all((['realtime', 'batch'] as const).map((lane) => readLaneStatus(db, lanePredicate, lane))),
+    readLanes(db),
     readHealth(db),
     readLagTrend(db, TREND_MINUTES),
     readReplicaStatus(db),
@@ -130,42 +129,32 @@ export async function readStatus(db: Kysely<Database>, lanePredicate: LanePredic
   };
 }
 
-async function readLaneStatus(
-  db: Kysely<Database>,
-  predicate: LanePredicate,
-  lane: Lane,
-): Promise<LaneStatus> {
-  const filter = laneFilter(predicate, lane);
-  const [pending, latency] = await Promise.all([
-    db
-      .selectFrom('shardrelay.outbox')
-      .select([
-        sql<string>`count(*)`.as('pending'),
-        sql<number | null>`extract(epoch FROM now() - min(created_at))`.as('oldest'),
-      ])
-      .where('status', '=', 'pending')
-      .where('canary', '=', false)
-      .where(filter)
-      .executeTakeFirstOrThrow(),
-    db
-      .selectFrom('shardrelay.outbox')
-      .select(
-        sql<number[] | null>`percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
-          ORDER BY extract(epoch FROM sent_at - created_at) * 1000)`.as('p'),
-      )
-      .where('status', '=', 'sent')
-      .where('sent_at', '>=', sql<Date>`now() - interval '5 minutes'`)
-      .where('canary', '=', false)
-      .where(filter)
-      .executeTakeFirstOrThrow(),
-  ]);
-  const p = latency.p;
-  return {
-    lane,
-    pending: num(pending.pending),
-    oldestPendingSeconds: optionalNum(pending.oldest),
-    p50Ms: p ? Number(p[0]) : null,
-    p95Ms: p ? Number(p[1]) : null,
-    p99Ms: p ? Number(p[2]) : null,
-  };
+/**
+ * Per lane, from the views every other figure of `status` comes from: pending rows and the oldest
+ * one's age from shardrelay.lag, latency percentiles from shardrelay.latency (the completer's
+ * per-minute histograms). Both split lanes by the predicate the relay installed, and read the
+ * views' clock; neither reads sent rows of the outbox.
+ */
+async function readLanes(db: Kysely<Database>): Promise<LaneStatus[]> {
+  const { rows } = await sql<{
+    lane: Lane;
+    pending: string;
+    oldest: number;
+    p50: number | null;
+    p95: number | null;
+    p99: number | null;
+  }>`
+    SELECT l.lane, l.pending, l.oldest, t.p50_ms AS p50, t.p95_ms AS p95, t.p99_ms AS p99
+      FROM (SELECT lane, sum(pending_rows) AS pending, max(oldest_pending_seconds) AS oldest
+              FROM shardrelay.lag GROUP BY lane) AS l
+      JOIN shardrelay.latency AS t USING (lane)
+     ORDER BY l.lane = 'batch', l.lane`.execute(db);
+  return rows.map((r) => ({
+    lane: r.lane,
+    pending: num(r.pending),
+    oldestPendingSeconds: num(r.pending) > 0 ? optionalNum(r.oldest) : null,
+    p50Ms: optionalNum(r.p50),
+    p95Ms: optionalNum(r.p95),
+    p99Ms: optionalNum(r.p99),
+  }));
 }

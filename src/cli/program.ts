@@ -160,12 +160,12 @@ export function buildProgram(): Command {
       .description('per shard and lane: owner, backlog, lag, health class and trend; totals')
       .option('--json', 'print one JSON object')
       .option('--watch [seconds]', 'redraw in place every few seconds (default 2)'),
-    ['lanePredicate'],
+    [],
   ).action(async (opts: { json?: boolean; watch?: string | boolean }, command: Command) => {
-    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'lanePredicate']));
+    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
     await withDatabase(config, async (db) => {
       const show = async () => {
-        const status = await readStatus(db, config.lanePredicate);
+        const status = await readStatus(db);
         return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
       };
       if (!opts.watch) return console.log(await show());

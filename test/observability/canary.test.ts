@@ -10,7 +10,6 @@ import amqplib, { type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { sql } from 'kysely';
 import { readStatus } from '../../src/status.js';
 import { enqueue } from '../../src/enqueue.js';
-import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
 import { CANARY_TOPIC } from '../../src/relay/canary.js';
 import { startRelay, type Relay } from '../../src/relay/relay.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
@@ -65,7 +64,7 @@ async function assertBusinessCounts(t: TestDatabase, relay: Relay, expected: num
     0,
   );
   assert.equal(sent, expected, 'metrics count no canary');
-  const status = await readStatus(t.db, DEFAULT_LANE_PREDICATE);
+  const status = await readStatus(t.db);
   assert.deepEqual(status.totals, { pending: 0, sent: expected, dead: 0 });
   const rows = await sql<{
     canaries: number;

@@ -114,4 +114,36 @@ describe('shardrelay status', () => {
     assert.equal(sparkline([0, 2, 4, 8, null, 8]), '▁▃▅█·█');
     assert.equal(sparkline([0, 0, null]), '▁▁·');
   });
+
+  it('--json gives per lane: pending, oldest pending age and latency p50/p95/p99', async () => {
+    // Real-time rows sent 2 minutes before T: 90 in the bucket [2.5, 5) ms, 10 in [50, 100) ms (the
+    // slowest 60 ms, which caps the top bucket).
+    await sql`
+      INSERT INTO shardrelay.rollup_minute
+        (minute, shard, lane, batches, sent, failed, dead, latency_ms_sum, latency_ms_max, latency_buckets)
+      VALUES (date_trunc('minute', ${T}::timestamptz) - interval '2 minutes', 1, 'realtime', 100, 100, 0, 0,
+              90 * 3 + 10 * 60, 60,
+              shardrelay.latency_histogram(array_cat(array_fill(3::float8, ARRAY[90]), array_fill(60::float8, ARRAY[10]))))`.execute(
+      t.db,
+    );
+    const { code, stdout } = await runCli(['status', '--json'], { DATABASE_URL: url });
+    assert.equal(code, 0);
+    const lanes = (JSON.parse(stdout) as { lanes: Record<string, unknown>[] }).lanes;
+    const batch = lanes.find((l) => l.lane === 'batch');
+    const realtime = lanes.find((l) => l.lane === 'realtime');
+    assert.deepEqual(batch, {
+      lane: 'batch',
+      pending: 24,
+      oldestPendingSeconds: 30,
+      p50Ms: null,
+      p95Ms: null,
+      p99Ms: null,
+    });
+    assert.equal(realtime?.pending, 0);
+    assert.equal(realtime?.oldestPendingSeconds, null);
+    const [p50, p95, p99] = [realtime?.p50Ms, realtime?.p95Ms, realtime?.p99Ms].map(Number);
+    assert.ok(p50 !== undefined && p50 >= 2.5 && p50 < 5, `p50 ${p50}`);
+    assert.ok(p95 !== undefined && p95 >= 50 && p95 <= 60, `p95 ${p95}`);
+    assert.ok(p99 !== undefined && p99 >= 50 && p99 <= 60, `p99 ${p99}`);
+  });
 });
