@@ -20,6 +20,8 @@ import type { ShardOwnership } from './shardOwnership.js';
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
   readonly onBatch?: (shard: number, lane: Lane, result: BatchResult) => void;
+  /** Shard ownership may have changed between ticks (e.g. the liveness lock was lost). */
+  readonly onOwnershipChange?: () => void;
 }
 
 export interface StartRelayOptions {
@@ -191,6 +193,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       tickSeconds: config.tickSeconds,
       logger,
       requestRefresh: () => void scheduler.tick(),
+      connectionString: config.databaseUrl,
+      onChange: () => options.hooks?.onOwnershipChange?.(),
     });
   const scheduler = new Scheduler({
     db: controlDb,

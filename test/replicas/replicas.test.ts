@@ -660,6 +660,22 @@ describe('duplicate and stale replicas', () => {
           30_000,
         );
         const takenAt = (await sql<{ at: Date }>`SELECT clock_timestamp() AS at`.execute(t.db)).rows[0]?.at;
+        // Timed by PostgreSQL: from the pause to when the last of b's shards was taken (acquired_at).
+        const { rows: taken } = await sql<{ seconds: number }>`
+          SELECT extract(epoch FROM max(acquired_at) - ${paused[0]?.at}::timestamptz)::float8 AS seconds
+            FROM shardrelay.shard_lease
+           WHERE generation = (SELECT generation FROM shardrelay.shard_config)
+             AND shard = ANY(${[...stale.shards]}::int[])`.execute(t.db);
+        const stopTakeover = taken[0]?.seconds ?? NaN;
+        console.log(
+          `# SIGSTOP takeover: b's shards taken ${stopTakeover.toFixed(3)} s after the pause ` +
+            `(lease ${STALL_LEASE_TIMEOUT_SECONDS} s)`,
+        );
+        // A frozen replica's session is alive: only its lease timeout frees its shards, never sooner.
+        assert.ok(
+          stopTakeover >= STALL_LEASE_TIMEOUT_SECONDS - 1.5,
+          `not before the lease lapsed (${stopTakeover} s)`,
+        );
         await replicas.waitFor(
           'the new owners send b’s former shards',
           async () => {
