@@ -615,7 +615,8 @@ export class ShardLeases implements ShardOwnership {
       this.#becomeMember().then(
         () => {
           if (this.#state !== LEASE_STATES.member) return;
-          this.#options.logger.info(
+          // A warning like the loss it ends, so the two show up together.
+          this.#options.logger.warn(
             { steppedBackMs: Math.round(performance.now() - this.#steppedBackAt) },
             'liveness lock re-taken; re-joining and re-validating leases',
           );
@@ -644,14 +645,15 @@ export class ShardLeases implements ShardOwnership {
       const evicted = await this.#lock.run((client) => evictDeadReplicas(client, this.instance));
       if (!evicted || evicted.length === 0) return;
       for (const gone of evicted) {
-        this.#options.logger.info(
+        // A warning: a member died or lost its connection, which someone may want to know about.
+        this.#options.logger.warn(
           {
-            replica: gone.replicaId,
-            instance: gone.instance,
+            evictedReplica: gone.replicaId,
+            evictedInstance: gone.instance,
             shards: gone.shards,
             sinceHeartbeatSeconds: Math.round(gone.sinceHeartbeatSeconds * 1000) / 1000,
           },
-          'replica’s liveness session is gone (process dead or disconnected); its shards are free',
+          'replica’s liveness session is gone (process dead or disconnected); evicted it, its shards are free',
         );
       }
       this.#options.requestRefresh?.();
@@ -808,7 +810,7 @@ export class ShardLeases implements ShardOwnership {
     if (lost.length > 0) {
       logger.warn(
         { shards: lost.sort((a, b) => a - b) },
-        'shard leases were taken over by another replica while ours had expired; no new batch starts on them',
+        'shard leases were taken over by another replica while ours had expired (or after we lost the liveness lock); no new batch starts on them',
       );
     }
     this.#held.clear();
