@@ -105,7 +105,8 @@ import type { ShardOwnership } from './shardOwnership.js';
  *   starting ──liveness lock taken (first refresh)──▶ member
  *   member ──lock session 'error'/'end', a failed peer check, or a renewal that finds the lock
  *            not held (the fence below)──▶ steppedBack
- *   steppedBack ──new session, new lock taken (retried after 100 ms, doubling to 2 s)──▶ member
+ *   steppedBack ──left (membership and leases deleted, NOTIFY), then a new session and a new
+ *                 lock (retried after 100 ms, doubling to 2 s)──▶ member
  *   any ──release()──▶ left
  *
  *   member       heartbeats (1 s), renews, balances and takes shards; checks its peers every
@@ -116,9 +117,12 @@ import type { ShardOwnership } from './shardOwnership.js';
  *                batches finish), no heartbeat, no lease write. Its peers evict it at their next
  *                check (≤ 250 ms): its shards go to them. The trust deadline is reset, so after
  *                re-taking the lock nothing is run before a renewal has said what is still ours.
- *   member again the next refresh heartbeats (re-inserting the membership row if it was evicted:
- *                "joined", NOTIFY), renews what nobody took meanwhile (all of it, if no peer
- *                checked during the blip) and takes a fair share like a newcomer.
+ *   member again the next refresh heartbeats (a new membership row: "joined", NOTIFY) and takes
+ *                a fair share like a newcomer; the peers give back what is above theirs. It
+ *                leaves before re-joining even when no peer has evicted it yet (a blip shorter
+ *                than a check period): then its shards move once, but what follows a loss is
+ *                always the same, and never depends on the race between a peer's check and
+ *                the re-lock.
  *
  * So a process that loses its lock session stops starting batches before any peer can have taken
  * its shards (the loss reaches it as a socket event within milliseconds; a peer needs a check
@@ -612,13 +616,30 @@ export class ShardLeases implements ShardOwnership {
     const delay = Math.min(RELOCK_MAX_MS, RELOCK_FIRST_MS * 2 ** this.#relockAttempts);
     this.#relockTimer = setTimeout(() => {
       if (this.#state !== LEASE_STATES.steppedBack || this.#stopped) return;
-      this.#becomeMember().then(
+      let released: readonly number[] = [];
+      this.#serially(async () => {
+        if (this.#state !== LEASE_STATES.steppedBack || this.#stopped) return;
+        if (this.#joined) {
+          // Leave first, then join as a newcomer: whether or not a peer has evicted us meanwhile
+          // (a race between its check and this timer), what follows a loss is then always the
+          // same, and the peers take our shards at the NOTIFY instead of at their next check.
+          // Deleting our own rows needs no fence.
+          released = await leaveMembership(this.#options.db, {
+            instance: this.instance,
+            replicaId: this.#options.replicaId,
+          });
+          this.#joined = false;
+          this.#held.clear();
+          this.#releasing.clear();
+        }
+        await this.#becomeMember();
+      }).then(
         () => {
           if (this.#state !== LEASE_STATES.member) return;
           // A warning like the loss it ends, so the two show up together.
           this.#options.logger.warn(
-            { steppedBackMs: Math.round(performance.now() - this.#steppedBackAt) },
-            'liveness lock re-taken; re-joining and re-validating leases',
+            { steppedBackMs: Math.round(performance.now() - this.#steppedBackAt), released },
+            'liveness lock re-taken; left and re-joining as a new member',
           );
           this.#options.requestRefresh?.();
           this.#options.onChange?.();

@@ -161,12 +161,8 @@ describe('a replica killed with SIGKILL under steady load', () => {
         30_000,
         20,
       );
-      const { rows: taken } = await sql<{ taken: number; first_batch: number | null }>`
-        SELECT extract(epoch FROM max(l.acquired_at) - ${killedAt}::timestamptz)::float8 AS taken,
-               (SELECT extract(epoch FROM min(a.xact_start) - ${killedAt}::timestamptz)::float8
-                  FROM public.send_audit a
-                 WHERE a.shard = ANY(${[...victim.shards]}::int[]) AND a.pid <> ${victim.pid}
-                   AND a.xact_start > ${killedAt}::timestamptz) AS first_batch
+      const { rows: taken } = await sql<{ taken: number }>`
+        SELECT extract(epoch FROM max(l.acquired_at) - ${killedAt}::timestamptz)::float8 AS taken
           FROM shardrelay.shard_lease l
          WHERE l.generation = (SELECT generation FROM shardrelay.shard_config)
            AND l.shard = ANY(${[...victim.shards]}::int[])`.execute(t.db);
@@ -193,7 +189,13 @@ describe('a replica killed with SIGKILL under steady load', () => {
         new Date(killedAt.getTime() - 1_000),
         new Date(killedAt.getTime() + 3_000),
       );
-      const firstBatch = taken[0]?.first_batch ?? NaN;
+      // Audited at commit, so read once everything is delivered.
+      const { rows: first } = await sql<{ at: number | null }>`
+        SELECT extract(epoch FROM min(xact_start) - ${killedAt}::timestamptz)::float8 AS at
+          FROM public.send_audit
+         WHERE shard = ANY(${[...victim.shards]}::int[]) AND pid <> ${victim.pid}
+           AND xact_start > ${killedAt}::timestamptz`.execute(t.db);
+      const firstBatch = first[0]?.at ?? NaN;
       const counts = await deliveryCounts(t.db);
       const { rows: twice } = await sql<{ id: string }>`
         SELECT id::text FROM public.send_audit GROUP BY id HAVING count(*) > 1`.execute(t.db);
@@ -313,6 +315,11 @@ describe('a replica whose liveness session is terminated while it runs', () => {
         STARTUP_MS,
       );
 
+      const { rows: firstOther } = await sql<{ at: number | null }>`
+        SELECT extract(epoch FROM min(xact_start) - ${terminatedAt}::timestamptz)::float8 AS at
+          FROM public.send_audit
+         WHERE pid <> ${victim.pid} AND shard = ANY(${[...victim.shards]}::int[])
+           AND xact_start >= ${terminatedAt}::timestamptz`.execute(t.db);
       const stepBack = new Date(steppedBackAt);
       const relock = new Date(relockedAt);
       // (1) Between its step-back and its re-lock the victim started no batch (5 ms: the clock's
@@ -358,8 +365,9 @@ describe('a replica whose liveness session is terminated while it runs', () => {
       const overlapMs = Math.max(0, ...overlap.map((o) => o.overlap_ms ?? 0));
       console.log(
         `# pg_terminate_backend of the victim's lock session: stepped back ${s(steppedBackAt)} s after, ` +
-          `evicted by a peer ${Number.isFinite(evictedAt) ? `${s(evictedAt)} s` : 'never (it re-locked first)'}, ` +
-          `re-locked ${s(relockedAt)} s, 4/4/4 again ${s(recoveredAt.getTime())} s`,
+          `evicted by a peer ${Number.isFinite(evictedAt) ? `${s(evictedAt)} s` : 'no (it left first)'}, ` +
+          `re-locked ${s(relockedAt)} s, first batch of another replica on its shards ` +
+          `${(firstOther[0]?.at ?? NaN).toFixed(3)} s, 4/4/4 again ${s(recoveredAt.getTime())} s`,
       );
       console.log(
         `# batches the victim started between step-back and re-lock: ${JSON.stringify(during)}; ` +
