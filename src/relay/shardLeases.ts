@@ -106,7 +106,7 @@ import type { ShardOwnership } from './shardOwnership.js';
  *   member ──lock session 'error'/'end', a failed peer check, or a renewal that finds the lock
  *            not held (the fence below)──▶ steppedBack
  *   steppedBack ──left (membership and leases deleted, NOTIFY), then a new session and a new
- *                 lock (retried after 100 ms, doubling to 2 s)──▶ member
+ *                 lock (retried after 100 ms, doubling to 1 s: a tick)──▶ member
  *   any ──release()──▶ left
  *
  *   member       heartbeats (1 s), renews, balances and takes shards; checks its peers every
@@ -179,7 +179,7 @@ export interface ShardLeasesOptions {
 export const PEER_CHECK_MS = 250;
 /** Re-taking a lost liveness lock: the first retry after this, doubling up to RELOCK_MAX_MS. */
 const RELOCK_FIRST_MS = 100;
-const RELOCK_MAX_MS = 2_000;
+const RELOCK_MAX_MS = 1_000;
 
 /** The membership states of a process (see the comment at the top of this file). */
 export const LEASE_STATES = {
@@ -234,7 +234,8 @@ export async function heartbeat(
 /**
  * Deletes this process's leases of every other generation (its loops of those generations have
  * stopped), and anyone's expired leases of other generations and long-gone members (housekeeping;
- * a crashed replica stays visible in the views for 15 minutes). Announces it when it let go of
+ * a crashed replica without a liveness lock stays visible in the views for 15 minutes; one with a
+ * lock is evicted by its peers at once). Announces it when it let go of
  * leases, since the other replicas wait for that before they take leases of the new generation.
  */
 export async function dropOtherGenerations(
