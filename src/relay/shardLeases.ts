@@ -712,6 +712,7 @@ export class ShardLeases implements ShardOwnership {
     this.#config = config;
 
     const renewal = await this.#renew(config.generation);
+    if (!renewal) return [];
     await dropOtherGenerations(db, this.#me, config.generation);
     if (this.#releasing.size > 0) {
       const given = await releaseLeases(db, this.#me, config.generation, [...this.#releasing]);
@@ -802,10 +803,13 @@ export class ShardLeases implements ShardOwnership {
     this.#validUntilWall = renewal.startedWall + this.#leaseMs;
   }
 
-  /** Heartbeat and renewal; returns when the renewal started. */
-  async #renew(generation: string): Promise<Renewal> {
+  /** Heartbeat and renewal; returns when the renewal started (undefined: no lock, nothing done). */
+  async #renew(generation: string): Promise<Renewal | undefined> {
     const { db, logger } = this.#options;
     const started = performance.now();
+    // Lost the lock a moment ago: no heartbeat (a membership row without a lock would count as a
+    // live member until its lease timeout, yet hold nothing) and no renewal (fenced anyway).
+    if (!this.#lock.handle) return undefined;
     const startedWall = Date.now();
     if (this.#lastRenewalStart !== undefined && started - this.#lastRenewalStart > this.#leaseMs) {
       logger.warn(
@@ -850,7 +854,7 @@ export class ShardLeases implements ShardOwnership {
       if (this.#stopped || !this.#config || this.#state !== LEASE_STATES.member) return;
       try {
         const renewal = await this.#renew(this.#config.generation);
-        if (this.#state === LEASE_STATES.member) this.#trustUntil(renewal);
+        if (renewal && this.#state === LEASE_STATES.member) this.#trustUntil(renewal);
         if (this.#heartbeatFailing) this.#options.logger.info('lease heartbeat works again');
         this.#heartbeatFailing = false;
       } catch (error) {
