@@ -20,7 +20,7 @@ import type { ShardOwnership } from './shardOwnership.js';
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
   readonly onBatch?: (shard: number, lane: Lane, result: BatchResult) => void;
-  /** Shard ownership may have changed between ticks (e.g. the liveness lock was lost). */
+  /** Shard ownership may have changed: after every tick, and between ticks (a lost liveness lock). */
   readonly onOwnershipChange?: () => void;
 }
 
@@ -202,7 +202,11 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     ownership,
     tickSeconds: config.tickSeconds,
     logger,
-    afterTick: checkDrained,
+    afterTick: async () => {
+      // The real-time worker learns of shards taken in this tick now, not at its next poll.
+      options.hooks?.onOwnershipChange?.();
+      await checkDrained();
+    },
   });
   const listener = new OutboxListener({
     connectionString: config.databaseUrl,

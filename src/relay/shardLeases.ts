@@ -93,7 +93,7 @@ import type { ShardOwnership } from './shardOwnership.js';
  * need every pid of the replica's pools (which come and go), pids are reused, and reading it does
  * not exclude anything. A blocking wait on each peer's lock would notice without polling, but needs
  * a connection per watched peer and a way to re-target it as members change; the check costs one
- * short statement per member every 250 ms (measured in test/relay/leaseStatements.test.ts).
+ * short statement per member every 100 ms (measured in test/relay/leaseStatements.test.ts).
  *
  * The lease timeout stays for what the lock cannot see: a process that is alive but not running
  * (SIGSTOP, a long GC pause, a frozen VM) keeps its session and its lock, so it loses its shards
@@ -110,12 +110,12 @@ import type { ShardOwnership } from './shardOwnership.js';
  *   any ──release()──▶ left
  *
  *   member       heartbeats (1 s), renews, balances and takes shards; checks its peers every
- *                PEER_CHECK_MS (250 ms) on the lock session. `holds` is true for held leases
+ *                PEER_CHECK_MS (100 ms) on the lock session. `holds` is true for held leases
  *                until the last renewal's start + the lease timeout.
  *   steppedBack  `holds` is false from the moment the session's event arrives (the same event
  *                loop turn), refreshes return no shard (the scheduler stops the loops; in-flight
  *                batches finish), no heartbeat, no lease write. Its peers evict it at their next
- *                check (≤ 250 ms): its shards go to them. The trust deadline is reset, so after
+ *                check (≤ 100 ms): its shards go to them. The trust deadline is reset, so after
  *                re-taking the lock nothing is run before a renewal has said what is still ours.
  *   member again the next refresh heartbeats (a new membership row: "joined", NOTIFY) and takes
  *                a fair share like a newcomer; the peers give back what is above theirs. It
@@ -171,12 +171,15 @@ export interface ShardLeasesOptions {
 
 /**
  * How often a member checks its peers' liveness locks. A SIGKILLed replica's shards are taken
- * within this plus a refresh (a NOTIFY away). Cost, measured (test/relay/leaseStatements.test.ts,
- * 2 cores at load 11): 0.1 ms of PostgreSQL time per check (0.9-2.4 ms round trip), so 3 replicas
- * at 4 checks/s spend ~1.2 ms of PostgreSQL CPU per second, ~0.1% of a core. A check that finds
- * nobody dead writes nothing, so it costs no WAL flush.
+ * within this plus a refresh (a NOTIFY away), after PostgreSQL has ended the dead session, which
+ * on a saturated machine alone took up to 0.7 s (bench/RESULTS.md); so the check is kept short
+ * to leave the 1 s target that margin (250 ms was measured first: 0.14-0.82 s takeovers at load
+ * 7-21). Cost, measured (test/relay/leaseStatements.test.ts, 2 cores at load 11): 0.1 ms of
+ * PostgreSQL time per check (0.9-2.4 ms round trip), so 3 replicas at 10 checks/s spend ~3 ms of
+ * PostgreSQL CPU per second, ~0.3% of a core. A check that finds nobody dead writes nothing, so
+ * it costs no WAL flush.
  */
-export const PEER_CHECK_MS = 250;
+export const PEER_CHECK_MS = 100;
 /** Re-taking a lost liveness lock: the first retry after this, doubling up to RELOCK_MAX_MS. */
 const RELOCK_FIRST_MS = 100;
 const RELOCK_MAX_MS = 1_000;

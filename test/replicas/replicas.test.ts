@@ -256,10 +256,12 @@ describe('a replica killed with SIGKILL mid-run', () => {
           `${(taken[0]?.before_expiry ?? NaN).toFixed(3)} s before its leases would have expired ` +
           `(lease timeout ${DEFAULT_LEASE_TIMEOUT_SECONDS} s)`,
       );
-      // The survivors find the victim's liveness lock free (a check every 250 ms) and take its
-      // shards in the refresh its NOTIFY triggers: ~0.3-0.5 s, 1 s on a loaded machine; 2 s is
-      // far below the lease timeout that bounded it before (9.4-9.6 s measured).
-      assert.ok(takeoverSeconds <= 2, `taken over ${takeoverSeconds} s after the kill`);
+      // The survivors find the victim's liveness lock free (a check every 100 ms) and take its
+      // shards in the refresh its NOTIFY triggers. With this test's 50,000-row pg-boss backlog
+      // the survivors' event loops and PostgreSQL are saturated: measured 0.38-1.79 s at load
+      // 8-25 on 2 cores. 3 s is still far below the lease timeout that bounded it before
+      // (9.4-10.1 s measured), so a takeover by lease expiry cannot pass.
+      assert.ok(takeoverSeconds <= 3, `taken over ${takeoverSeconds} s after the kill`);
       assert.ok(isDivided(await leasePicture(t.db), [4, 4]), 'the survivors hold 4 shards each');
 
       await replicas.waitFor(

@@ -10,6 +10,7 @@
  * come from lease expiry.
  */
 import assert from 'node:assert/strict';
+import os from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import {
@@ -33,9 +34,10 @@ const STARTUP_MS = 150_000;
 const SHARDS = 12;
 /**
  * The bounds of issue 17. What they rest on (defaults): a peer checks the liveness locks every
- * 250 ms, an eviction NOTIFYs, and the refresh it triggers is six short statements (each ~2-10 ms
- * under load); so a takeover takes ~0.3-0.5 s, and the bound leaves half of it for CPU waits on
- * a loaded 2-core machine. A row's wait is the takeover plus a claim.
+ * 100 ms, an eviction NOTIFYs, and the refresh it triggers is six short statements (each ~2-10 ms
+ * under load); so a takeover takes ~0.2-0.5 s once PostgreSQL has ended the dead session. On a
+ * saturated 2-core machine (load 20) that ending alone took ~0.7 s, so the 1 s bound is tight
+ * there and holds with room below load ~15. A row's wait is the takeover plus a claim.
  */
 const TAKEOVER_BOUND_S = 1.0;
 const P99_BOUND_S = 1.5;
@@ -207,7 +209,7 @@ describe('a replica killed with SIGKILL under steady load', () => {
           `${(((lockFreedAt?.getTime() ?? NaN) - killedAt.getTime()) / 1000).toFixed(3)} s after the kill, ` +
           `evicted ${((evictedAt - killedAt.getTime()) / 1000).toFixed(3)} s ` +
           `after the kill, leases taken ${takeover.toFixed(3)} s, first batch of a new owner on them ` +
-          `${firstBatch.toFixed(3)} s (lease timeout 10 s)`,
+          `${firstBatch.toFixed(3)} s (lease timeout 10 s; load average ${os.loadavg()[0]?.toFixed(1)})`,
       );
       console.log(
         `# wait on the victim's shards: steady ${fmt(steady)}; from 1 s before to 3 s after the kill ${fmt(during)}`,
@@ -367,7 +369,7 @@ describe('a replica whose liveness session is terminated while it runs', () => {
       console.log(
         `# pg_terminate_backend of the victim's lock session: stepped back ${s(steppedBackAt)} s after, ` +
           `evicted by a peer ${Number.isFinite(evictedAt) ? `${s(evictedAt)} s` : 'no (it left first)'}, ` +
-          `re-locked ${s(relockedAt)} s, first batch of another replica on its shards ` +
+          `re-locked ${s(relockedAt)} s (load average ${os.loadavg()[0]?.toFixed(1)}), first batch of another replica on its shards ` +
           `${(firstOther[0]?.at ?? NaN).toFixed(3)} s, 4/4/4 again ${s(recoveredAt.getTime())} s`,
       );
       console.log(
@@ -468,7 +470,7 @@ describe('every connection of two replicas cut at once (a database restart, seen
       const recovered = (dividedAt.getTime() - cutAt.getTime()) / 1000;
       console.log(
         `# all connections cut: both replicas re-joined with new liveness locks and 6/6 again ${recovered.toFixed(3)} s ` +
-          `after the cut; ${counts.sent} of ${counts.total} delivered, twice: ${counts.deliveredTwice}`,
+          `after the cut (load average ${os.loadavg()[0]?.toFixed(1)}); ${counts.sent} of ${counts.total} delivered, twice: ${counts.deliveredTwice}`,
       );
       for (const p of started) assert.match(p.stderr(), /liveness lock lost; stepping back/);
       // Re-lock retries reach 1 s apart; pools reconnect on their next checkout; then a refresh.
