@@ -1,5 +1,6 @@
 -- shardrelay.replicas: one row per relay process that has heartbeated (a graceful stop deletes
--- its row; a crashed replica stays visible, alive = false, until it has been gone 15 minutes).
+-- its row; a crashed replica stays visible, alive = false, until it has been gone 15 minutes,
+-- unless another replica finds its liveness lock free and evicts it at once: migration 0008).
 --
 --   alive                  heartbeat younger than the replica's lease timeout; only live
 --                          replicas count when the shards are divided

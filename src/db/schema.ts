@@ -70,6 +70,9 @@ export interface ReplicaTable {
   heartbeat_at: ColumnType<Date, Date | string | undefined, Date | string>;
   lease_timeout_seconds: number;
   generation: BigIntColumn;
+  /** The liveness lock's key and session (migration 0008); null for replicas without one. */
+  lock_key: ColumnType<number | null, number | null | undefined, number | null>;
+  lock_pid: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 /** shardrelay.shard_lease: one row per (generation, shard) lease (relay/shardLeases.ts). */

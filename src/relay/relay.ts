@@ -20,6 +20,8 @@ import type { ShardOwnership } from './shardOwnership.js';
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
   readonly onBatch?: (shard: number, lane: Lane, result: BatchResult) => void;
+  /** Shard ownership may have changed: after every tick, and between ticks (a lost liveness lock). */
+  readonly onOwnershipChange?: () => void;
 }
 
 export interface StartRelayOptions {
@@ -191,6 +193,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       tickSeconds: config.tickSeconds,
       logger,
       requestRefresh: () => void scheduler.tick(),
+      connectionString: config.databaseUrl,
+      onChange: () => options.hooks?.onOwnershipChange?.(),
     });
   const scheduler = new Scheduler({
     db: controlDb,
@@ -198,7 +202,11 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     ownership,
     tickSeconds: config.tickSeconds,
     logger,
-    afterTick: checkDrained,
+    afterTick: async () => {
+      // The real-time worker learns of shards taken in this tick now, not at its next poll.
+      options.hooks?.onOwnershipChange?.();
+      await checkDrained();
+    },
   });
   const listener = new OutboxListener({
     connectionString: config.databaseUrl,

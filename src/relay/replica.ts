@@ -43,6 +43,7 @@ export async function startReplica(
 
   const worker = startWorker({ ...options.config, metricsPort: undefined });
   // The worker has no metrics of its own: the main relay's observer counts its batches too.
+  let onOwnershipChange = () => {};
   let recordWorkerBatch: ((shard: number, lane: Lane, result: BatchResult) => void) | undefined;
   const send = (message: ToRealtimeWorker) => worker.postMessage(message);
   let workerFailed: Error | undefined;
@@ -70,7 +71,12 @@ export async function startReplica(
   await ready;
   let main: Relay;
   try {
-    main = await startRelay({ ...options, lanes: lanes.filter((l): l is Lane => l !== 'realtime') });
+    main = await startRelay({
+      ...options,
+      lanes: lanes.filter((l): l is Lane => l !== 'realtime'),
+      // Told at once, not at the next 100 ms check: e.g. a lost liveness lock stops the worker too.
+      hooks: { ...options.hooks, onOwnershipChange: () => onOwnershipChange() },
+    });
     const observer = main.observer;
     recordWorkerBatch = (shard, lane, result) => observer.recordBatch(shard, lane, result);
   } catch (error) {
@@ -90,6 +96,7 @@ export async function startReplica(
     lastShared = key;
     send({ type: 'shards', ...held });
   };
+  onOwnershipChange = shareShards;
   shareShards();
   const sharing = setInterval(shareShards, 100);
 

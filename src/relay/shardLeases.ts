@@ -5,6 +5,8 @@ import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { CONFIG_CHANNEL } from './outboxListener.js';
+import { evictDeadReplicas, lockHeld, type LivenessLockHandle } from './leaseStatements.js';
+import { LivenessLock } from './livenessLock.js';
 import type { ShardConfig } from './shardConfig.js';
 import type { ShardOwnership } from './shardOwnership.js';
 
@@ -49,6 +51,10 @@ import type { ShardOwnership } from './shardOwnership.js';
  *   replica.generation             The shard generation the process runs now; readBalance (only
  *                                  members already on the current generation can be short of
  *                                  shards) and the views ("all replicas switched?").
+ *   replica.lock_key, lock_pid     The process's liveness lock and the session holding it
+ *                                  (migration 0008, relay/leaseStatements.ts). Written by every
+ *                                  heartbeat; read by the peers' eviction check, and by the fence
+ *                                  of this process's own lease writes.
  *
  * Every operation below is one statement in its own transaction; no lock is held between them,
  * and none touches `shard_config`, so a shard-count migration never waits on a replica.
@@ -72,6 +78,64 @@ import type { ShardOwnership } from './shardOwnership.js';
  *
  * Heartbeats also run on a timer of their own (every min(tick, lease timeout / 3)), so a tick that
  * waits for a slow in-flight batch does not let the leases lapse.
+ *
+ * Dead replicas are found by their liveness lock, not by their lease (relay/leaseStatements.ts):
+ * every member holds a session-level advisory lock on a connection of its own
+ * (relay/livenessLock.ts), and every `PEER_CHECK_MS` each member runs, on that connection, one
+ * statement that tries the other members' locks. A lock it can take belongs to a session that is
+ * gone, so that member is evicted (membership row and leases deleted, NOTIFY) and the others take
+ * its shards as free shards in the refresh the NOTIFY triggers. A SIGKILLed replica's shards are
+ * thus taken within a check period plus a refresh, not a lease timeout (bench/RESULTS.md).
+ *
+ * Why the lock and not pg_stat_activity: the lock is exact and atomic. "I could take it" means the
+ * session ended, and taking it (until the evictor's commit) leaves no window in which the owner
+ * could come back under the same identity half-way through the eviction. pg_stat_activity would
+ * need every pid of the replica's pools (which come and go), pids are reused, and reading it does
+ * not exclude anything. A blocking wait on each peer's lock would notice without polling, but needs
+ * a connection per watched peer and a way to re-target it as members change; the check costs one
+ * short statement per member every 100 ms (measured in test/relay/leaseStatements.test.ts).
+ *
+ * The lease timeout stays for what the lock cannot see: a process that is alive but not running
+ * (SIGSTOP, a long GC pause, a frozen VM) keeps its session and its lock, so it loses its shards
+ * only when its leases expire, as before. Membership rows without a lock (replicas of a version
+ * before migration 0008, during a rolling upgrade) are never evicted by the check either.
+ *
+ * Life of a process's membership (LEASE_STATES; the figures are the defaults):
+ *
+ *   starting ──liveness lock taken (first refresh)──▶ member
+ *   member ──lock session 'error'/'end', a failed peer check, or a renewal that finds the lock
+ *            not held (the fence below)──▶ steppedBack
+ *   steppedBack ──left (membership and leases deleted, NOTIFY), then a new session and a new
+ *                 lock (retried after 100 ms, doubling to 1 s: a tick)──▶ member
+ *   any ──release()──▶ left
+ *
+ *   member       heartbeats (1 s), renews, balances and takes shards; checks its peers every
+ *                PEER_CHECK_MS (100 ms) on the lock session. `holds` is true for held leases
+ *                until the last renewal's start + the lease timeout.
+ *   steppedBack  `holds` is false from the moment the session's event arrives (the same event
+ *                loop turn), refreshes return no shard (the scheduler stops the loops; in-flight
+ *                batches finish), no heartbeat, no lease write. Its peers evict it at their next
+ *                check (≤ 100 ms): its shards go to them. The trust deadline is reset, so after
+ *                re-taking the lock nothing is run before a renewal has said what is still ours.
+ *   member again the next refresh heartbeats (a new membership row: "joined", NOTIFY) and takes
+ *                a fair share like a newcomer; the peers give back what is above theirs. It
+ *                leaves before re-joining even when no peer has evicted it yet (a blip shorter
+ *                than a check period): then its shards move once, but what follows a loss is
+ *                always the same, and never depends on the race between a peer's check and
+ *                the re-lock.
+ *
+ * So a process that loses its lock session stops starting batches before any peer can have taken
+ * its shards (the loss reaches it as a socket event within milliseconds; a peer needs a check
+ * period, then a refresh), and at most its batches already in flight overlap the new owner's.
+ *
+ * Fence: every statement that takes or extends a lease (renewLeases, takeOverExpiredLeases,
+ * acquireFreeShards) writes only while this process's lock session still holds its lock
+ * (`lockHeld`, read from pg_locks in the same statement). A process whose session is gone in
+ * PostgreSQL but whose socket has not said so yet (a half-open connection) learns it from its
+ * next renewal, which then renews nothing and steps back; and an eviction is never undone by a
+ * late renewal of the evicted. One window remains: an insert of a free shard that committed just
+ * after a concurrent eviction's snapshot leaves a lease with no member; it expires by the lease
+ * timeout.
  *
  * Stalls: the process trusts its leases only until its last successful renewal started plus the
  * lease timeout, by its own monotonic clock (`holds`), which is never later than their expiry in
@@ -97,11 +161,43 @@ export interface ShardLeasesOptions {
   readonly requestRefresh?: () => void;
   /** The process token; a fresh random one by default. */
   readonly instance?: string;
+  /** The database, for the liveness lock's own connection. */
+  readonly connectionString: string;
+  /** Called when `holds` may have changed between refreshes (stepped back, member again). */
+  readonly onChange?: () => void;
+  /** How often the peers' liveness locks are checked; default PEER_CHECK_MS. */
+  readonly peerCheckMs?: number;
 }
+
+/**
+ * How often a member checks its peers' liveness locks. A SIGKILLed replica's shards are taken
+ * within this plus a refresh (a NOTIFY away), after PostgreSQL has ended the dead session, which
+ * on a saturated machine alone took up to 0.7 s (bench/RESULTS.md); so the check is kept short
+ * to leave the 1 s target that margin (250 ms was measured first: 0.14-0.82 s takeovers at load
+ * 7-21). Cost, measured (test/relay/leaseStatements.test.ts, 2 cores at load 11): 0.1 ms of
+ * PostgreSQL time per check (0.9-2.4 ms round trip), so 3 replicas at 10 checks/s spend ~3 ms of
+ * PostgreSQL CPU per second, ~0.3% of a core. A check that finds nobody dead writes nothing, so
+ * it costs no WAL flush.
+ */
+export const PEER_CHECK_MS = 100;
+/** Re-taking a lost liveness lock: the first retry after this, doubling up to RELOCK_MAX_MS. */
+const RELOCK_FIRST_MS = 100;
+const RELOCK_MAX_MS = 1_000;
+
+/** The membership states of a process (see the comment at the top of this file). */
+export const LEASE_STATES = {
+  starting: 'starting',
+  member: 'member',
+  steppedBack: 'steppedBack',
+  left: 'left',
+} as const;
+export type LeaseState = (typeof LEASE_STATES)[keyof typeof LEASE_STATES];
 
 interface Member {
   readonly instance: string;
   readonly replicaId: string;
+  /** The liveness lock held now; lease writes are fenced on it. */
+  readonly lock?: LivenessLockHandle | undefined;
 }
 
 /** When a renewal started, by this thread's monotonic clock and by the wall clock. */
@@ -125,13 +221,15 @@ export async function heartbeat(
 ): Promise<{ readonly joined: boolean }> {
   const { rows } = await sql<{ joined: boolean }>`
     INSERT INTO shardrelay.replica AS r
-      (instance, replica_id, hostname, pid, lease_timeout_seconds, generation)
+      (instance, replica_id, hostname, pid, lease_timeout_seconds, generation, lock_key, lock_pid)
     VALUES (${me.instance}, ${me.replicaId}, ${os.hostname()}, ${process.pid}, ${leaseTimeoutSeconds},
-            ${generation}::bigint)
+            ${generation}::bigint, ${me.lock?.key ?? null}::int, ${me.lock?.pid ?? null}::int)
     ON CONFLICT (instance) DO UPDATE SET
       heartbeat_at = clock_timestamp(),
       lease_timeout_seconds = EXCLUDED.lease_timeout_seconds,
-      generation = EXCLUDED.generation
+      generation = EXCLUDED.generation,
+      lock_key = EXCLUDED.lock_key,
+      lock_pid = EXCLUDED.lock_pid
     RETURNING (xmax = 0) AS joined`.execute(db);
   return { joined: rows[0]?.joined === true };
 }
@@ -139,7 +237,8 @@ export async function heartbeat(
 /**
  * Deletes this process's leases of every other generation (its loops of those generations have
  * stopped), and anyone's expired leases of other generations and long-gone members (housekeeping;
- * a crashed replica stays visible in the views for 15 minutes). Announces it when it let go of
+ * a crashed replica without a liveness lock stays visible in the views for 15 minutes; one with a
+ * lock is evicted by its peers at once). Announces it when it let go of
  * leases, since the other replicas wait for that before they take leases of the new generation.
  */
 export async function dropOtherGenerations(
@@ -168,21 +267,29 @@ export async function dropOtherGenerations(
   return rows[0]?.dropped ?? 0;
 }
 
-/** Extends every lease of `generation` this process still owns; returns their shards. */
+/**
+ * Extends every lease of `generation` this process still owns, if its liveness lock is still held
+ * (`lockHeld`); returns their shards, and whether the lock was held (false: renewed nothing).
+ */
 export async function renewLeases(
   db: Kysely<Database>,
   me: Member,
   generation: string,
   leaseTimeoutSeconds: number,
-): Promise<number[]> {
-  const { rows } = await sql<{ shard: number }>`
-    UPDATE shardrelay.shard_lease
-       SET renewed_at = clock_timestamp(),
-           expires_at = clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
-     WHERE generation = ${generation}::bigint
-       AND owner_instance = ${me.instance}
-    RETURNING shard`.execute(db);
-  return rows.map((r) => r.shard);
+): Promise<{ readonly lockHeld: boolean; readonly shards: number[] }> {
+  const { rows } = await sql<{ lock_held: boolean; shards: number[] }>`
+    WITH fence AS (SELECT ${lockHeld(me.lock)} AS held), renewed AS (
+      UPDATE shardrelay.shard_lease
+         SET renewed_at = clock_timestamp(),
+             expires_at = clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
+       WHERE generation = ${generation}::bigint
+         AND owner_instance = ${me.instance}
+         AND (SELECT held FROM fence)
+      RETURNING shard
+    )
+    SELECT (SELECT held FROM fence) AS lock_held,
+           coalesce((SELECT array_agg(shard ORDER BY shard) FROM renewed), '{}') AS shards`.execute(db);
+  return { lockHeld: rows[0]?.lock_held === true, shards: rows[0]?.shards ?? [] };
 }
 
 /** Gives leases back (deletes them), so another replica can take them at once. */
@@ -242,6 +349,7 @@ export async function takeOverExpiredLeases(
        WHERE generation = ${generation}::bigint
          AND expires_at <= clock_timestamp()
          AND owner_instance <> ${me.instance}
+         AND ${lockHeld(me.lock)}
        ORDER BY random()
        LIMIT ${limit}
          FOR UPDATE SKIP LOCKED
@@ -284,6 +392,7 @@ export async function acquireFreeShards(
       FROM generate_series(0, ${config.shardCount - 1}) AS s
      WHERE NOT EXISTS (SELECT 1 FROM shardrelay.shard_lease l
                         WHERE l.generation = ${config.generation}::bigint AND l.shard = s)
+       AND ${lockHeld(me.lock)}
      ORDER BY random()
      LIMIT ${limit}
     ON CONFLICT (generation, shard) DO NOTHING
@@ -370,7 +479,14 @@ export function shareOf(shardCount: number, live: number, othersMinHeld: number 
 export class ShardLeases implements ShardOwnership {
   readonly instance: string;
   readonly #options: ShardLeasesOptions;
-  readonly #me: Member;
+  readonly #lock: LivenessLock;
+  #state: LeaseState = LEASE_STATES.starting;
+  /** performance.now() of the last step-back, for the log line of the re-join. */
+  #steppedBackAt = 0;
+  #relockAttempts = 0;
+  #relockTimer: NodeJS.Timeout | undefined;
+  #peerTimer: NodeJS.Timeout | undefined;
+  #checkingPeers = false;
   readonly #leaseMs: number;
   readonly #heartbeatMs: number;
   /** Generation and shard count of the last refresh; the leases below belong to it. */
@@ -402,14 +518,28 @@ export class ShardLeases implements ShardOwnership {
   constructor(options: ShardLeasesOptions) {
     this.#options = options;
     this.instance = options.instance ?? randomUUID();
-    this.#me = { instance: this.instance, replicaId: options.replicaId };
+    this.#lock = new LivenessLock({
+      connectionString: options.connectionString,
+      onLost: (reason) => this.#stepBack(reason),
+    });
     this.#leaseMs = options.leaseTimeoutSeconds * 1000;
     this.#heartbeatMs = Math.min(options.tickSeconds, options.leaseTimeoutSeconds / 3) * 1000;
+  }
+
+  /** Where this process is in its membership (LEASE_STATES). */
+  get state(): LeaseState {
+    return this.#state;
+  }
+
+  /** This process as the lease statements see it, with the liveness lock it holds now. */
+  get #me(): Member {
+    return { instance: this.instance, replicaId: this.#options.replicaId, lock: this.#lock.handle };
   }
 
   /** True while this process may start a batch of `shard`: it holds the lease and it cannot have expired. */
   holds(shard: number): boolean {
     return (
+      this.#state === LEASE_STATES.member &&
       !this.#stopped &&
       this.#held.has(shard) &&
       !this.#releasing.has(shard) &&
@@ -433,13 +563,130 @@ export class ShardLeases implements ShardOwnership {
   release(): Promise<void> {
     return this.#serially(async () => {
       this.#stopped = true;
+      this.#state = LEASE_STATES.left;
       clearInterval(this.#heartbeatTimer);
+      clearInterval(this.#peerTimer);
       clearTimeout(this.#expiryTimer);
-      if (!this.#joined) return;
-      const released = await leaveMembership(this.#options.db, this.#me);
-      this.#held.clear();
-      this.#options.logger.info({ shards: released }, 'left the membership; shard leases released');
+      clearTimeout(this.#relockTimer);
+      try {
+        if (!this.#joined) return;
+        const released = await leaveMembership(this.#options.db, this.#me);
+        this.#held.clear();
+        this.#options.logger.info({ shards: released }, 'left the membership; shard leases released');
+      } finally {
+        // After the leave: until then a peer must not find the lock free and evict us half-way.
+        await this.#lock.close();
+      }
     });
+  }
+
+  /** starting → member: takes the liveness lock and starts checking the peers. */
+  async #becomeMember(): Promise<void> {
+    const lock = await this.#lock.acquire();
+    if (this.#stopped) return void (await this.#lock.close());
+    this.#state = LEASE_STATES.member;
+    this.#relockAttempts = 0;
+    clearInterval(this.#peerTimer);
+    this.#peerTimer = setInterval(
+      () => void this.#checkPeers(),
+      this.#options.peerCheckMs ?? PEER_CHECK_MS,
+    ).unref();
+    this.#options.logger.debug({ lockKey: lock.key, lockPid: lock.pid }, 'liveness lock taken');
+  }
+
+  /**
+   * member → steppedBack, at once (called from the lock session's events): no batch starts from
+   * here on, the loops are stopped by the refresh this asks for, and the lock is re-taken.
+   */
+  #stepBack(reason: string): void {
+    if (this.#state !== LEASE_STATES.member) return;
+    this.#state = LEASE_STATES.steppedBack;
+    this.#steppedBackAt = performance.now();
+    // Trust nothing held before the loss, even once the lock is back: a renewal must say first.
+    this.#validUntil = 0;
+    this.#validUntilWall = 0;
+    clearInterval(this.#peerTimer);
+    this.#peerTimer = undefined;
+    this.#options.logger.warn(
+      { reason, shards: [...this.#held].sort((a, b) => a - b) },
+      'liveness lock lost; stepping back: no new batch on any shard until the lock is re-taken (peers may take the shards meanwhile)',
+    );
+    this.#options.onChange?.();
+    this.#options.requestRefresh?.();
+    this.#scheduleRelock();
+  }
+
+  /** steppedBack → member: a new session and lock, retried with backoff; then a refresh re-joins. */
+  #scheduleRelock(): void {
+    clearTimeout(this.#relockTimer);
+    const delay = Math.min(RELOCK_MAX_MS, RELOCK_FIRST_MS * 2 ** this.#relockAttempts);
+    this.#relockTimer = setTimeout(() => {
+      if (this.#state !== LEASE_STATES.steppedBack || this.#stopped) return;
+      let released: readonly number[] = [];
+      this.#serially(async () => {
+        if (this.#state !== LEASE_STATES.steppedBack || this.#stopped) return;
+        if (this.#joined) {
+          // Leave first, then join as a newcomer: whether or not a peer has evicted us meanwhile
+          // (a race between its check and this timer), what follows a loss is then always the
+          // same, and the peers take our shards at the NOTIFY instead of at their next check.
+          // Deleting our own rows needs no fence.
+          released = await leaveMembership(this.#options.db, {
+            instance: this.instance,
+            replicaId: this.#options.replicaId,
+          });
+          this.#joined = false;
+          this.#held.clear();
+          this.#releasing.clear();
+        }
+        await this.#becomeMember();
+      }).then(
+        () => {
+          if (this.#state !== LEASE_STATES.member) return;
+          // A warning like the loss it ends, so the two show up together.
+          this.#options.logger.warn(
+            { steppedBackMs: Math.round(performance.now() - this.#steppedBackAt), released },
+            'liveness lock re-taken; left and re-joining as a new member',
+          );
+          this.#options.requestRefresh?.();
+          this.#options.onChange?.();
+        },
+        (error: unknown) => {
+          this.#relockAttempts++;
+          if (this.#relockAttempts === 1) {
+            this.#options.logger.warn(
+              { err: toError(error).message },
+              'cannot re-take the liveness lock yet; retrying',
+            );
+          }
+          this.#scheduleRelock();
+        },
+      );
+    }, delay);
+  }
+
+  /** Evicts peers whose liveness session is gone; their shards are free for the refresh it asks for. */
+  async #checkPeers(): Promise<void> {
+    if (this.#checkingPeers || this.#state !== LEASE_STATES.member) return;
+    this.#checkingPeers = true;
+    try {
+      const evicted = await this.#lock.run((client) => evictDeadReplicas(client, this.instance));
+      if (!evicted || evicted.length === 0) return;
+      for (const gone of evicted) {
+        // A warning: a member died or lost its connection, which someone may want to know about.
+        this.#options.logger.warn(
+          {
+            evictedReplica: gone.replicaId,
+            evictedInstance: gone.instance,
+            shards: gone.shards,
+            sinceHeartbeatSeconds: Math.round(gone.sinceHeartbeatSeconds * 1000) / 1000,
+          },
+          'replica’s liveness session is gone (process dead or disconnected); evicted it, its shards are free',
+        );
+      }
+      this.#options.requestRefresh?.();
+    } finally {
+      this.#checkingPeers = false;
+    }
   }
 
   #serially<T>(operation: () => Promise<T>): Promise<T> {
@@ -450,6 +697,9 @@ export class ShardLeases implements ShardOwnership {
 
   async #refresh(config: ShardConfig): Promise<readonly number[]> {
     if (this.#stopped) return [];
+    if (this.#state === LEASE_STATES.starting) await this.#becomeMember();
+    // Stepped back: nothing is ours to run until the lock is back (its timer asks for a refresh).
+    if (this.#state !== LEASE_STATES.member) return [];
     const { db, logger } = this.#options;
     const L = this.#options.leaseTimeoutSeconds;
     if (this.#config?.generation !== config.generation) this.#generationSeenAt = performance.now();
@@ -465,6 +715,7 @@ export class ShardLeases implements ShardOwnership {
     this.#config = config;
 
     const renewal = await this.#renew(config.generation);
+    if (!renewal) return [];
     await dropOtherGenerations(db, this.#me, config.generation);
     if (this.#releasing.size > 0) {
       const given = await releaseLeases(db, this.#me, config.generation, [...this.#releasing]);
@@ -530,7 +781,7 @@ export class ShardLeases implements ShardOwnership {
       );
     }
     this.#waitingForOldGeneration = balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs;
-    this.#trustUntil(renewal);
+    if (this.#state === LEASE_STATES.member) this.#trustUntil(renewal);
 
     if (balance.sameReplicaId > 1 && balance.sameReplicaId !== this.#warnedSameId) {
       logger.warn(
@@ -541,6 +792,8 @@ export class ShardLeases implements ShardOwnership {
     this.#warnedSameId = balance.sameReplicaId;
     this.#scheduleExpiryWake(balance.nextForeignExpiryMs);
     this.#heartbeatTimer ??= setInterval(() => void this.#heartbeatOnly(), this.#heartbeatMs).unref();
+    // The lock may have been lost while this refresh ran; then its shards are not ours to run.
+    if (this.#state !== LEASE_STATES.member) return [];
     return [...this.#held].filter((shard) => !this.#releasing.has(shard)).sort((a, b) => a - b);
   }
 
@@ -553,10 +806,13 @@ export class ShardLeases implements ShardOwnership {
     this.#validUntilWall = renewal.startedWall + this.#leaseMs;
   }
 
-  /** Heartbeat and renewal; returns when the renewal started. */
-  async #renew(generation: string): Promise<Renewal> {
+  /** Heartbeat and renewal; returns when the renewal started (undefined: no lock, nothing done). */
+  async #renew(generation: string): Promise<Renewal | undefined> {
     const { db, logger } = this.#options;
     const started = performance.now();
+    // Lost the lock a moment ago: no heartbeat (a membership row without a lock would count as a
+    // live member until its lease timeout, yet hold nothing) and no renewal (fenced anyway).
+    if (!this.#lock.handle) return undefined;
     const startedWall = Date.now();
     if (this.#lastRenewalStart !== undefined && started - this.#lastRenewalStart > this.#leaseMs) {
       logger.warn(
@@ -566,16 +822,26 @@ export class ShardLeases implements ShardOwnership {
     }
     const { joined } = await heartbeat(db, this.#me, generation, this.#options.leaseTimeoutSeconds);
     if (joined) {
-      if (this.#joined) logger.warn('membership row was gone (removed as long dead); joined again');
+      if (this.#joined)
+        logger.warn(
+          'membership row was gone (evicted after a lost liveness lock, or removed as long dead); joined again',
+        );
       this.#joined = true;
       await sql`SELECT pg_notify(${CONFIG_CHANNEL}, 'replica joined')`.execute(db);
     }
-    const renewed = new Set(await renewLeases(db, this.#me, generation, this.#options.leaseTimeoutSeconds));
+    const renewal = await renewLeases(db, this.#me, generation, this.#options.leaseTimeoutSeconds);
+    if (!renewal.lockHeld) {
+      // The lock session is gone in PostgreSQL although its socket has not said so (or said so
+      // just now): peers may evict us at any moment. Renewed nothing; step back.
+      this.#stepBack('the lease renewal found the liveness lock not held');
+      void this.#lock.close(); // a session in doubt; the re-lock opens a new one
+    }
+    const renewed = new Set(renewal.shards);
     const lost = [...this.#held].filter((shard) => !renewed.has(shard));
     if (lost.length > 0) {
       logger.warn(
         { shards: lost.sort((a, b) => a - b) },
-        'shard leases were taken over by another replica while ours had expired; no new batch starts on them',
+        'shard leases were taken over by another replica while ours had expired (or after we lost the liveness lock); no new batch starts on them',
       );
     }
     this.#held.clear();
@@ -588,9 +854,10 @@ export class ShardLeases implements ShardOwnership {
   /** Between ticks: keeps membership and leases alive even while a tick waits for a slow batch. */
   async #heartbeatOnly(): Promise<void> {
     await this.#serially(async () => {
-      if (this.#stopped || !this.#config) return;
+      if (this.#stopped || !this.#config || this.#state !== LEASE_STATES.member) return;
       try {
-        this.#trustUntil(await this.#renew(this.#config.generation));
+        const renewal = await this.#renew(this.#config.generation);
+        if (renewal && this.#state === LEASE_STATES.member) this.#trustUntil(renewal);
         if (this.#heartbeatFailing) this.#options.logger.info('lease heartbeat works again');
         this.#heartbeatFailing = false;
       } catch (error) {

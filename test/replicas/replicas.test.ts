@@ -187,7 +187,7 @@ describe('a replica killed with SIGKILL mid-run', () => {
   });
 
   it(
-    'has its shards taken over within the lease timeout; every event is delivered, none twice',
+    'has its shards taken over at once, not after the lease timeout; every event is delivered, none twice',
     { timeout: 270_000 },
     async () => {
       const total = 50_000;
@@ -219,52 +219,49 @@ describe('a replica killed with SIGKILL mid-run', () => {
 
       // Freeze it while it has a batch in flight, then kill it: the kill lands mid-batch.
       const inFlight = await freezeMidBatch(t.db, victimProcess, picture.shardCount, victim.shards);
-      const killedAt = performance.now();
+      // Read while it is frozen (its leases are still there; once it is dead, a peer deletes them).
+      const { rows: expiry } = await sql<{ at: Date; killed_at: Date }>`
+        SELECT max(expires_at) AS at, clock_timestamp() AS killed_at
+          FROM shardrelay.shard_lease WHERE owner_instance = ${victim.instance}`.execute(t.db);
+      const victimLeasesExpire = expiry[0]?.at;
+      const killedAt = expiry[0]?.killed_at as Date;
+      assert.ok(victimLeasesExpire, 'the victim held leases when it died');
       replicas.expectExit(victimProcess);
       victimProcess.child.kill('SIGKILL');
       assert.equal((await victimProcess.exited).signal, 'SIGKILL');
-      const { rows: expiry } = await sql<{ at: Date }>`
-        SELECT max(expires_at) AS at FROM shardrelay.shard_lease WHERE owner_instance = ${victim.instance}`.execute(
-        t.db,
-      );
-      const victimLeasesExpire = expiry[0]?.at;
-      assert.ok(victimLeasesExpire, 'the victim held leases when it died');
       const sentAtKill = (await deliveryCounts(t.db)).sent;
       assert.ok(sentAtKill < total, `killed mid-run (${sentAtKill} of ${total} sent)`);
 
-      let sinceHeartbeat = 0;
-      let afterExpiry = 0;
       await replicas.waitFor(
         'the victim’s shards are leased by the survivors',
         async () => {
-          const { rows } = await sql<{ taken: number; since_heartbeat: number; after_expiry: number }>`
-            SELECT count(*) FILTER (WHERE s.lease_valid AND s.owner_instance <> ${victim.instance})::int AS taken,
-                   (SELECT extract(epoch FROM clock_timestamp() - heartbeat_at)::float8
-                      FROM shardrelay.replica WHERE instance = ${victim.instance}) AS since_heartbeat,
-                   extract(epoch FROM clock_timestamp() - ${victimLeasesExpire}::timestamptz)::float8 AS after_expiry
+          const { rows } = await sql<{ taken: number }>`
+            SELECT count(*) FILTER (WHERE s.lease_valid AND s.owner_instance <> ${victim.instance})::int AS taken
               FROM shardrelay.shards s WHERE s.shard = ANY(${[...victim.shards]}::int[])`.execute(t.db);
-          sinceHeartbeat = rows[0]?.since_heartbeat ?? 0;
-          afterExpiry = rows[0]?.after_expiry ?? 0;
           return rows[0]?.taken === victim.shards.length;
         },
         60_000,
         25,
       );
-      const takeoverSeconds = Math.round(performance.now() - killedAt) / 1000;
+      // Timed by PostgreSQL: from the kill to when the last of the victim's shards was taken.
+      const { rows: taken } = await sql<{ after_kill: number; before_expiry: number }>`
+        SELECT extract(epoch FROM max(acquired_at) - ${killedAt}::timestamptz)::float8 AS after_kill,
+               extract(epoch FROM ${victimLeasesExpire}::timestamptz - max(acquired_at))::float8 AS before_expiry
+          FROM shardrelay.shard_lease
+         WHERE generation = (SELECT generation FROM shardrelay.shard_config)
+           AND shard = ANY(${[...victim.shards]}::int[])`.execute(t.db);
+      const takeoverSeconds = taken[0]?.after_kill ?? NaN;
       console.log(
-        `# takeover of shards ${victim.shards.join(',')}: ${takeoverSeconds} s after SIGKILL, ` +
-          `${sinceHeartbeat.toFixed(3)} s after the victim's last heartbeat, ${afterExpiry.toFixed(3)} s after its ` +
-          `leases expired (lease timeout ${DEFAULT_LEASE_TIMEOUT_SECONDS} s; seen by polling every 25 ms)`,
+        `# takeover of shards ${victim.shards.join(',')}: ${takeoverSeconds.toFixed(3)} s after SIGKILL, ` +
+          `${(taken[0]?.before_expiry ?? NaN).toFixed(3)} s before its leases would have expired ` +
+          `(lease timeout ${DEFAULT_LEASE_TIMEOUT_SECONDS} s)`,
       );
-      // Lease timeout from the last heartbeat, plus a little for the survivors' own refresh.
-      assert.ok(
-        sinceHeartbeat <= DEFAULT_LEASE_TIMEOUT_SECONDS + 1,
-        `taken over ${sinceHeartbeat} s after the last heartbeat`,
-      );
-      assert.ok(
-        takeoverSeconds <= DEFAULT_LEASE_TIMEOUT_SECONDS + 1,
-        `taken over ${takeoverSeconds} s after the kill`,
-      );
+      // The survivors find the victim's liveness lock free (a check every 100 ms) and take its
+      // shards in the refresh its NOTIFY triggers. With this test's 50,000-row pg-boss backlog
+      // the survivors' event loops and PostgreSQL are saturated: measured 0.38-1.79 s at load
+      // 8-25 on 2 cores. 3 s is still far below the lease timeout that bounded it before
+      // (9.4-10.1 s measured), so a takeover by lease expiry cannot pass.
+      assert.ok(takeoverSeconds <= 3, `taken over ${takeoverSeconds} s after the kill`);
       assert.ok(isDivided(await leasePicture(t.db), [4, 4]), 'the survivors hold 4 shards each');
 
       await replicas.waitFor(
@@ -660,6 +657,22 @@ describe('duplicate and stale replicas', () => {
           30_000,
         );
         const takenAt = (await sql<{ at: Date }>`SELECT clock_timestamp() AS at`.execute(t.db)).rows[0]?.at;
+        // Timed by PostgreSQL: from the pause to when the last of b's shards was taken (acquired_at).
+        const { rows: taken } = await sql<{ seconds: number }>`
+          SELECT extract(epoch FROM max(acquired_at) - ${paused[0]?.at}::timestamptz)::float8 AS seconds
+            FROM shardrelay.shard_lease
+           WHERE generation = (SELECT generation FROM shardrelay.shard_config)
+             AND shard = ANY(${[...stale.shards]}::int[])`.execute(t.db);
+        const stopTakeover = taken[0]?.seconds ?? NaN;
+        console.log(
+          `# SIGSTOP takeover: b's shards taken ${stopTakeover.toFixed(3)} s after the pause ` +
+            `(lease ${STALL_LEASE_TIMEOUT_SECONDS} s)`,
+        );
+        // A frozen replica's session is alive: only its lease timeout frees its shards, never sooner.
+        assert.ok(
+          stopTakeover >= STALL_LEASE_TIMEOUT_SECONDS - 1.5,
+          `not before the lease lapsed (${stopTakeover} s)`,
+        );
         await replicas.waitFor(
           'the new owners send b’s former shards',
           async () => {
