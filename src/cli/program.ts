@@ -11,6 +11,7 @@ import { runDemo } from '../demo.js';
 import { enqueue } from '../enqueue.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { createLogger } from '../logger.js';
+import { redact } from '../redact.js';
 import { startReplica } from '../relay/replica.js';
 import { readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
@@ -332,8 +333,12 @@ export async function main(argv: readonly string[]): Promise<number> {
         ? 0
         : EXIT_BAD_CONFIG;
     }
+    // Whatever failed, the text may quote a URL given on the command line or in the environment.
+    const urls = [...argv, ...Object.values(process.env)].filter(
+      (v): v is string => typeof v === 'string' && v.includes('://'),
+    );
     if (error instanceof ShardRelayError) {
-      console.error(`shardrelay: ${error.describe()}`);
+      console.error(redact(`shardrelay: ${error.describe()}`, ...urls));
       return error.code === 'CONFIG_INVALID' ||
         error.code === 'DATABASE_UNREACHABLE' ||
         error.code === 'SINK_UNAVAILABLE' ||
@@ -341,7 +346,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         ? EXIT_BAD_CONFIG
         : 1;
     }
-    console.error(`shardrelay: ${error.stack ?? error.message}`);
+    console.error(redact(`shardrelay: ${error.stack ?? error.message}`, ...urls));
     return 1;
   }
 }

@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
-import { ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ShardRelayError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import type { Database } from './schema.js';
 
 // bigint (int8) stays a string: ids may exceed 2^53. count(*) is int8 too; callers Number() it.
@@ -54,7 +55,7 @@ export async function assertReachable<DB>(db: Kysely<DB>, url: string): Promise<
   } catch (error) {
     throw new ShardRelayError(
       'DATABASE_UNREACHABLE',
-      `cannot reach PostgreSQL at ${redactUrl(url)}: ${toError(error).message}`,
+      redact(`cannot reach PostgreSQL at ${url}: ${toError(error).message}`, url),
       {
         cause: error,
         fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',

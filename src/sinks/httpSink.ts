@@ -18,7 +18,8 @@
  * At most `concurrency` requests are in flight per sink, across all concurrent batches, so a
  * burst of batches cannot open hundreds of sockets to the receiver.
  */
-import { ConfigError, redactUrl, toError } from '../errors.js';
+import { ConfigError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { applicationHeaders, encodeStructured, toCloudEvent, traceHeaders } from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
@@ -68,7 +69,7 @@ const RESERVED_HEADERS = new Set([
 
 export function createHttpSink(options: HttpSinkOptions): Sink {
   const url = validateUrl(options.url);
-  const where = redactUrl(options.url);
+  const where = redact(options.url, options.url);
   const timeoutMs = positiveInteger('http timeoutMs', options.timeoutMs ?? DEFAULTS.timeoutMs, 'e.g. 10000');
   const limit = createLimiter(
     positiveInteger('http concurrency', options.concurrency ?? DEFAULTS.concurrency, 'e.g. 16'),
@@ -203,7 +204,7 @@ function validateUrl(raw: string): URL {
     // fetch refuses URLs with credentials; say how to pass them instead.
     throw new ConfigError(
       'http url',
-      `${redactUrl(raw)} contains credentials`,
+      `${redact(raw, raw)} contains credentials`,
       'remove them from the URL and pass an authorization header (headers: { authorization: ... })',
     );
   }

@@ -31,7 +31,8 @@
  * 60 s, i.e. two minutes before a dead peer is noticed).
  */
 import amqplib, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
-import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ConfigError, ShardRelayError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { silentLogger, type Logger } from '../logger.js';
 import {
@@ -138,8 +139,8 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
   // each publish throw, so refuse it here.
   const sourceProblem = shortstrProblem('source', source ?? DEFAULT_SOURCE);
   if (sourceProblem) throw new ConfigError('rabbitmq source', sourceProblem, 'use a shorter URI-reference');
-  const where = redactUrl(options.url);
-  const scrub = secretScrubber(options.url);
+  const where = redact(options.url, options.url);
+  const scrub = (text: string): string => redact(text, options.url);
 
   let link: Link | null = null;
   let connecting: Promise<Link> | null = null;
@@ -533,17 +534,6 @@ function withHeartbeat(url: string, heartbeatSeconds: number): string {
   }
   if (!parsed.searchParams.has('heartbeat')) parsed.searchParams.set('heartbeat', String(heartbeatSeconds));
   return parsed.toString();
-}
-
-/** Replaces the URL's password wherever a library might have echoed it. */
-function secretScrubber(url: string): (text: string) => string {
-  let secret = '';
-  try {
-    secret = decodeURIComponent(new URL(url).password);
-  } catch {
-    // Not a URL: withHeartbeat reports it.
-  }
-  return (text) => (secret ? text.split(secret).join('***') : text);
 }
 
 function startError(
