@@ -5,6 +5,7 @@ import { assertReachable, createDatabase, createPool } from '../db/connection.js
 import { outboxVacuumProblem } from '../db/vacuumCheck.js';
 import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
+import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { createObserver, type Observer } from '../observability/observer.js';
 import { createSink } from '../sinks/createSink.js';
@@ -99,6 +100,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const controlDb = createDatabase(newPool(2, 'control'));
   try {
     await checkDatabase(controlDb, config.databaseUrl);
+    await assertLanePredicateFitsColumns(controlDb, config.lanePredicate);
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
     throw error;
