@@ -61,7 +61,10 @@ function decode(text: string): string {
  */
 export function redact(text: string, ...from: readonly string[]): string {
   let out = text
-    .replace(USER_INFO, `$1${MASK}`)
+    // The placeholder of an example ("use postgres://user:password@host/db") is no secret.
+    .replace(USER_INFO, (whole, head: string) =>
+      whole.slice(head.length) === 'password' ? whole : `${head}${MASK}`,
+    )
     .replace(NATS_TOKEN, `$1${MASK}`)
     .replace(QUERY_PARAMETER, (whole, separator: string, name: string) =>
       SECRET_PARAMETER.test(decode(name)) ? `${separator}${name}=${MASK}` : whole,

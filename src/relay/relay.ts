@@ -116,6 +116,9 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     await sink.start();
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
+    // A sink that knows what went wrong (refused login, missing exchange) says so with its own fix;
+    // only an error without one gets the generic advice.
+    if (error instanceof ShardRelayError) throw error;
     throw new ShardRelayError(
       'SINK_UNAVAILABLE',
       `sink ${sink.name} could not start: ${toError(error).message}`,

@@ -51,6 +51,36 @@ describe('operator messages', () => {
     assert.ok(!result.stderr.includes(SECRET), result.stderr);
   });
 
+  it('RabbitMQ refusing the login keeps its own fix, not "is the broker running"', async () => {
+    const result = await runCli(['run', '--sink', 'rabbitmq'], {
+      DATABASE_URL: t.url,
+      AMQP_URL: `amqp://relay-nobody:${SECRET}@127.0.0.1:5672`,
+    });
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(
+      result.stderr,
+      /cannot connect to RabbitMQ at amqp:\/\/relay-nobody:\*\*\*@127\.0\.0\.1:5672: .*ACCESS.REFUSED/,
+    );
+    assert.match(
+      result.stderr,
+      /fix: RabbitMQ refused the login of user 'relay-nobody': check the user name and password/,
+    );
+    assert.doesNotMatch(result.stderr, /broker is running/);
+    assert.ok(!`${result.stdout}${result.stderr}`.includes(SECRET), result.stderr);
+  });
+
+  it('a RabbitMQ vhost that does not exist is named, with the command that creates it', async () => {
+    const result = await runCli(['run', '--sink', 'rabbitmq'], {
+      DATABASE_URL: t.url,
+      AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672/no-such-vhost',
+    });
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(
+      result.stderr,
+      /fix: vhost 'no-such-vhost' does not exist or user '.*' may not use it: create it \(rabbitmqctl add_vhost 'no-such-vhost'\)/,
+    );
+  });
+
   it('a URL without a scheme is still reported as such', async () => {
     const result = await runCli(['status'], { DATABASE_URL: '127.0.0.1:5432/db' });
     assert.equal(result.code, 2, result.stderr);
