@@ -8,6 +8,8 @@ export type ErrorCode =
   | 'EVENT_INVALID'
   | 'SINK_UNAVAILABLE'
   | 'MIGRATION_FAILED'
+  | 'SCHEMA_MISSING'
+  | 'PERMISSION_DENIED'
   | 'LOCK_TIMEOUT';
 
 export class ShardRelayError extends Error {

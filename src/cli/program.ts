@@ -5,6 +5,7 @@ import type { Kysely } from 'kysely';
 import { SETTINGS, loadConfig, type ConfigOverrides, type RelayConfig } from '../config.js';
 import { assertReachable, createDatabase, createPool } from '../db/connection.js';
 import { migrateToLatest } from '../db/migrate.js';
+import { grantStatements } from '../db/privileges.js';
 import type { Database } from '../db/schema.js';
 import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
 import { runDemo } from '../demo.js';
@@ -18,8 +19,20 @@ import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
 import { watch } from './watch.js';
 
-/** Exit codes: 0 done, 1 failure while running, 2 bad configuration or input (nothing was done). */
+/**
+ * Exit codes (the README's table): 0 done, 1 failure while running, 2 refused before doing anything
+ * because of something the operator must fix (a setting, an input, an unreachable database or
+ * broker, a missing schema, missing privileges).
+ */
 const EXIT_BAD_CONFIG = 2;
+const REFUSED: ReadonlySet<string> = new Set([
+  'CONFIG_INVALID',
+  'DATABASE_UNREACHABLE',
+  'SINK_UNAVAILABLE',
+  'EVENT_INVALID',
+  'SCHEMA_MISSING',
+  'PERMISSION_DENIED',
+]);
 
 function wholeNumber(name: string, min: number, max: number) {
   return (value: string): number => {
@@ -339,12 +352,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     );
     if (error instanceof ShardRelayError) {
       console.error(redact(`shardrelay: ${error.describe()}`, ...urls));
-      return error.code === 'CONFIG_INVALID' ||
-        error.code === 'DATABASE_UNREACHABLE' ||
-        error.code === 'SINK_UNAVAILABLE' ||
-        error.code === 'EVENT_INVALID'
-        ? EXIT_BAD_CONFIG
-        : 1;
+      return REFUSED.has(error.code) ? EXIT_BAD_CONFIG : 1;
+    }
+    if (code === '42501') {
+      // PostgreSQL's insufficient_privilege, from a command without its own check (status, dead).
+      console.error(
+        redact(
+          `shardrelay: ${error.message}\n  fix: as the owner of schema shardrelay, run: ${grantStatements('<the role of DATABASE_URL>').join(' ')}`,
+          ...urls,
+        ),
+      );
+      return EXIT_BAD_CONFIG;
     }
     console.error(redact(`shardrelay: ${error.stack ?? error.message}`, ...urls));
     return 1;

@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { RelayConfig } from '../config.js';
 import { assertReachable, createDatabase, createPool } from '../db/connection.js';
+import { assertRelayPrivileges } from '../db/privileges.js';
 import { outboxVacuumProblem } from '../db/vacuumCheck.js';
 import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
@@ -57,10 +58,11 @@ export interface Relay {
 
 async function checkDatabase(db: Kysely<Database>, url: string): Promise<void> {
   await assertReachable(db, url);
+  await assertRelayPrivileges(db);
   try {
     await db.selectFrom('shardrelay.shard_config').select('shard_count').executeTakeFirstOrThrow();
   } catch (error) {
-    throw new ShardRelayError('MIGRATION_FAILED', 'the shardrelay schema is missing or incomplete', {
+    throw new ShardRelayError('SCHEMA_MISSING', 'the shardrelay schema is missing or incomplete', {
       cause: error,
       fix: 'run `shardrelay migrate` against this database first',
     });
