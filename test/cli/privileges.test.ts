@@ -75,6 +75,55 @@ describe('a relay role without privileges', () => {
     assert.equal(Number(rows[0]?.n), 50);
   });
 
+  it('after a shard-count change, a role that does not own the outbox is told what to run, and as whom', async () => {
+    assert.ok(grants.length > 0, 'the GRANTs were applied');
+    await sql`SELECT shardrelay.set_shard_count(5)`.execute(t.db);
+    await enqueue(t.db, [{ topic: 'after.change', payload: {} }]);
+    const first = await runCli(['run', '--sink', 'null', '--until-drained'], { DATABASE_URL: roleUrl });
+    assert.equal(first.code, 0, first.stderr);
+    const warnings = first.stderr
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as { msg: string; fix?: string })
+      .filter((w) => /claim index/.test(w.msg));
+    assert.ok(warnings.length > 0, first.stderr);
+    const [warning] = warnings;
+    assert.match(
+      warning?.msg ?? '',
+      new RegExp(
+        `^cannot build the claim index for shard count 5; claims work without it, slower .*: role ${role} does not own shardrelay\\.outbox \\(postgres does\\)$`,
+      ),
+    );
+    assert.match(
+      warning?.fix ?? '',
+      /^as postgres, outside a transaction \(e\.g\. in psql\), run: CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_pending_mod5 /,
+    );
+    assert.doesNotMatch(first.stderr, /claims work, slower"/, 'not the old warning without a fix');
+
+    // Run exactly what the warning says, as the owner; then the relay has nothing left to warn about.
+    const statements = [...(warning?.fix ?? '').matchAll(/(?:CREATE|DROP) INDEX CONCURRENTLY [^;]+;/g)].map(
+      (m) => m[0],
+    );
+    assert.ok(
+      statements.some((st) =>
+        st.startsWith('DROP INDEX CONCURRENTLY IF EXISTS shardrelay.outbox_pending_mod8'),
+      ),
+    );
+    for (const statement of statements) await sql.raw(statement).execute(t.db);
+    const { rows } = await sql<{ name: string }>`
+      SELECT indexrelid::regclass::text AS name FROM pg_index
+       WHERE indrelid = 'shardrelay.outbox'::regclass AND indexrelid::regclass::text LIKE '%pending%mod%'
+       ORDER BY 1`.execute(t.db);
+    assert.deepEqual(
+      rows.map((r) => r.name),
+      ['shardrelay.outbox_pending_mod5', 'shardrelay.outbox_pending_realtime_mod5'],
+    );
+    await enqueue(t.db, [{ topic: 'after.fix', payload: {} }]);
+    const second = await runCli(['run', '--sink', 'null', '--until-drained'], { DATABASE_URL: roleUrl });
+    assert.equal(second.code, 0, second.stderr);
+    assert.doesNotMatch(second.stderr, /claim index/);
+  });
+
   it('a database without the schema is told to run migrate (exit 2)', async () => {
     const empty = await createTestDatabase('no_schema');
     try {
