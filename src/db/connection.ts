@@ -6,6 +6,9 @@ import type { Database } from './schema.js';
 
 // bigint (int8) stays a string: ids may exceed 2^53. count(*) is int8 too; callers Number() it.
 
+/** How long a checkout waits for a free client of a full pool, and a connect for the server. */
+export const CONNECTION_TIMEOUT_MS = 10_000;
+
 export interface PoolOptions {
   readonly connectionString: string;
   readonly max: number;
@@ -26,7 +29,7 @@ export function createPool(options: PoolOptions): pg.Pool {
     connectionString: options.connectionString,
     max: options.max,
     application_name: options.applicationName,
-    connectionTimeoutMillis: 10_000,
+    connectionTimeoutMillis: CONNECTION_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
     ...(options.settings && Object.keys(options.settings).length > 0
       ? {

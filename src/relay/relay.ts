@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { RelayConfig } from '../config.js';
-import { assertReachable, createDatabase, createPool } from '../db/connection.js';
+import { CONNECTION_TIMEOUT_MS, assertReachable, createDatabase, createPool } from '../db/connection.js';
 import { assertRelayPrivileges } from '../db/privileges.js';
 import { outboxVacuumProblem } from '../db/vacuumCheck.js';
 import type { Database, Lane } from '../db/schema.js';
@@ -14,6 +14,7 @@ import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
 import { CLAIM_SESSION_SETTINGS } from './claims.js';
 import { OutboxListener } from './outboxListener.js';
+import { isPoolCheckoutTimeout, poolWaitReporter } from './poolWait.js';
 import { logBatchProblems } from './problemLog.js';
 import { Scheduler, type LaneRunner } from './scheduler.js';
 import { ShardLeases } from './shardLeases.js';
@@ -157,16 +158,25 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       }),
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
+    const reportPoolWait = poolWaitReporter(logger, lane, config.connectionsPerLane, CONNECTION_TIMEOUT_MS);
     return {
       lane,
       runBatch: async (shard, shardCount, mayClaim) => {
-        const result = await runBatch(db, deliverySink, shard, shardCount, lane, {
-          lanePredicate: config.lanePredicate,
-          batchSize,
-          retry,
-          sendTimeoutMs: config.sendTimeoutMs,
-          ...(mayClaim ? { mayClaim } : {}),
-        });
+        let result: BatchResult;
+        try {
+          result = await runBatch(db, deliverySink, shard, shardCount, lane, {
+            lanePredicate: config.lanePredicate,
+            batchSize,
+            retry,
+            sendTimeoutMs: config.sendTimeoutMs,
+            ...(mayClaim ? { mayClaim } : {}),
+          });
+        } catch (error) {
+          // No free connection: nothing was claimed, so this is a wait, not a failed batch.
+          if (!isPoolCheckoutTimeout(error)) throw error;
+          reportPoolWait(shard);
+          return { full: false };
+        }
         if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result);
