@@ -356,12 +356,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     if (code === '42501') {
       // PostgreSQL's insufficient_privilege, from a command without its own check (status, dead).
-      console.error(
-        redact(
-          `shardrelay: ${error.message}\n  fix: as the owner of schema shardrelay, run: ${grantStatements('<the role of DATABASE_URL>').join(' ')}`,
-          ...urls,
-        ),
-      );
+      const fix = argv.includes('migrate')
+        ? 'run migrate as the role that owns schema shardrelay (the first migrate creates it and needs CREATE on the database)'
+        : `as the owner of schema shardrelay, run: ${grantStatements('<the role of DATABASE_URL>').join(' ')}`;
+      console.error(redact(`shardrelay: ${error.message}\n  fix: ${fix}`, ...urls));
       return EXIT_BAD_CONFIG;
     }
     console.error(redact(`shardrelay: ${error.stack ?? error.message}`, ...urls));
