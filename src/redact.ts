@@ -44,6 +44,8 @@ function secretsOf(url: string): string[] {
   for (const match of url.matchAll(QUERY_PARAMETER)) {
     if (SECRET_PARAMETER.test(decode(match[2] ?? '')) && match[3]) secrets.push(match[3]);
   }
+  // Shorter strings are not searched for in free text: masking every "ab" would garble messages
+  // (the URL forms above are still masked at any length).
   return secrets.flatMap((s) => [s, decode(s)]).filter((s) => s.length >= 3);
 }
 

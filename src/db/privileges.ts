@@ -10,7 +10,11 @@ import type { Database } from './schema.js';
  * schema, and tells a missing schema ("run migrate") apart from a missing privilege (GRANT).
  */
 
-/** What the relay does with each kind of object: claims, completes, prunes; reads the views. */
+/**
+ * What the relay does with each kind of object: claims, completes, prunes, records leases and
+ * rollups; reads the views. Every table gets the same four privileges rather than a per-table list
+ * that would drift with each migration; `migrate`'s own bookkeeping tables are left out.
+ */
 const NEEDED = `
   SELECT 'USAGE' AS privilege, 'schema shardrelay' AS object,
          has_schema_privilege(n.oid, 'USAGE') AS granted
@@ -22,7 +26,8 @@ const NEEDED = `
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'shardrelay'
     CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p(privilege)
-   WHERE c.relkind IN ('r', 'p') OR (c.relkind = 'v' AND p.privilege = 'SELECT')
+   WHERE (c.relkind IN ('r', 'p') AND c.relname NOT IN ('migration', 'migration_lock'))
+      OR (c.relkind = 'v' AND p.privilege = 'SELECT')
   UNION ALL
   SELECT 'USAGE', format('sequence %I.%I', 'shardrelay', c.relname), has_sequence_privilege(c.oid, 'USAGE')
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'shardrelay'
