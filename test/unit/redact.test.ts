@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { redact } from '../../src/redact.js';
 
@@ -43,5 +45,18 @@ describe('redact', () => {
     const url = 'postgres://u:p%40ss-w0rd@h/db?password=Other-S3cret';
     const out = redact('auth failed (p@ss-w0rd, Other-S3cret) for p%40ss-w0rd', url);
     assert.equal(out, 'auth failed (***, ***) for ***');
+  });
+
+  it('masks every log line of the relay logger', () => {
+    const logger = fileURLToPath(new URL('../../src/logger.ts', import.meta.url));
+    const script = `const { createLogger } = await import(${JSON.stringify(logger)});
+      createLogger('info').warn({ err: 'connect to postgres://u:S3cret@h/db?password=Q-S3cret failed' }, 'at amqp://a:P-S3cret@h');`;
+    const run = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+    });
+    assert.equal(run.status, 0, run.stderr);
+    const line = JSON.parse(run.stderr.trim()) as { err: string; msg: string };
+    assert.equal(line.err, 'connect to postgres://u:***@h/db?password=*** failed');
+    assert.equal(line.msg, 'at amqp://a:***@h');
   });
 });
