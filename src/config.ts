@@ -275,7 +275,7 @@ export type ConfigOverrides = { readonly [K in keyof RelayConfig]?: unknown };
 
 function redactForMessage(key: keyof RelayConfig, value: unknown): string {
   const text = typeof value === 'string' ? value : JSON.stringify(value);
-  return /url/i.test(key) ? redact(text, text) : text;
+  return /url/i.test(key) ? redact(text) : text;
 }
 
 /**

@@ -6,7 +6,9 @@
  * for brokers). Both are masked wherever a URL appears in the text, whether the text is a URL,
  * a URL that does not parse (a port of 99999, several hosts), or a library's error message that
  * quotes one. A library may also echo a password without its URL (an authentication error that
- * quotes the login): every URL passed in `from` has its secrets masked wherever they occur.
+ * quotes the login): every URL passed in `from` has its secrets masked wherever they occur. Pass
+ * `from` only for a library's own messages (the sinks do): a password that equals an ordinary word
+ * would otherwise mask that word everywhere.
  *
  * It works on the text, not through `new URL()`: the URLs that most need it in messages are the
  * ones that do not parse, and a parse-and-reformat would also change what the operator typed.

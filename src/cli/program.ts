@@ -346,12 +346,11 @@ export async function main(argv: readonly string[]): Promise<number> {
         ? 0
         : EXIT_BAD_CONFIG;
     }
-    // Whatever failed, the text may quote a URL given on the command line or in the environment.
-    const urls = [...argv, ...Object.values(process.env)].filter(
-      (v): v is string => typeof v === 'string' && v.includes('://'),
-    );
+    // Whatever failed, the text may quote a URL with its credentials. Only URL forms are masked
+    // here: masking each known password wherever it occurs would also garble every word that
+    // happens to equal one (a password "shardrelay" would hide the product's name in the fix).
     if (error instanceof ShardRelayError) {
-      console.error(redact(`shardrelay: ${error.describe()}`, ...urls));
+      console.error(redact(`shardrelay: ${error.describe()}`));
       return REFUSED.has(error.code) ? EXIT_BAD_CONFIG : 1;
     }
     if (code === '42501') {
@@ -359,10 +358,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       const fix = argv.includes('migrate')
         ? 'run migrate as the role that owns schema shardrelay (the first migrate creates it and needs CREATE on the database)'
         : `as the owner of schema shardrelay, run: ${grantStatements('<the role of DATABASE_URL>').join(' ')}`;
-      console.error(redact(`shardrelay: ${error.message}\n  fix: ${fix}`, ...urls));
+      console.error(redact(`shardrelay: ${error.message}\n  fix: ${fix}`));
       return EXIT_BAD_CONFIG;
     }
-    console.error(redact(`shardrelay: ${error.stack ?? error.message}`, ...urls));
+    console.error(redact(`shardrelay: ${error.stack ?? error.message}`));
     return 1;
   }
 }

@@ -58,7 +58,7 @@ export async function assertReachable<DB>(db: Kysely<DB>, url: string): Promise<
   } catch (error) {
     throw new ShardRelayError(
       'DATABASE_UNREACHABLE',
-      redact(`cannot reach PostgreSQL at ${url}: ${toError(error).message}`, url),
+      redact(`cannot reach PostgreSQL at ${url}: ${toError(error).message}`),
       {
         cause: error,
         fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',

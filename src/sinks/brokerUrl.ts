@@ -16,7 +16,7 @@ export function parseBrokerUrl(
   try {
     url = new URL(raw);
   } catch {
-    throw new ConfigError(setting, `${redact(raw, raw)} is not a URL`, `use e.g. ${example}`);
+    throw new ConfigError(setting, `${redact(raw)} is not a URL`, `use e.g. ${example}`);
   }
   if (!protocols.includes(url.protocol as `${string}:`)) {
     throw new ConfigError(

@@ -71,7 +71,7 @@ const RESERVED_HEADERS = new Set([
 
 export function createHttpSink(options: HttpSinkOptions): Sink {
   const url = validateUrl(options.url);
-  const where = redact(options.url, options.url);
+  const where = redact(options.url);
   const timeoutMs = positiveInteger('http timeoutMs', options.timeoutMs ?? DEFAULTS.timeoutMs, 'e.g. 10000');
   const limit = createLimiter(
     positiveInteger('http concurrency', options.concurrency ?? DEFAULTS.concurrency, 'e.g. 16'),
@@ -213,7 +213,7 @@ function validateUrl(raw: string): URL {
     // fetch refuses URLs with credentials; say how to pass them instead.
     throw new ConfigError(
       'http url',
-      `${redact(raw, raw)} contains credentials`,
+      `${redact(raw)} contains credentials`,
       'remove them from the URL and pass an authorization header (headers: { authorization: ... })',
     );
   }

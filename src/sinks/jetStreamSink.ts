@@ -113,7 +113,7 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
   );
   const where = options.url
     .split(',')
-    .map((u) => redact(u.trim(), options.url))
+    .map((u) => redact(u.trim()))
     .join(',');
   const scrub = (text: string): string => redact(text, options.url);
   validateSettings(stream, prefix, duplicateWindowMs);

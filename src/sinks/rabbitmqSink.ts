@@ -139,7 +139,7 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
   // each publish throw, so refuse it here.
   const sourceProblem = shortstrProblem('source', source ?? DEFAULT_SOURCE);
   if (sourceProblem) throw new ConfigError('rabbitmq source', sourceProblem, 'use a shorter URI-reference');
-  const where = redact(options.url, options.url);
+  const where = redact(options.url);
   const scrub = (text: string): string => redact(text, options.url);
 
   let link: Link | null = null;

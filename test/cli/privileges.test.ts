@@ -10,15 +10,17 @@ import { createTestDatabase, type TestDatabase } from '../support/testDatabase.j
 describe('a relay role without privileges', () => {
   let t: TestDatabase;
   const role = `relay_${randomBytes(4).toString('hex')}`;
+  const rolePassword = randomBytes(8).toString('hex');
   let roleUrl: string;
   before(async () => {
     t = await createTestDatabase('privileges');
     // Roles are per cluster: a unique name, dropped after.
-    await sql.raw(`CREATE ROLE ${role} LOGIN`).execute(t.db);
+    // A password, for servers that authenticate with one (embedded PostgreSQL, containers).
+    await sql.raw(`CREATE ROLE ${role} LOGIN PASSWORD '${rolePassword}'`).execute(t.db);
     await sql.raw(`GRANT CONNECT ON DATABASE ${t.name} TO ${role}`).execute(t.db);
     const url = new URL(t.url);
     url.username = role;
-    url.password = '';
+    url.password = rolePassword;
     roleUrl = url.toString();
     await enqueue(
       t.db,
