@@ -10,7 +10,7 @@ import type { Database } from '../db/schema.js';
 import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
 import { runDemo } from '../demo.js';
 import { enqueue } from '../enqueue.js';
-import { ConfigError, ShardRelayError, toError } from '../errors.js';
+import { ConfigError, ShardRelayError, toError, type ErrorCode } from '../errors.js';
 import { createLogger } from '../logger.js';
 import { redact } from '../redact.js';
 import { startReplica } from '../relay/replica.js';
@@ -25,7 +25,7 @@ import { watch } from './watch.js';
  * broker, a missing schema, missing privileges).
  */
 const EXIT_BAD_CONFIG = 2;
-const REFUSED: ReadonlySet<string> = new Set([
+const REFUSED: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'CONFIG_INVALID',
   'DATABASE_UNREACHABLE',
   'SINK_UNAVAILABLE',
