@@ -1,6 +1,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { redact } from './redact.js';
 import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
 
 export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http'] as const;
@@ -40,17 +41,34 @@ export interface RelayConfig {
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
+
+/**
+ * What is wrong with a URL setting, most specific first: `new URL()` refuses a port of 99999 just
+ * as it refuses a missing scheme, and "must be a URL starting with postgres://" would send the
+ * operator looking at the wrong part.
+ */
+function urlProblem(value: string, protocols: readonly string[]): string | undefined {
+  const expected = `must be a URL starting with ${protocols.map((p) => `${p}://`).join(' or ')}`;
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(value)?.[1]?.toLowerCase();
+  if (scheme === undefined || !protocols.includes(scheme)) return expected;
+  // scheme://[user-info@]host[:port] — the host may be an [IPv6] literal.
+  const port = /^[^:]+:\/\/(?:[^@/?#]*@)?(?:\[[^\]]*\]|[^:/?#]*)(?::([^/?#]*))?/.exec(value)?.[1];
+  if (port !== undefined && port !== '' && !(/^\d{1,5}$/.test(port) && Number(port) <= 65535)) {
+    return `port ${port} is not a port number (a whole number from 1 to 65535)`;
+  }
+  try {
+    new URL(value);
+  } catch {
+    return `is not a valid URL (${expected}; characters such as @ : / ? # in the user name or password must be percent-encoded)`;
+  }
+  return undefined;
+}
+
 const url = (protocols: readonly string[]) =>
-  z.string().refine(
-    (value) => {
-      try {
-        return protocols.includes(new URL(value).protocol.replace(/:$/, ''));
-      } catch {
-        return false;
-      }
-    },
-    `must be a URL starting with ${protocols.map((p) => `${p}://`).join(' or ')}`,
-  );
+  z.string().superRefine((value, ctx) => {
+    const problem = urlProblem(value, protocols);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  });
 
 interface Setting<K extends keyof RelayConfig> {
   readonly env: string;
@@ -257,7 +275,7 @@ export type ConfigOverrides = { readonly [K in keyof RelayConfig]?: unknown };
 
 function redactForMessage(key: keyof RelayConfig, value: unknown): string {
   const text = typeof value === 'string' ? value : JSON.stringify(value);
-  return /url/i.test(key) ? text.replace(/\/\/([^:/@]+):[^@]*@/, '//$1:***@') : text;
+  return /url/i.test(key) ? redact(text) : text;
 }
 
 /**

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { queryCompiler } from './db/queryCompiler.js';
 import type { Database } from './db/schema.js';
 import { InvalidEventError } from './errors.js';
+import { assertStorableText } from './eventValidation.js';
 
 /** An event to put in the outbox. Only `topic` and `payload` are required. */
 export interface OutboxEvent {
@@ -98,6 +99,7 @@ function validate(events: readonly OutboxEvent[], maxPayloadBytes: number) {
       );
     }
     const e = parsed.data;
+    assertStorableText(index, e, json);
     return {
       topic: e.topic,
       payload: json,

@@ -8,6 +8,8 @@ export type ErrorCode =
   | 'EVENT_INVALID'
   | 'SINK_UNAVAILABLE'
   | 'MIGRATION_FAILED'
+  | 'SCHEMA_MISSING'
+  | 'PERMISSION_DENIED'
   | 'LOCK_TIMEOUT';
 
 export class ShardRelayError extends Error {
@@ -60,13 +62,5 @@ export function toError(thrown: unknown): Error {
   }
 }
 
-/** Removes the password from a connection URL so it can be logged or shown in an error. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return url.replace(/\/\/([^:/@]+):[^@]*@/, '//$1:***@');
-  }
-}
+/** Masks the credentials of a URL (password, credential query parameters): see redact.ts. */
+export { redact as redactUrl } from './redact.js';

@@ -1,4 +1,5 @@
 import { destination, pino, type Logger } from 'pino';
+import { redact } from './redact.js';
 
 export type { Logger };
 
@@ -8,7 +9,11 @@ export type { Logger };
  * traceparent, so a log line can be joined to the application's trace.
  */
 export function createLogger(level: string = 'info', bindings: Record<string, unknown> = {}): Logger {
-  return pino({ level, base: { service: 'shardrelay', ...bindings } }, destination(2));
+  // Every line passes through redact: a URL with credentials can reach a log inside any error text.
+  return pino(
+    { level, base: { service: 'shardrelay', ...bindings }, hooks: { streamWrite: (line) => redact(line) } },
+    destination(2),
+  );
 }
 
 export const silentLogger: Logger = pino({ level: 'silent' });

@@ -5,20 +5,34 @@ import type { Kysely } from 'kysely';
 import { SETTINGS, loadConfig, type ConfigOverrides, type RelayConfig } from '../config.js';
 import { assertReachable, createDatabase, createPool } from '../db/connection.js';
 import { migrateToLatest } from '../db/migrate.js';
+import { grantStatements } from '../db/privileges.js';
 import type { Database } from '../db/schema.js';
 import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
 import { runDemo } from '../demo.js';
 import { enqueue } from '../enqueue.js';
-import { ConfigError, ShardRelayError, toError } from '../errors.js';
+import { ConfigError, ShardRelayError, toError, type ErrorCode } from '../errors.js';
 import { createLogger } from '../logger.js';
+import { redact } from '../redact.js';
 import { startReplica } from '../relay/replica.js';
 import { readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
 import { watch } from './watch.js';
 
-/** Exit codes: 0 done, 1 failure while running, 2 bad configuration or input (nothing was done). */
+/**
+ * Exit codes (the README's table): 0 done, 1 failure while running, 2 refused before doing anything
+ * because of something the operator must fix (a setting, an input, an unreachable database or
+ * broker, a missing schema, missing privileges).
+ */
 const EXIT_BAD_CONFIG = 2;
+const REFUSED: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'CONFIG_INVALID',
+  'DATABASE_UNREACHABLE',
+  'SINK_UNAVAILABLE',
+  'EVENT_INVALID',
+  'SCHEMA_MISSING',
+  'PERMISSION_DENIED',
+]);
 
 function wholeNumber(name: string, min: number, max: number) {
   return (value: string): number => {
@@ -332,16 +346,22 @@ export async function main(argv: readonly string[]): Promise<number> {
         ? 0
         : EXIT_BAD_CONFIG;
     }
+    // Whatever failed, the text may quote a URL with its credentials. Only URL forms are masked
+    // here: masking each known password wherever it occurs would also garble every word that
+    // happens to equal one (a password "shardrelay" would hide the product's name in the fix).
     if (error instanceof ShardRelayError) {
-      console.error(`shardrelay: ${error.describe()}`);
-      return error.code === 'CONFIG_INVALID' ||
-        error.code === 'DATABASE_UNREACHABLE' ||
-        error.code === 'SINK_UNAVAILABLE' ||
-        error.code === 'EVENT_INVALID'
-        ? EXIT_BAD_CONFIG
-        : 1;
+      console.error(redact(`shardrelay: ${error.describe()}`));
+      return REFUSED.has(error.code) ? EXIT_BAD_CONFIG : 1;
     }
-    console.error(`shardrelay: ${error.stack ?? error.message}`);
+    if (code === '42501') {
+      // PostgreSQL's insufficient_privilege, from a command without its own check (status, dead).
+      const fix = argv.includes('migrate')
+        ? 'run migrate as the role that owns schema shardrelay (the first migrate creates it and needs CREATE on the database)'
+        : `as the owner of schema shardrelay, run: ${grantStatements('<the role of DATABASE_URL>').join(' ')}`;
+      console.error(redact(`shardrelay: ${error.message}\n  fix: ${fix}`));
+      return EXIT_BAD_CONFIG;
+    }
+    console.error(redact(`shardrelay: ${error.stack ?? error.message}`));
     return 1;
   }
 }

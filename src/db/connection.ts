@@ -1,9 +1,13 @@
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
-import { ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ShardRelayError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import type { Database } from './schema.js';
 
 // bigint (int8) stays a string: ids may exceed 2^53. count(*) is int8 too; callers Number() it.
+
+/** How long a checkout waits for a free client of a full pool, and a connect for the server. */
+export const CONNECTION_TIMEOUT_MS = 10_000;
 
 export interface PoolOptions {
   readonly connectionString: string;
@@ -25,7 +29,7 @@ export function createPool(options: PoolOptions): pg.Pool {
     connectionString: options.connectionString,
     max: options.max,
     application_name: options.applicationName,
-    connectionTimeoutMillis: 10_000,
+    connectionTimeoutMillis: CONNECTION_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
     ...(options.settings && Object.keys(options.settings).length > 0
       ? {
@@ -54,7 +58,7 @@ export async function assertReachable<DB>(db: Kysely<DB>, url: string): Promise<
   } catch (error) {
     throw new ShardRelayError(
       'DATABASE_UNREACHABLE',
-      `cannot reach PostgreSQL at ${redactUrl(url)}: ${toError(error).message}`,
+      redact(`cannot reach PostgreSQL at ${url}: ${toError(error).message}`),
       {
         cause: error,
         fix: 'check DATABASE_URL (host, port, user, password, database) and that PostgreSQL is running',

@@ -1,4 +1,5 @@
 import { sql, type Kysely } from 'kysely';
+import { ShardRelayError } from '../errors.js';
 import type { Database } from './schema.js';
 
 /**
@@ -34,6 +35,55 @@ export function pendingShardIndexSql(shardCount: number): string[] {
     `CREATE INDEX IF NOT EXISTS outbox_pending_realtime_mod${shardCount}
        ON shardrelay.outbox ((id % ${shardCount}), id) WHERE status = 'pending' AND lane = 'realtime'`,
   ];
+}
+
+function concurrently(statement: string): string {
+  return statement.replace('CREATE INDEX IF NOT EXISTS', 'CREATE INDEX CONCURRENTLY IF NOT EXISTS');
+}
+
+/**
+ * Only the owner of a table may index it or drop its indexes. A relay that runs as a role of its own
+ * (with the GRANTs of db/privileges.ts) can do neither for a new shard count; claims still work, but
+ * slower (see the figures above), so the warning says exactly what the owner must run.
+ */
+async function notOwner(
+  session: Kysely<Database>,
+  shardCount: number,
+  missing: boolean,
+  cause: unknown,
+): Promise<ShardRelayError> {
+  const { rows } = await sql<{ role: string; owner: string }>`
+    SELECT quote_ident(current_user) AS role, quote_ident(pg_get_userbyid(relowner)) AS owner
+      FROM pg_class WHERE oid = 'shardrelay.outbox'::regclass`.execute(session);
+  const { role, owner } = rows[0] ?? { role: 'this role', owner: 'the owner of shardrelay.outbox' };
+  const { rows: others } = await sql<{ name: string }>`
+    SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = 'shardrelay' AND c.relkind = 'i' AND c.relname LIKE 'outbox_pending%'`.execute(
+    session,
+  );
+  const statements = [
+    ...(missing
+      ? pendingShardIndexSql(shardCount).map((s) => `${concurrently(s).replace(/\s+/g, ' ')};`)
+      : []),
+    ...others
+      .filter((i) => {
+        const count = COUNT_INDEX.exec(i.name)?.[1];
+        return count !== undefined && Number(count) !== shardCount;
+      })
+      .map((i) => `DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${i.name};`),
+  ];
+  const problem = missing
+    ? `cannot build the claim index for shard count ${shardCount}; claims work without it, slower (a batch claim about 1.5x, a real-time claim under a backlog about 7x)`
+    : `cannot drop the claim indexes of earlier shard counts, which slow every insert (about 9% with three counts' indexes)`;
+  return new ShardRelayError(
+    'PERMISSION_DENIED',
+    `${problem}: role ${role} does not own shardrelay.outbox (${owner} does)`,
+    {
+      cause,
+      context: { role, owner, shardCount },
+      fix: `as ${owner}, outside a transaction (e.g. in psql), run: ${statements.join(' ')}`,
+    },
+  );
 }
 
 /** Indexes of the pending backlog named after a shard count (ours; no other index matches). */
@@ -72,10 +122,14 @@ export async function ensurePendingShardIndexes(
         const name = /INDEX IF NOT EXISTS (\w+)/.exec(statement)?.[1] as string;
         const index = (await existing()).find((i) => i.name === name);
         if (index?.valid === true) continue;
-        if (index) await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${name}`).execute(session);
-        await sql
-          .raw(statement.replace('CREATE INDEX IF NOT EXISTS', 'CREATE INDEX CONCURRENTLY IF NOT EXISTS'))
-          .execute(session);
+        try {
+          if (index) await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${name}`).execute(session);
+          await sql.raw(concurrently(statement)).execute(session);
+        } catch (error) {
+          if ((error as { code?: unknown }).code === '42501')
+            throw await notOwner(session, shardCount, true, error);
+          throw error;
+        }
         built = true;
       }
       const { rows: config } = await sql<{ shard_count: number }>`
@@ -83,8 +137,14 @@ export async function ensurePendingShardIndexes(
       if (config[0]?.shard_count === shardCount) {
         for (const index of await existing()) {
           const count = COUNT_INDEX.exec(index.name)?.[1];
-          if (count !== undefined && Number(count) !== shardCount)
+          if (count === undefined || Number(count) === shardCount) continue;
+          try {
             await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${index.name}`).execute(session);
+          } catch (error) {
+            if ((error as { code?: unknown }).code === '42501')
+              throw await notOwner(session, shardCount, false, error);
+            throw error;
+          }
         }
       }
       return built ? 'built' : 'present';

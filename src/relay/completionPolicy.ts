@@ -11,6 +11,8 @@ export interface RetryPolicy extends BackoffPolicy {
  * Turns sink outcomes into row transitions. Only `confirmed` becomes `sent`. `unknown` is retried
  * like a retryable failure: the broker may hold the message, so the re-send carries the same event
  * id for consumers to de-duplicate. Permanent failures and exhausted retries become `dead`.
+ * A retry waits at least the broker's `retryAfterMs` (HTTP Retry-After), but never longer than
+ * the retry cap: a receiver asking for an hour must not park a row beyond what the operator set.
  */
 export function decideCompletions(
   messages: readonly ClaimedMessage[],
@@ -32,6 +34,9 @@ export function decideCompletions(
     }
     if (attempt >= limit)
       return { id: m.id, status: 'dead', error: `gave up after ${attempt} attempts: ${error}` };
-    return { id: m.id, status: 'pending', retryInMs: backoffDelayMs(policy, attempt, random), error };
+    const backoff = backoffDelayMs(policy, attempt, random);
+    const retryAfterMs = outcome.status === 'failed' ? (outcome.retryAfterMs ?? 0) : 0;
+    const retryInMs = retryAfterMs > backoff ? Math.min(policy.capMs, retryAfterMs) : backoff;
+    return { id: m.id, status: 'pending', retryInMs, error };
   });
 }

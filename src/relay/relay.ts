@@ -1,10 +1,12 @@
 import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { RelayConfig } from '../config.js';
-import { assertReachable, createDatabase, createPool } from '../db/connection.js';
+import { CONNECTION_TIMEOUT_MS, assertReachable, createDatabase, createPool } from '../db/connection.js';
+import { assertRelayPrivileges } from '../db/privileges.js';
 import { outboxVacuumProblem } from '../db/vacuumCheck.js';
 import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
+import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { createObserver, type Observer } from '../observability/observer.js';
 import { createSink } from '../sinks/createSink.js';
@@ -12,6 +14,7 @@ import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
 import { CLAIM_SESSION_SETTINGS } from './claims.js';
 import { OutboxListener } from './outboxListener.js';
+import { isPoolCheckoutTimeout, poolWaitReporter } from './poolWait.js';
 import { logBatchProblems } from './problemLog.js';
 import { Scheduler, type LaneRunner } from './scheduler.js';
 import { ShardLeases } from './shardLeases.js';
@@ -58,10 +61,11 @@ export interface Relay {
 
 async function checkDatabase(db: Kysely<Database>, url: string): Promise<void> {
   await assertReachable(db, url);
+  await assertRelayPrivileges(db);
   try {
     await db.selectFrom('shardrelay.shard_config').select('shard_count').executeTakeFirstOrThrow();
   } catch (error) {
-    throw new ShardRelayError('MIGRATION_FAILED', 'the shardrelay schema is missing or incomplete', {
+    throw new ShardRelayError('SCHEMA_MISSING', 'the shardrelay schema is missing or incomplete', {
       cause: error,
       fix: 'run `shardrelay migrate` against this database first',
     });
@@ -101,6 +105,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const controlDb = createDatabase(newPool(2, 'control'));
   try {
     await checkDatabase(controlDb, config.databaseUrl);
+    await assertLanePredicateFitsColumns(controlDb, config.lanePredicate);
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
     throw error;
@@ -116,6 +121,9 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     await sink.start();
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
+    // A sink that knows what went wrong (refused login, missing exchange) says so with its own fix;
+    // only an error without one gets the generic advice.
+    if (error instanceof ShardRelayError) throw error;
     throw new ShardRelayError(
       'SINK_UNAVAILABLE',
       `sink ${sink.name} could not start: ${toError(error).message}`,
@@ -152,16 +160,25 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       }),
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
+    const reportPoolWait = poolWaitReporter(logger, lane, config.connectionsPerLane, CONNECTION_TIMEOUT_MS);
     return {
       lane,
       runBatch: async (shard, shardCount, mayClaim) => {
-        const result = await runBatch(db, deliverySink, shard, shardCount, lane, {
-          lanePredicate: config.lanePredicate,
-          batchSize,
-          retry,
-          sendTimeoutMs: config.sendTimeoutMs,
-          ...(mayClaim ? { mayClaim } : {}),
-        });
+        let result: BatchResult;
+        try {
+          result = await runBatch(db, deliverySink, shard, shardCount, lane, {
+            lanePredicate: config.lanePredicate,
+            batchSize,
+            retry,
+            sendTimeoutMs: config.sendTimeoutMs,
+            ...(mayClaim ? { mayClaim } : {}),
+          });
+        } catch (error) {
+          // No free connection: nothing was claimed, so this is a wait, not a failed batch.
+          if (!isPoolCheckoutTimeout(error)) throw error;
+          reportPoolWait(shard);
+          return { full: false };
+        }
         if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result);

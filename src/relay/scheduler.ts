@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Database, Lane } from '../db/schema.js';
 import { ensurePendingShardIndexes } from '../db/shardIndex.js';
+import { ShardRelayError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { ShardLoop } from './shardLoop.js';
 import { readShardConfig, type ShardConfig } from './shardConfig.js';
@@ -161,10 +162,12 @@ export class Scheduler {
   #buildIndexes(shardCount: number): void {
     // In the background: a large outbox takes a while to index, and ticks must go on meanwhile.
     ensurePendingShardIndexes(this.#options.db, shardCount).catch((error: unknown) =>
-      this.#options.logger.warn(
-        { err: error, shardCount },
-        'building the shard index failed; claims work, slower',
-      ),
+      error instanceof ShardRelayError
+        ? this.#options.logger.warn({ shardCount, fix: error.fix }, error.message)
+        : this.#options.logger.warn(
+            { err: error, shardCount },
+            'building the shard index failed; claims work, slower',
+          ),
     );
   }
 

@@ -1,4 +1,5 @@
-import { ConfigError, redactUrl } from '../errors.js';
+import { ConfigError } from '../errors.js';
+import { redact } from '../redact.js';
 
 /**
  * Parses the URL of a broker or endpoint setting, or throws a ConfigError that names the setting,
@@ -15,7 +16,7 @@ export function parseBrokerUrl(
   try {
     url = new URL(raw);
   } catch {
-    throw new ConfigError(setting, `${redactUrl(raw)} is not a URL`, `use e.g. ${example}`);
+    throw new ConfigError(setting, `${redact(raw)} is not a URL`, `use e.g. ${example}`);
   }
   if (!protocols.includes(url.protocol as `${string}:`)) {
     throw new ConfigError(

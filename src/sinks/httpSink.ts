@@ -6,7 +6,8 @@
  * Outcomes, per message:
  * - 2xx                                        → confirmed
  * - 408, 429, 5xx, a network error, no answer  → failed retryable (the receiver may come back)
- *   within `timeoutMs`
+ *   within `timeoutMs`                           with its `Retry-After` (seconds or an HTTP date)
+ *                                                as the earliest retry, within the retry cap
  * - no answer by the batch deadline            → unknown (the receiver may have processed it)
  * - 3xx                                        → failed permanent: redirects are not followed,
  *                                                since re-POSTing an event to wherever a server
@@ -18,8 +19,10 @@
  * At most `concurrency` requests are in flight per sink, across all concurrent batches, so a
  * burst of batches cannot open hundreds of sockets to the receiver.
  */
-import { ConfigError, redactUrl, toError } from '../errors.js';
+import { ConfigError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
+import { parseRetryAfter } from './retryAfter.js';
 import { applicationHeaders, encodeStructured, toCloudEvent, traceHeaders } from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
 import {
@@ -68,7 +71,7 @@ const RESERVED_HEADERS = new Set([
 
 export function createHttpSink(options: HttpSinkOptions): Sink {
   const url = validateUrl(options.url);
-  const where = redactUrl(options.url);
+  const where = redact(options.url);
   const timeoutMs = positiveInteger('http timeoutMs', options.timeoutMs ?? DEFAULTS.timeoutMs, 'e.g. 10000');
   const limit = createLimiter(
     positiveInteger('http concurrency', options.concurrency ?? DEFAULTS.concurrency, 'e.g. 16'),
@@ -115,8 +118,15 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
       }
       const excerpt = await bodyExcerpt(response);
       const detail = `${where} answered ${response.status} ${response.statusText}${excerpt ? `: ${excerpt}` : ''}`;
-      if (response.status === 408 || response.status === 429 || response.status >= 500)
-        return retryable(detail);
+      if (response.status === 408 || response.status === 429 || response.status >= 500) {
+        const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
+        return retryable(
+          retryAfterMs === undefined
+            ? detail
+            : `${detail} (Retry-After ${Math.round(retryAfterMs / 1000)} s)`,
+          retryAfterMs,
+        );
+      }
       if (response.status >= 300 && response.status < 400) {
         const location = response.headers.get('location');
         return permanent(
@@ -203,7 +213,7 @@ function validateUrl(raw: string): URL {
     // fetch refuses URLs with credentials; say how to pass them instead.
     throw new ConfigError(
       'http url',
-      `${redactUrl(raw)} contains credentials`,
+      `${redact(raw)} contains credentials`,
       'remove them from the URL and pass an authorization header (headers: { authorization: ... })',
     );
   }

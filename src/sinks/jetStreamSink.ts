@@ -43,7 +43,8 @@ import {
   type PubAck,
   type StreamInfo,
 } from 'nats';
-import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ConfigError, ShardRelayError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { applicationHeaders, encodeBinary, toCloudEvent, traceHeaders } from './cloudEvent.js';
@@ -112,9 +113,9 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
   );
   const where = options.url
     .split(',')
-    .map((u) => redactUrl(u.trim()))
+    .map((u) => redact(u.trim()))
     .join(',');
-  const scrub = secretScrubber(connection);
+  const scrub = (text: string): string => redact(text, options.url);
   validateSettings(stream, prefix, duplicateWindowMs);
 
   let nc: NatsConnection | null = null;
@@ -424,11 +425,6 @@ function connectionOptions(url: string, timeout: number, pingInterval: number): 
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
   };
-}
-
-function secretScrubber(options: ConnectionOptions): (text: string) => string {
-  const secrets = [options.pass, options.token].filter((s): s is string => typeof s === 'string' && s !== '');
-  return (text) => secrets.reduce((out, secret) => out.split(secret).join('***'), text);
 }
 
 function startError(error: unknown, where: string, message: string): ShardRelayError {

@@ -31,7 +31,8 @@
  * 60 s, i.e. two minutes before a dead peer is noticed).
  */
 import amqplib, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
-import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
+import { ConfigError, ShardRelayError, toError } from '../errors.js';
+import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { silentLogger, type Logger } from '../logger.js';
 import {
@@ -138,8 +139,8 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
   // each publish throw, so refuse it here.
   const sourceProblem = shortstrProblem('source', source ?? DEFAULT_SOURCE);
   if (sourceProblem) throw new ConfigError('rabbitmq source', sourceProblem, 'use a shorter URI-reference');
-  const where = redactUrl(options.url);
-  const scrub = secretScrubber(options.url);
+  const where = redact(options.url);
+  const scrub = (text: string): string => redact(text, options.url);
 
   let link: Link | null = null;
   let connecting: Promise<Link> | null = null;
@@ -376,7 +377,7 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
       try {
         await ensureLink(Date.now() + connectTimeoutMs);
       } catch (error) {
-        throw startError(error, where, exchange, declareExchange, scrub);
+        throw startError(error, where, exchange, declareExchange, scrub, connectUrl);
       }
     },
 
@@ -535,25 +536,19 @@ function withHeartbeat(url: string, heartbeatSeconds: number): string {
   return parsed.toString();
 }
 
-/** Replaces the URL's password wherever a library might have echoed it. */
-function secretScrubber(url: string): (text: string) => string {
-  let secret = '';
-  try {
-    secret = decodeURIComponent(new URL(url).password);
-  } catch {
-    // Not a URL: withHeartbeat reports it.
-  }
-  return (text) => (secret ? text.split(secret).join('***') : text);
-}
-
 function startError(
   error: unknown,
   where: string,
   exchange: string,
   declared: boolean,
   scrub: (text: string) => string,
+  url: string,
 ): ShardRelayError {
   const message = scrub(toError(error).message);
+  const parsed = new URL(url);
+  const user = decodeURIComponent(parsed.username) || 'guest';
+  // amqplib's default vhost is '/', written as an empty path; '/%2F' is the same vhost.
+  const vhost = decodeURIComponent(parsed.pathname.slice(1)) || '/';
   const code = (error as { code?: unknown } | null)?.code;
   if (code === 404 && !declared) {
     return new ConfigError(
@@ -573,8 +568,26 @@ function startError(
     context: { sink: 'rabbitmq', url: where, exchange },
     // No `cause`: the library's error object is not ours to vet for credentials; its message is
     // included above, scrubbed.
-    fix: /ACCESS.REFUSED|403/.test(message)
-      ? "check the user name and password in the RabbitMQ URL and the user's permissions on the vhost"
-      : 'check that RabbitMQ is running and reachable at that address',
+    fix: rabbitMqFix(message, user, vhost),
   });
+}
+
+/**
+ * What to do about a refused start, from the broker's reply. RabbitMQ refuses a wrong user name or
+ * password at the handshake (403 ACCESS_REFUSED, "Login was refused"), a missing vhost or one the
+ * user may not use when the connection opens (530 NOT_ALLOWED, which amqplib reports only as
+ * "Expected ConnectionOpenOk; got <ConnectionClose ...>"), and a resource the user has no
+ * permission on when it is declared (403 ACCESS_REFUSED, "access to exchange ... refused").
+ */
+function rabbitMqFix(message: string, user: string, vhost: string): string {
+  if (/Login was refused|ACCESS.REFUSED.*(?:PLAIN|AMQPLAIN|mechanism)/i.test(message)) {
+    return `RabbitMQ refused the login of user '${user}': check the user name and password in the URL (amqp://user:password@host:5672/vhost); the broker log names the reason`;
+  }
+  if (/NOT.ALLOWED|got <ConnectionClose/i.test(message)) {
+    return `vhost '${vhost}' does not exist or user '${user}' may not use it: create it (rabbitmqctl add_vhost '${vhost}') or grant it (rabbitmqctl set_permissions -p '${vhost}' '${user}' '.*' '.*' '.*'), or correct the vhost (the URL's path)`;
+  }
+  if (/ACCESS.REFUSED|\b403\b/.test(message)) {
+    return `user '${user}' lacks permissions in vhost '${vhost}': rabbitmqctl set_permissions -p '${vhost}' '${user}' '.*' '.*' '.*' (configure for the exchange declaration, write to publish)`;
+  }
+  return 'check that RabbitMQ is running and reachable at that address';
 }

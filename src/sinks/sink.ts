@@ -22,13 +22,20 @@ export interface OutboxMessage {
 /**
  * The outcome of one message. Only `confirmed` lets the row become `sent`.
  * - `failed` + retryable: the broker said no for now (nack, 5xx, back-pressure); retried with backoff.
+ *   `retryAfterMs` is the broker's own "not before" (HTTP Retry-After): the retry waits at least
+ *   that long, within the retry cap.
  * - `failed` + permanent: it will never be accepted (4xx, unroutable, too large); the row becomes dead.
  * - `unknown`: no answer before the deadline or the connection died with the confirm pending; the
  *   broker may or may not hold it, so the row is sent again later with the same event id.
  */
 export type SendOutcome =
   | { readonly status: 'confirmed'; readonly duplicate?: boolean }
-  | { readonly status: 'failed'; readonly retryable: boolean; readonly error: string }
+  | {
+      readonly status: 'failed';
+      readonly retryable: boolean;
+      readonly error: string;
+      readonly retryAfterMs?: number;
+    }
   | { readonly status: 'unknown'; readonly error: string };
 
 export interface SendContext {
@@ -57,8 +64,10 @@ export interface Sink {
 
 export const confirmed: SendOutcome = Object.freeze({ status: 'confirmed' });
 
-export function retryable(error: string): SendOutcome {
-  return { status: 'failed', retryable: true, error };
+export function retryable(error: string, retryAfterMs?: number): SendOutcome {
+  return retryAfterMs === undefined
+    ? { status: 'failed', retryable: true, error }
+    : { status: 'failed', retryable: true, error, retryAfterMs };
 }
 
 export function permanent(error: string): SendOutcome {

@@ -100,7 +100,7 @@ describe('bad input', () => {
       'an unreachable broker',
       ['run', '--sink', 'rabbitmq', '--amqp-url', 'amqp://shardrelay:secret@127.0.0.1:1/'],
       {},
-      /sink rabbitmq could not start[\s\S]*fix: check the sink connection settings/,
+      /cannot connect to RabbitMQ at amqp:\/\/shardrelay:\*\*\*@127\.0\.0\.1:1\/[\s\S]*fix: check that RabbitMQ is running and reachable/,
     ],
     [
       'a malformed broker URL',
