@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'EVENT_INVALID'
   | 'SINK_UNAVAILABLE'
   | 'MIGRATION_FAILED'
+  | 'SCHEMA_MISSING'
   | 'LOCK_TIMEOUT';
 
 export class ShardRelayError extends Error {
