@@ -114,8 +114,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     await sink.start();
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
-    // A sink that knows the fix (e.g. a JetStream stream overlap) says it; keep its words.
-    if (error instanceof ShardRelayError) throw error;
+    // A sink's configuration error (e.g. a JetStream stream overlap) names its own fix; keep it.
+    if (error instanceof ShardRelayError && error.code === 'CONFIG_INVALID') throw error;
     throw new ShardRelayError(
       'SINK_UNAVAILABLE',
       `sink ${sink.name} could not start: ${toError(error).message}`,
