@@ -84,6 +84,12 @@ async function withDatabase<T>(
   }
 }
 
+interface StatusOptions {
+  readonly json?: boolean;
+  readonly watch?: string | boolean;
+  readonly hideGoneAfter: number;
+}
+
 const RUN_SETTINGS = Object.keys(SETTINGS) as (keyof RelayConfig)[];
 
 export function buildProgram(): Command {
@@ -211,20 +217,18 @@ export function buildProgram(): Command {
         DEFAULT_HIDE_GONE_AFTER_SECONDS,
       ),
     [],
-  ).action(
-    async (opts: { json?: boolean; watch?: string | boolean; hideGoneAfter: number }, command: Command) => {
-      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
-      await withDatabase(config, async (db) => {
-        const show = async () => {
-          const status = await readStatus(db, { hideGoneAfterSeconds: opts.hideGoneAfter });
-          return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
-        };
-        if (!opts.watch) return console.log(await show());
-        const seconds = typeof opts.watch === 'string' ? Number(opts.watch) || 2 : 2;
-        await watch(show, { seconds });
-      });
-    },
-  );
+  ).action(async (opts: StatusOptions, command: Command) => {
+    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+    await withDatabase(config, async (db) => {
+      const show = async () => {
+        const status = await readStatus(db, { hideGoneAfterSeconds: opts.hideGoneAfter });
+        return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
+      };
+      if (!opts.watch) return console.log(await show());
+      const seconds = typeof opts.watch === 'string' ? Number(opts.watch) || 2 : 2;
+      await watch(show, { seconds });
+    });
+  });
 
   const dead = program.command('dead').description('dead letters: rows given up, with their reason');
   dead
