@@ -14,6 +14,7 @@ import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBu
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
+import ts from 'typescript';
 import { parse, parseAllDocuments } from 'yaml';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -50,6 +51,53 @@ async function manifests(): Promise<Manifest[]> {
   return all;
 }
 
+/** The TypeScript interface of each kind, for the excess-property check. */
+const TYPES: Record<string, [string, string]> = {
+  'apps/v1 Deployment': ['IDeployment', 'kubernetes-models/apps/v1/Deployment'],
+  'policy/v1 PodDisruptionBudget': [
+    'IPodDisruptionBudget',
+    'kubernetes-models/policy/v1/PodDisruptionBudget',
+  ],
+  'v1 ConfigMap': ['IConfigMap', 'kubernetes-models/v1/ConfigMap'],
+  'v1 Secret': ['ISecret', 'kubernetes-models/v1/Secret'],
+  'v1 Service': ['IService', 'kubernetes-models/v1/Service'],
+};
+
+/**
+ * Unknown fields: the API's JSON schemas allow any extra property (a misspelt `replica: 3` passes
+ * `validate()` and the cluster silently uses 1), so each document is also type-checked as an
+ * object literal against its kubernetes-models interface, where TypeScript refuses every property
+ * the type does not declare, at any depth. Returns the compiler's messages.
+ */
+function unknownFields(docs: readonly Manifest[]): string[] {
+  const file = path.join(ROOT, 'test/deploy/__manifests__.ts');
+  const lines = docs.map((m, i) => {
+    const [type, from] = TYPES[`${m.apiVersion} ${m.kind}`] ?? [];
+    assert.ok(type && from, `no type for ${m.apiVersion} ${m.kind}`);
+    return `import type { ${type} as T${i} } from '${from}';\nexport const m${i}: T${i} = ${JSON.stringify(m)};`;
+  });
+  const text = lines.join('\n');
+  const options: ts.CompilerOptions = {
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+    types: [],
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+  };
+  const host = ts.createCompilerHost(options);
+  const getSourceFile = host.getSourceFile.bind(host);
+  host.getSourceFile = (name, version, ...rest) =>
+    path.resolve(name) === file
+      ? ts.createSourceFile(name, text, version)
+      : getSourceFile(name, version, ...rest);
+  const fileExists = host.fileExists.bind(host);
+  host.fileExists = (name) => path.resolve(name) === file || fileExists(name);
+  const program = ts.createProgram([file], options, host);
+  return ts.getPreEmitDiagnostics(program).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+}
+
 function validate(m: Manifest): void {
   const Model = MODELS[`${m.apiVersion} ${m.kind}`];
   assert.ok(Model, `no schema for ${m.apiVersion} ${m.kind} (${m.metadata.name})`);
@@ -67,6 +115,21 @@ describe('Kubernetes manifests', () => {
       'Service',
     ]);
     for (const m of all) validate(m);
+  });
+
+  it('no document has a field its Kubernetes type does not declare', async () => {
+    assert.deepEqual(unknownFields(await manifests()), []);
+  });
+
+  it('the unknown-field check is live: a misspelt field deep in a Deployment is refused', async () => {
+    const deployment = (await manifests()).find((m) => m.kind === 'Deployment') as Manifest;
+    const broken = structuredClone(deployment) as Manifest & {
+      spec: { template: { spec: { containers: Record<string, unknown>[] } } };
+    };
+    (broken.spec.template.spec.containers[0] as Record<string, unknown>).readinesProbe = {};
+    const messages = unknownFields([broken]);
+    assert.equal(messages.length, 1, messages.join('\n'));
+    assert.match(messages[0] ?? '', /"readinesProbe"' does not exist in type 'IContainer'/);
   });
 
   it('the validator is live: a Deployment with a wrong field type is refused', async () => {
