@@ -2,6 +2,7 @@
 # The package as a team adopts it: packs shardrelay (`npm pack`, which builds), installs the
 # tarball into an empty project beside the application's own kysely (another version, so two
 # copies) and pg, then there:
+#   - in the repository, `npx shardrelay` runs the built bin;
 #   - app.ts type-checks against the installed declarations and enqueues through Kysely and pg;
 #   - the installed `shardrelay` bin: status on an empty database (exit 2, the fix), migrate,
 #     run --until-drained, status, `shards new-migration 16` + a plain `migrate` (16 shards),
@@ -27,6 +28,13 @@ step "npm pack"
 tarball="$work/$(cd "$repo" && npm pack --silent --pack-destination "$work" | tail -1)"
 [ -f "$tarball" ] || fail "npm pack wrote no tarball"
 ok "packed $(basename "$tarball")"
+
+step "npx shardrelay in the repository after the build (npm pack built it)"
+# npm 10 (Node 20's own) runs a package's own bin as an executable file: without the mode bit it
+# fails with "Permission denied"; the build sets it.
+[ -x "$repo/dist/src/cli/main.js" ] || fail "dist/src/cli/main.js is not executable"
+(cd "$repo" && npx shardrelay --help >/dev/null) || fail "npx shardrelay --help failed in the repository"
+ok "npx shardrelay --help in the repository"
 
 step "install into an empty project"
 app="$work/app"
