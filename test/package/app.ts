@@ -12,7 +12,10 @@ import {
   ShardRelayError,
   confirmed,
   enqueue,
+  loadConfig,
+  migrate,
   retryable,
+  startReplica,
   type OutboxEvent,
   type OutboxMessage,
   type SendOutcome,
@@ -33,6 +36,9 @@ const outboxRows = async (topic: string): Promise<number> =>
     (await pool.query('SELECT count(*) AS n FROM shardrelay.outbox WHERE topic = $1', [topic])).rows[0].n,
   );
 const event = (topic: string, n: number): OutboxEvent => ({ topic, payload: { n }, key: `k${n}` });
+
+// `shardrelay migrate` ran before this; from code it finds nothing left to do.
+assert.deepEqual((await migrate({ databaseUrl: url })).applied, []);
 
 await sql`CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, customer text NOT NULL)`.execute(db);
 
@@ -106,5 +112,33 @@ const sink: Sink = {
 };
 assert.equal(sink.name, 'custom');
 
+// The relay started from code with a sink of the application's own: every event reaches it.
+const delivered = new Set<string>();
+const recording: Sink = {
+  name: 'recording',
+  async start() {},
+  async sendBatch(messages) {
+    for (const m of messages) delivered.add(m.eventId);
+    return messages.map(() => confirmed);
+  },
+  async close() {},
+};
+const total = Number((await pool.query('SELECT count(*) AS n FROM shardrelay.outbox')).rows[0].n);
+const relay = await startReplica({
+  config: loadConfig({ databaseUrl: url, canaryIntervalSeconds: 0, replicaId: 'app' }),
+  sink: recording,
+});
+await relay.whenDrained();
+assert.deepEqual(await relay.stop(), { clean: true });
+assert.equal(delivered.size, total);
+
+// Left for `shardrelay run` (the installed bin) to deliver.
+await enqueue(
+  pool,
+  Array.from({ length: 100 }, (_, i) => event('app.for.cli', i)),
+);
+
 await db.destroy();
-console.log('app: enqueue through Kysely (instance, transaction) and pg (Pool, PoolClient, Client) ok');
+console.log(
+  `app: enqueue through Kysely (instance, transaction) and pg (Pool, PoolClient, Client), migrate, a relay with its own sink (${delivered.size} events) ok`,
+);

