@@ -146,18 +146,22 @@ export async function enqueue(
     }
   }
   const result: EnqueuedEvent[] = [];
-  for (let start = 0; start < rows.length; start += BATCH_ROWS) {
-    const query: CompiledQuery = queryCompiler
-      .insertInto('shardrelay.outbox')
-      .values(rows.slice(start, start + BATCH_ROWS))
-      .returning(['id', 'event_id'])
-      .compile();
-    const inserted =
-      kind.type === 'kysely'
+  // Compiled by shardrelay's own compiler, run through the caller's handle.
+  const run = async (query: CompiledQuery): Promise<Record<string, unknown>[]> =>
+    [
+      ...(kind.type === 'kysely'
         ? (await kind.executor.executeQuery(query as never)).rows
-        : (await kind.executor.query(query.sql, [...query.parameters])).rows;
-    for (const r of inserted as readonly { id: unknown; event_id: unknown }[])
-      result.push({ id: String(r.id), eventId: String(r.event_id) });
+        : (await kind.executor.query(query.sql, [...query.parameters])).rows),
+    ] as Record<string, unknown>[];
+  for (let start = 0; start < rows.length; start += BATCH_ROWS) {
+    const inserted = await run(
+      queryCompiler
+        .insertInto('shardrelay.outbox')
+        .values(rows.slice(start, start + BATCH_ROWS))
+        .returning(['id', 'event_id'])
+        .compile(),
+    );
+    for (const r of inserted) result.push({ id: String(r.id), eventId: String(r.event_id) });
   }
   return result;
 }
