@@ -33,6 +33,7 @@ export interface RelayConfig {
   readonly amqpExchange: string;
   readonly natsUrl: string;
   readonly natsStream: string;
+  readonly natsSubjectPrefix: string;
   readonly webhookUrl: string | undefined;
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
@@ -234,6 +235,14 @@ export const SETTINGS: Settings = {
     schema: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
     default: () => 'SHARDRELAY',
     fix: 'use letters, digits, _ or - (no dots or spaces)',
+  },
+  natsSubjectPrefix: {
+    env: 'SHARDRELAY_NATS_SUBJECT_PREFIX',
+    flag: '--nats-subject-prefix',
+    // NATS subject tokens: no wildcards, whitespace or empty tokens.
+    schema: z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/),
+    default: () => 'shardrelay',
+    fix: 'use dot-separated tokens of letters, digits, _ or -, e.g. shardrelay or orders.events (events go to <prefix>.<topic>)',
   },
   webhookUrl: {
     env: 'WEBHOOK_URL',

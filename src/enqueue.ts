@@ -1,9 +1,9 @@
-import { CompiledQuery, Kysely } from 'kysely';
+import type { CompiledQuery } from 'kysely';
 import { z } from 'zod';
 import { queryCompiler } from './db/queryCompiler.js';
-import type { Database } from './db/schema.js';
 import { InvalidEventError } from './errors.js';
 import { assertStorableText } from './eventValidation.js';
+import { executorKind, type Executor, type KyselyExecutor } from './executor.js';
 
 /** An event to put in the outbox. Only `topic` and `payload` are required. */
 export interface OutboxEvent {
@@ -35,9 +35,7 @@ export interface EnqueuedEvent {
   readonly eventId: string;
 }
 
-/** Something that can run a query in the caller's transaction: a Kysely handle or a pg client. */
-export type Executor =
-  Kysely<Database> | { query(text: string, values: unknown[]): Promise<{ rows: Record<string, unknown>[] }> };
+export type { Executor } from './executor.js';
 
 const TOPIC = /^[A-Za-z0-9_.-]{1,200}$/;
 const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
@@ -127,30 +125,45 @@ export async function enqueue(
   options: EnqueueOptions = {},
 ): Promise<EnqueuedEvent[]> {
   const rows = validate(events, options.maxPayloadBytes ?? 1024 * 1024);
+  // Recognised by shape, not `instanceof`: the application's Kysely or pg may be another copy
+  // (another version, or a second install) than shardrelay's own (src/executor.ts).
+  const kind = executorKind(executor);
   // More rows than one statement holds, outside a transaction: wrap them in one, so the call
   // stays all-or-nothing.
-  if (executor instanceof Kysely && !executor.isTransaction && rows.length > BATCH_ROWS) {
-    return executor.transaction().execute((trx) => enqueue(trx, events, options));
+  if (rows.length > BATCH_ROWS && kind.type === 'kysely' && !kind.executor.isTransaction) {
+    return kind.executor.transaction().execute((trx: KyselyExecutor) => enqueue(trx, events, options));
+  }
+  if (rows.length > BATCH_ROWS && kind.type === 'pgPool') {
+    const client = await kind.executor.connect();
+    try {
+      await client.query('BEGIN');
+      const result = await enqueue(client, events, options);
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await Promise.resolve(client.query('ROLLBACK')).catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
   }
   const result: EnqueuedEvent[] = [];
+  // Compiled by shardrelay's own compiler, run through the caller's handle.
+  const run = async (query: CompiledQuery): Promise<Record<string, unknown>[]> =>
+    [
+      ...(kind.type === 'kysely'
+        ? (await kind.executor.executeQuery(query as never)).rows
+        : (await kind.executor.query(query.sql, [...query.parameters])).rows),
+    ] as Record<string, unknown>[];
   for (let start = 0; start < rows.length; start += BATCH_ROWS) {
-    const chunk = rows.slice(start, start + BATCH_ROWS);
-    if (executor instanceof Kysely) {
-      const inserted = await executor
+    const inserted = await run(
+      queryCompiler
         .insertInto('shardrelay.outbox')
-        .values(chunk)
+        .values(rows.slice(start, start + BATCH_ROWS))
         .returning(['id', 'event_id'])
-        .execute();
-      for (const r of inserted) result.push({ id: r.id, eventId: r.event_id });
-    } else {
-      const query: CompiledQuery = queryCompiler
-        .insertInto('shardrelay.outbox')
-        .values(chunk)
-        .returning(['id', 'event_id'])
-        .compile();
-      const { rows: inserted } = await executor.query(query.sql, [...query.parameters]);
-      for (const r of inserted) result.push({ id: String(r.id), eventId: String(r.event_id) });
-    }
+        .compile(),
+    );
+    for (const r of inserted) result.push({ id: String(r.id), eventId: String(r.event_id) });
   }
   return result;
 }

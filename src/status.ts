@@ -2,7 +2,19 @@ import { sql, type Kysely } from 'kysely';
 import type { Database, Lane } from './db/schema.js';
 import { readHealth, readLagTrend, type HealthRow } from './observability/views.js';
 import { readShardConfig } from './relay/shardConfig.js';
-import { readReplicaStatus, type ReplicaStatus, type ShardOwnerStatus } from './replicaStatus.js';
+import {
+  readReplicaStatus,
+  type ReplicaStatus,
+  type ReplicaStatusOptions,
+  type ShardOwnerStatus,
+} from './replicaStatus.js';
+
+/**
+ * `status` leaves out replicas gone longer than this by default: a crashed replica's row stays in
+ * shardrelay.replica for 15 minutes (it is purged by the live ones), which in a terminal reads as
+ * a crowd of dead processes after a few restarts.
+ */
+export const DEFAULT_HIDE_GONE_AFTER_SECONDS = 60;
 
 export interface ShardStatus {
   readonly shard: number;
@@ -29,6 +41,11 @@ export interface LaneStatus {
 export interface ShardLaneHealth extends HealthRow {
   /** Pending rows at the end of each of the last TREND_MINUTES minutes (oldest first); null = no sample. */
   readonly trend: readonly (number | null)[];
+  /**
+   * The lease holder missed heartbeats while its lease is still valid (probably crashed or frozen):
+   * nobody runs the shard until the lease expires, though `status` (the view) may still say OK.
+   */
+  readonly ownerSilent: boolean;
 }
 
 export const TREND_MINUTES = 10;
@@ -43,6 +60,8 @@ export interface RelayStatus {
   readonly health: readonly ShardLaneHealth[];
   /** Relay processes and their heartbeats and shards (shardrelay.replicas). */
   readonly replicas: readonly ReplicaStatus[];
+  /** Gone replicas left out (gone longer than `hideGoneAfterSeconds`). */
+  readonly hiddenReplicas: number;
   /** Lease holder and backlog of every shard of the current count (shardrelay.shards). */
   readonly shardOwners: readonly ShardOwnerStatus[];
 }
@@ -55,7 +74,10 @@ const optionalNum = (v: unknown): number | null => (v === null || v === undefine
  * pending and dead rows; sent totals come from shard_progress, so they survive pruning. Canary rows
  * (relay/canary.ts) are left out of every count.
  */
-export async function readStatus(db: Kysely<Database>): Promise<RelayStatus> {
+export async function readStatus(
+  db: Kysely<Database>,
+  options: ReplicaStatusOptions = {},
+): Promise<RelayStatus> {
   const config = await readShardConfig(db);
   const n = sql.lit(config.shardCount);
   const [pending, dead, progress] = await Promise.all([
@@ -104,8 +126,9 @@ export async function readStatus(db: Kysely<Database>): Promise<RelayStatus> {
     readLanes(db),
     readHealth(db),
     readLagTrend(db, TREND_MINUTES),
-    readReplicaStatus(db),
+    readReplicaStatus(db, options),
   ]);
+  const silent = new Set(membership.shardOwners.filter((s) => s.ownerSilent).map((s) => s.shard));
   const sentBeyondShards = progress
     .filter((g) => g.shard >= config.shardCount)
     .reduce((a, g) => a + num(g.sent), 0);
@@ -123,8 +146,10 @@ export async function readStatus(db: Kysely<Database>): Promise<RelayStatus> {
     health: health.map((h) => ({
       ...h,
       trend: trends.get(`${h.shard}/${h.lane}`) ?? Array<null>(TREND_MINUTES).fill(null),
+      ownerSilent: silent.has(h.shard),
     })),
     replicas: membership.replicas,
+    hiddenReplicas: membership.hiddenReplicas,
     shardOwners: membership.shardOwners,
   };
 }

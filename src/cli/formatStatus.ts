@@ -18,13 +18,20 @@ export function sparkline(points: readonly (number | null)[]): string {
 function healthLine(h: ShardLaneHealth): string {
   const owner = (h.owner ?? '-').slice(0, 16);
   const lag = h.dueRows === 0 ? '-' : seconds(h.lagSeconds);
-  return `${String(h.shard).padStart(5)}  ${h.lane.padEnd(8)}  ${h.status.padEnd(5)}  ${owner.padEnd(16)}  ${String(h.pendingRows).padStart(7)}  ${lag.padStart(6)}  ${sparkline(h.trend)}  ${h.reason ?? ''}`.trimEnd();
+  // The view judges by the lease, which outlives a crashed owner by up to the lease timeout.
+  const [cls, reason] = h.ownerSilent
+    ? ['SILENT', 'its owner stopped heartbeating; the shard waits until its lease expires']
+    : [h.status, h.reason ?? ''];
+  return `${String(h.shard).padStart(5)}  ${h.lane.padEnd(8)}  ${cls.padEnd(6)}  ${owner.padEnd(16)}  ${String(h.pendingRows).padStart(7)}  ${lag.padStart(6)}  ${sparkline(h.trend)}  ${reason}`.trimEnd();
 }
 
 function healthSummary(status: RelayStatus): string {
   const counts = new Map<string, number>();
-  for (const h of status.health) counts.set(h.status, (counts.get(h.status) ?? 0) + 1);
-  return ['OK', 'WARN', 'STALL', 'STOP', 'ERROR']
+  for (const h of status.health) {
+    const cls = h.ownerSilent ? 'SILENT' : h.status;
+    counts.set(cls, (counts.get(cls) ?? 0) + 1);
+  }
+  return ['OK', 'WARN', 'SILENT', 'STALL', 'STOP', 'ERROR']
     .filter((c) => counts.has(c))
     .map((c) => `${counts.get(c)} ${c}`)
     .join(', ');
@@ -35,7 +42,7 @@ export function formatStatus(status: RelayStatus): string {
   const lines = [
     `shards: ${status.shardCount} (generation ${status.generation})   pending ${status.totals.pending}   sent ${status.totals.sent}   dead ${status.totals.dead}   health: ${healthSummary(status) || '-'}`,
     '',
-    'shard  lane      class  owner             pending     lag  backlog 10 min  reason',
+    'shard  lane      class   owner             pending     lag  backlog 10 min  reason',
     ...status.health.map(healthLine),
     '',
     'shard  pending  oldest   sent        dead  last batch',

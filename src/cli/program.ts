@@ -1,11 +1,12 @@
+import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Kysely } from 'kysely';
 import { SETTINGS, loadConfig, type ConfigOverrides, type RelayConfig } from '../config.js';
 import { assertReachable, createDatabase, createPool } from '../db/connection.js';
-import { migrateToLatest } from '../db/migrate.js';
 import { grantStatements } from '../db/privileges.js';
+import { DEFAULT_MIGRATIONS_DIR, assertSchemaCurrent, migrateToLatest } from '../db/migrate.js';
 import type { Database } from '../db/schema.js';
 import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
 import { runDemo } from '../demo.js';
@@ -13,8 +14,9 @@ import { enqueue } from '../enqueue.js';
 import { ConfigError, ShardRelayError, toError, type ErrorCode } from '../errors.js';
 import { createLogger } from '../logger.js';
 import { redact } from '../redact.js';
+import { assertPortFree, portError } from '../observability/portCheck.js';
 import { startReplica } from '../relay/replica.js';
-import { readStatus } from '../status.js';
+import { DEFAULT_HIDE_GONE_AFTER_SECONDS, readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
 import { watch } from './watch.js';
@@ -44,11 +46,23 @@ function wholeNumber(name: string, min: number, max: number) {
   };
 }
 
-/** Adds the flags of the given settings to a command (names and help from the SETTINGS table). */
+/** How `--help` shows a setting's default: the value, or what it is computed from. */
+function defaultText(key: keyof RelayConfig): string {
+  if (key === 'replicaId') return 'hostname-pid';
+  const s = SETTINGS[key];
+  if (!s.default) return key === 'databaseUrl' ? 'required' : 'unset';
+  const value: unknown = s.default();
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+/** Adds the flags of the given settings to a command (names, env and default from the SETTINGS table). */
 function withSettings(command: Command, keys: readonly (keyof RelayConfig)[]): Command {
   for (const key of keys) {
     const s = SETTINGS[key];
-    command.addOption(new Option(`${s.flag} <value>`, `(env ${s.env})`).argParser((v) => v));
+    // Not commander's own default: a flag's default would hide the environment variable.
+    command.addOption(
+      new Option(`${s.flag} <value>`, `(env ${s.env}; default: ${defaultText(key)})`).argParser((v) => v),
+    );
   }
   return command;
 }
@@ -63,7 +77,12 @@ function overridesFrom(command: Command, keys: readonly (keyof RelayConfig)[]): 
   return result;
 }
 
-async function withDatabase<T>(config: RelayConfig, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+/** Opens a small pool, checks the database is reachable and (unless `migrate`) migrated, runs `work`. */
+async function withDatabase<T>(
+  config: RelayConfig,
+  work: (db: Kysely<Database>) => Promise<T>,
+  { requireSchema = true }: { requireSchema?: boolean } = {},
+): Promise<T> {
   const pool = createPool({
     connectionString: config.databaseUrl,
     max: 4,
@@ -72,10 +91,17 @@ async function withDatabase<T>(config: RelayConfig, work: (db: Kysely<Database>)
   const db = createDatabase(pool);
   try {
     await assertReachable(db, config.databaseUrl);
+    if (requireSchema) await assertSchemaCurrent(db);
     return await work(db);
   } finally {
     await db.destroy();
   }
+}
+
+interface StatusOptions {
+  readonly json?: boolean;
+  readonly watch?: string | boolean;
+  readonly hideGoneAfter: number;
 }
 
 const RUN_SETTINGS = Object.keys(SETTINGS) as (keyof RelayConfig)[];
@@ -92,15 +118,29 @@ export function buildProgram(): Command {
     .description('create or upgrade the shardrelay schema (safe when replicas run it at once)')
     .option(
       '--migrations-dir <dir>',
-      'also apply your own .sql migrations from this folder (env SHARDRELAY_MIGRATIONS_DIR)',
+      `also apply your own .sql migrations from this folder (env SHARDRELAY_MIGRATIONS_DIR; default: ./${DEFAULT_MIGRATIONS_DIR} when it exists)`,
     )
     .action(async (opts: { migrationsDir?: string }, command: Command) => {
       const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
-      const migrationsDir = opts.migrationsDir ?? process.env.SHARDRELAY_MIGRATIONS_DIR;
-      const { applied } = await withDatabase(config, (db) =>
-        migrateToLatest(db, migrationsDir ? { migrationsDir } : {}),
+      const given = opts.migrationsDir ?? process.env.SHARDRELAY_MIGRATIONS_DIR;
+      if (given !== undefined && given !== '' && !existsSync(given)) {
+        throw new ConfigError(
+          '--migrations-dir / SHARDRELAY_MIGRATIONS_DIR',
+          `folder ${given} does not exist`,
+          `give the folder your migrations are in (\`shards new-migration\` writes to ./${DEFAULT_MIGRATIONS_DIR})`,
+        );
+      }
+      const migrationsDir =
+        given || (existsSync(DEFAULT_MIGRATIONS_DIR) ? DEFAULT_MIGRATIONS_DIR : undefined);
+      const { applied } = await withDatabase(
+        config,
+        (db) => migrateToLatest(db, migrationsDir ? { migrationsDir } : {}),
+        { requireSchema: false },
       );
-      console.log(applied.length ? `applied: ${applied.join(', ')}` : 'schema is up to date');
+      const source = migrationsDir ? ` (built-in and ${migrationsDir}/)` : '';
+      console.log(
+        applied.length ? `applied${source}: ${applied.join(', ')}` : `schema is up to date${source}`,
+      );
     });
 
   withSettings(
@@ -111,8 +151,18 @@ export function buildProgram(): Command {
     RUN_SETTINGS.filter((k) => k !== 'databaseUrl' && k !== 'logLevel'),
   ).action(async (opts: { untilDrained?: boolean }, command: Command) => {
     const config = loadConfig(overridesFrom(command, RUN_SETTINGS));
+    // Set-up problems are found before anything starts: a taken metrics port, an unmigrated database.
+    const { metricsPort, metricsHost } = config;
+    if (metricsPort !== undefined) await assertPortFree(metricsHost, metricsPort);
+    await withDatabase(config, async () => {});
     const logger = createLogger(config.logLevel, { replica: config.replicaId });
-    const relay = await startReplica({ config, logger });
+    const relay = await startReplica({ config, logger }).catch((error: unknown) => {
+      const code = (error as NodeJS.ErrnoException | null)?.code;
+      // The port was taken between the check above and the server's bind.
+      throw metricsPort !== undefined && (code === 'EADDRINUSE' || code === 'EACCES')
+        ? portError(metricsHost, metricsPort, error as NodeJS.ErrnoException)
+        : error;
+    });
     let exiting = false;
     const shutdown = async (reason: string) => {
       if (exiting) return;
@@ -173,13 +223,19 @@ export function buildProgram(): Command {
       .command('status')
       .description('per shard and lane: owner, backlog, lag, health class and trend; totals')
       .option('--json', 'print one JSON object')
-      .option('--watch [seconds]', 'redraw in place every few seconds (default 2)'),
+      .option('--watch [seconds]', 'redraw in place every few seconds (default 2)')
+      .option(
+        '--hide-gone-after <seconds>',
+        'leave out replicas whose last heartbeat is older than this',
+        wholeNumber('--hide-gone-after', 0, 31_536_000),
+        DEFAULT_HIDE_GONE_AFTER_SECONDS,
+      ),
     [],
-  ).action(async (opts: { json?: boolean; watch?: string | boolean }, command: Command) => {
+  ).action(async (opts: StatusOptions, command: Command) => {
     const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
     await withDatabase(config, async (db) => {
       const show = async () => {
-        const status = await readStatus(db);
+        const status = await readStatus(db, { hideGoneAfterSeconds: opts.hideGoneAfter });
         return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
       };
       if (!opts.watch) return console.log(await show());
@@ -239,14 +295,12 @@ export function buildProgram(): Command {
   const shards = program.command('shards').description('the shard count');
   shards
     .command('new-migration')
-    .description(
-      'write a migration that changes the shard count; apply it with `shardrelay migrate --migrations-dir`',
-    )
+    .description('write a migration that changes the shard count; `shardrelay migrate` applies it')
     .argument('<count>', 'the new shard count (1 to 1024)')
     .option(
       '--dir <dir>',
-      'folder of your migrations',
-      process.env.SHARDRELAY_MIGRATIONS_DIR ?? 'shardrelay-migrations',
+      'folder of your migrations (env SHARDRELAY_MIGRATIONS_DIR)',
+      process.env.SHARDRELAY_MIGRATIONS_DIR || DEFAULT_MIGRATIONS_DIR,
     )
     .action(async (count: string, opts: { dir: string }) => {
       const n = Number(count);
@@ -267,7 +321,15 @@ export function buildProgram(): Command {
           `SELECT shardrelay.set_shard_count(${n});\n`,
         { flag: 'wx' },
       );
+      // `migrate` reads the default folder by itself, and SHARDRELAY_MIGRATIONS_DIR when set.
+      const byItself =
+        path.resolve(opts.dir) ===
+        path.resolve(process.env.SHARDRELAY_MIGRATIONS_DIR || DEFAULT_MIGRATIONS_DIR);
+      // The path alone on stdout (scripts take it); what to do next on stderr.
       console.log(file);
+      console.error(
+        `apply it (running replicas switch within a tick): shardrelay migrate${byItself ? '' : ` --migrations-dir ${opts.dir}`}`,
+      );
     });
 
   program

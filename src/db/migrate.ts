@@ -3,9 +3,17 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import { ShardRelayError } from '../errors.js';
+import { assertReachable, createDatabase, createPool } from './connection.js';
 
 /** shardrelay's own migrations: `migrations/` at the package root (compiled next to this file in dist). */
 const BUILT_IN_DIR = fileURLToPath(new URL('../../migrations/', import.meta.url));
+
+/**
+ * The folder of the operator's own migrations that `shardrelay migrate` reads when it exists, and
+ * where `shardrelay shards new-migration` writes, both relative to the working directory, so the
+ * two work together with no flag.
+ */
+export const DEFAULT_MIGRATIONS_DIR = 'shardrelay-migrations';
 
 const BUILT_IN_NAME = /^\d{4}_[a-z0-9_]+\.(ts|js)$/;
 const USER_SQL_NAME = /^\d+_[A-Za-z0-9_-]+\.sql$/;
@@ -44,8 +52,67 @@ class ShardRelayMigrationProvider implements MigrationProvider {
   }
 }
 
+function newMigrator(db: Kysely<unknown>, userDir: string | undefined): Migrator {
+  return new Migrator({
+    db,
+    provider: new ShardRelayMigrationProvider(userDir),
+    migrationTableSchema: 'shardrelay',
+    migrationTableName: 'migration',
+    migrationLockTableName: 'migration_lock',
+    // User migrations (timestamp names) may already be applied when a new release adds a built-in
+    // one with a lower number; it must still run (test/db/userMigrations.test.ts).
+    allowUnorderedMigrations: true,
+  });
+}
+
+/**
+ * Refuses to go on, with the fix, when the database lacks the shardrelay schema or some built-in
+ * migration of this version: every command but `migrate` reads tables and views that a migration
+ * creates, and would otherwise fail with PostgreSQL's "relation does not exist" and a stack trace.
+ * Read-only: it lists the migration table, which it does not create.
+ */
+export async function assertSchemaCurrent<DB>(db: Kysely<DB>): Promise<void> {
+  const migrations = await newMigrator(db as unknown as Kysely<unknown>, undefined).getMigrations();
+  const pending = migrations.filter((m) => m.executedAt === undefined).map((m) => m.name);
+  if (pending.length === 0) return;
+  const none = pending.length === migrations.length;
+  throw new ShardRelayError(
+    'SCHEMA_MISSING',
+    none
+      ? 'this database has no shardrelay schema'
+      : `the shardrelay schema is older than this version of shardrelay: ${pending.join(', ')} not applied`,
+    {
+      context: { pending },
+      fix: 'run `shardrelay migrate` against this database (safe while replicas run)',
+    },
+  );
+}
+
 export interface MigrateResult {
   readonly applied: readonly string[];
+}
+
+export interface MigrateOptions {
+  /** PostgreSQL holding (or to hold) the shardrelay schema. */
+  readonly databaseUrl: string;
+  /** A folder of your own `.sql` migrations (e.g. from `shardrelay shards new-migration`). */
+  readonly migrationsDir?: string;
+}
+
+/**
+ * `shardrelay migrate` from code: applies the built-in migrations and, when given, the `.sql`
+ * migrations of `migrationsDir`, over a connection of its own that it closes.
+ */
+export async function migrate(options: MigrateOptions): Promise<MigrateResult> {
+  const db = createDatabase(
+    createPool({ connectionString: options.databaseUrl, max: 1, applicationName: 'shardrelay-migrate' }),
+  );
+  try {
+    await assertReachable(db, options.databaseUrl);
+    return await migrateToLatest(db, options.migrationsDir ? { migrationsDir: options.migrationsDir } : {});
+  } finally {
+    await db.destroy();
+  }
 }
 
 /**
@@ -57,17 +124,8 @@ export async function migrateToLatest<DB>(
   db: Kysely<DB>,
   options: { migrationsDir?: string } = {},
 ): Promise<MigrateResult> {
-  const migrator = new Migrator({
-    // The migrator only needs the connection; the schema type of the caller's handle is irrelevant.
-    db: db as unknown as Kysely<unknown>,
-    provider: new ShardRelayMigrationProvider(options.migrationsDir),
-    migrationTableSchema: 'shardrelay',
-    migrationTableName: 'migration',
-    migrationLockTableName: 'migration_lock',
-    // User migrations (timestamp names) may already be applied when a new release adds a built-in
-    // one with a lower number; it must still run.
-    allowUnorderedMigrations: true,
-  });
+  // The migrator only needs the connection; the schema type of the caller's handle is irrelevant.
+  const migrator = newMigrator(db as unknown as Kysely<unknown>, options.migrationsDir);
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((r) => r.status === 'Error');
   if (error) {

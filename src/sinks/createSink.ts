@@ -27,6 +27,7 @@ export async function createSink(config: RelayConfig, logger: Logger): Promise<S
       return (await import('./jetStreamSink.js')).createJetStreamSink({
         url: config.natsUrl,
         stream: config.natsStream,
+        subjectPrefix: config.natsSubjectPrefix,
         log: logger,
       });
     case 'http':

@@ -98,6 +98,7 @@ const DEFAULTS = { connectTimeoutMs: 10_000, pingIntervalMs: 10_000 } as const;
 /** NATS server error codes (nats-server errors.json) this sink reacts to. */
 const JS_STREAM_NOT_FOUND = 10059;
 const JS_STREAM_NAME_IN_USE = 10058;
+const JS_STREAM_SUBJECT_OVERLAP = 10065;
 
 export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSink {
   const stream = options.stream ?? DEFAULT_STREAM;
@@ -215,8 +216,25 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
     } catch (error) {
       // Another replica created it between our info and add: use theirs.
       if (apiErrorCode(error) === JS_STREAM_NAME_IN_USE) return streams.info(stream);
+      if (apiErrorCode(error) === JS_STREAM_SUBJECT_OVERLAP) throw await overlapError(streams);
       throw error;
     }
+  }
+
+  /**
+   * A subject belongs to at most one stream, so NATS refuses a stream on `<prefix>.>` while
+   * another stream captures any subject under it. Which one: the server's stream lookup by subject.
+   */
+  async function overlapError(streams: Streams): Promise<ConfigError> {
+    const other = await streams.find(`${prefix}.>`).catch(() => undefined);
+    const owner = other ? `stream ${other}` : 'another stream';
+    return new ConfigError(
+      'jetstream stream',
+      `cannot create stream ${stream} on "${prefix}.>": ${owner} already captures subjects under it`,
+      other
+        ? `publish into that stream (SHARDRELAY_NATS_STREAM=${other}, if it captures "${prefix}.>"), or give shardrelay a subject prefix that no other stream captures (SHARDRELAY_NATS_SUBJECT_PREFIX), or remove the overlapping subjects from ${other}`
+        : `give shardrelay a subject prefix of its own (SHARDRELAY_NATS_SUBJECT_PREFIX) or remove the overlapping subjects from the other stream`,
+    );
   }
 
   function checkExisting(info: StreamInfo): void {
