@@ -1,0 +1,5 @@
+/** Every sink the conformance suite runs (one test file per entry: `../<name>.test.ts`). */
+import type { ConformanceTarget } from '../target.js';
+import { rabbitmqTarget } from './rabbitmq.js';
+
+export const targets: readonly ConformanceTarget[] = [rabbitmqTarget];
