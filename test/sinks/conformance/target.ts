@@ -25,8 +25,9 @@
  * - link cut: the proxy cuts every connection with confirms pending → those are `unknown` (or
  *   retryable if never written), never `confirmed`; a re-send with the same ids is confirmed and
  *   the consumer then holds every id, each copy carrying its own id;
- * - stalled link: the proxy stops forwarding → the batch is `unknown` by its deadline (not later);
- *   after the heal a re-send is confirmed and consumed;
+ * - stalled link: the proxy stops forwarding → by its deadline (not later) the batch is `unknown`,
+ *   except messages the sink never wrote (queued for a request slot, say), which may be retryable;
+ *   at least one is `unknown`; after the heal a re-send is confirmed and consumed;
  * - credentials: the secret the sink was built with appears in no log line, no outcome and no
  *   error, across a delivery, a broker-down start and a cut.
  *
@@ -66,6 +67,11 @@ export interface SinkRequest {
 
 /** One isolated destination on the broker (unique exchange/queue/stream/address) and its consumer. */
 export interface Destination {
+  /**
+   * Where this destination's broker listens when it differs per destination (an HTTP receiver per
+   * destination); default the broker's `endpoint`.
+   */
+  readonly endpoint?: Endpoint;
   /** The topic to give messages meant for this destination. */
   readonly topic: string;
   /**
@@ -115,6 +121,8 @@ export interface ConformanceTarget {
   readonly timing?: {
     /** Batch deadline of the stall scenario. Default 1,500 ms. */
     readonly stallDeadlineMs?: number;
+    /** Batch deadline of the cut scenario (the sink may hold unknowns until it). Default 5,000 ms. */
+    readonly cutDeadlineMs?: number;
     /** How long a consumer may take to see a set of ids. Default 20,000 ms. */
     readonly receiveTimeoutMs?: number;
   };

@@ -1,5 +1,7 @@
 /** Every sink the conformance suite runs (one test file per entry: `../<name>.test.ts`). */
 import type { ConformanceTarget } from '../target.js';
+import { httpTarget } from './http.js';
+import { jetstreamTarget } from './jetstream.js';
 import { rabbitmqTarget } from './rabbitmq.js';
 
-export const targets: readonly ConformanceTarget[] = [rabbitmqTarget];
+export const targets: readonly ConformanceTarget[] = [rabbitmqTarget, jetstreamTarget, httpTarget];
