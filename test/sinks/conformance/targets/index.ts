@@ -2,6 +2,12 @@
 import type { ConformanceTarget } from '../target.js';
 import { httpTarget } from './http.js';
 import { jetstreamTarget } from './jetstream.js';
+import { pgbossTarget } from './pgboss.js';
 import { rabbitmqTarget } from './rabbitmq.js';
 
-export const targets: readonly ConformanceTarget[] = [rabbitmqTarget, jetstreamTarget, httpTarget];
+export const targets: readonly ConformanceTarget[] = [
+  rabbitmqTarget,
+  jetstreamTarget,
+  httpTarget,
+  pgbossTarget,
+];
