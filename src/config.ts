@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
 
-export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http'] as const;
+export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http', 'stomp'] as const;
 export type SinkName = (typeof SINK_NAMES)[number];
 
 /**
@@ -33,6 +33,8 @@ export interface RelayConfig {
   readonly natsUrl: string;
   readonly natsStream: string;
   readonly webhookUrl: string | undefined;
+  readonly stompUrl: string;
+  readonly stompDestination: string;
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
   readonly canaryIntervalSeconds: number;
@@ -222,6 +224,20 @@ export const SETTINGS: Settings = {
     flag: '--webhook-url',
     schema: url(['http', 'https']).optional(),
     fix: 'set WEBHOOK_URL to http(s)://host/path',
+  },
+  stompUrl: {
+    env: 'STOMP_URL',
+    flag: '--stomp-url',
+    schema: url(['stomp']),
+    default: () => 'stomp://127.0.0.1:61613',
+    fix: "set STOMP_URL to stomp://user:password@host:61613 (the broker's STOMP connector)",
+  },
+  stompDestination: {
+    env: 'SHARDRELAY_STOMP_DESTINATION',
+    flag: '--stomp-destination',
+    schema: z.string().min(1).includes('{topic}', { message: 'must contain {topic}' }),
+    default: () => '/queue/{topic}',
+    fix: 'give a destination template containing {topic}, e.g. /queue/{topic} or /topic/events.{topic}',
   },
   metricsPort: {
     env: 'SHARDRELAY_METRICS_PORT',

@@ -29,6 +29,12 @@ export async function createSink(config: RelayConfig, logger: Logger): Promise<S
         stream: config.natsStream,
         log: logger,
       });
+    case 'stomp':
+      return (await import('./stompSink.js')).createStompSink({
+        url: config.stompUrl,
+        destination: config.stompDestination,
+        log: logger,
+      });
     case 'http':
       // loadConfig refuses the http sink without a webhook URL.
       return (await import('./httpSink.js')).createHttpSink({

@@ -29,8 +29,11 @@
  * Outcomes, per message:
  * - RECEIPT                          → confirmed
  * - ERROR naming the frame's receipt → failed: permanent when the message says the frame can never
- *                                      be taken (not authorized, invalid destination, too large),
- *                                      retryable otherwise (store or memory limits, shutting down)
+ *                                      be taken (not authorized, a destination that does not exist
+ *                                      or is invalid, too large), retryable otherwise (store or
+ *                                      memory limits, shutting down). ActiveMQ keeps the connection
+ *                                      open after such an ERROR (measured: the next frame's receipt
+ *                                      comes), so only that message fails
  * - connection lost with the receipt → unknown: the broker may have stored it; the relay re-sends
  *   pending                            it with the same `ce_id`
  * - no receipt by the batch deadline → unknown (a stalled link; heartbeats then retire it)
@@ -118,7 +121,7 @@ const RESERVED = new Set([
 
 /** ERROR messages that mean the frame will never be accepted as it is (ActiveMQ and Artemis wording). */
 const PERMANENT_ERROR =
-  /not authori[sz]ed|security|illegal destination|invalid destination|unknown destination|maximum (data|command|frame) length|too large|exceed/i;
+  /not authori[sz]ed|security|illegal destination|invalid destination|unknown destination|does not exist|maximum (data|command|frame) length|too large|exceed/i;
 
 /**
  * TCPWrapper that keeps its socket reachable, for back-pressure: stompjs ignores the return value
@@ -244,11 +247,7 @@ export function createStompSink(options: StompSinkOptions): Sink {
     const settle = receipt === undefined ? undefined : target.pending.get(receipt);
     if (receipt !== undefined && settle) {
       target.pending.delete(receipt);
-      settle(
-        PERMANENT_ERROR.test(text)
-          ? permanent(`the broker refused the message: ${text}`)
-          : retryable(`the broker refused the message for now: ${text}`),
-      );
+      settle(errorOutcome(text));
       return;
     }
     // An ERROR about no frame in particular: STOMP brokers close the connection after it.
@@ -422,6 +421,13 @@ export function createStompSink(options: StompSinkOptions): Sink {
       await current.client.deactivate({ force: true }).catch(() => undefined);
     },
   };
+}
+
+/** The outcome of an ERROR frame that names a frame's receipt, from its text. */
+export function errorOutcome(text: string): SendOutcome {
+  return PERMANENT_ERROR.test(text)
+    ? permanent(`the broker refused the message: ${text}`)
+    : retryable(`the broker refused the message for now: ${text}`);
 }
 
 /** The text of an ERROR frame: its `message` header, then the first line of its body. */

@@ -7,48 +7,13 @@
  * never show.
  */
 import { randomBytes } from 'node:crypto';
-import { Client } from '@stomp/stompjs';
-import { TCPWrapper } from '@stomp/tcp-wrapper';
 import { createStompSink } from '../../../../src/sinks/stompSink.js';
 import { activeMqMissing, startActiveMq } from '../../../support/activemq.js';
 import { ReceivedIds, uniqueName } from '../../../support/brokers.js';
+import { subscribeStomp } from '../../../support/stompSubscriber.js';
 import type { ConformanceTarget, Destination } from '../target.js';
 
 const MAX_DATA_LENGTH = 1024 * 1024;
-
-/** A STOMP subscriber (auto ack) on `destination`, counting the `ce_id` header of each MESSAGE. */
-export async function stompSubscriber(
-  host: string,
-  port: number,
-  destination: string,
-  received: ReceivedIds,
-): Promise<{ close(): Promise<void> }> {
-  const client = new Client({
-    webSocketFactory: () => new TCPWrapper(host, port),
-    reconnectDelay: 0,
-    heartbeatIncoming: 0,
-    heartbeatOutgoing: 0,
-    debug: () => {},
-  });
-  await new Promise<void>((resolve, reject) => {
-    client.onConnect = () => resolve();
-    client.onStompError = (frame) => reject(new Error(frame.headers.message ?? 'STOMP ERROR'));
-    client.onWebSocketClose = () => reject(new Error('the subscriber connection closed'));
-    client.activate();
-  });
-  const subscribed = `sub-${randomBytes(4).toString('hex')}`;
-  await new Promise<void>((resolve) => {
-    client.watchForReceipt(subscribed, () => resolve());
-    client.subscribe(destination, (message) => received.add(message.headers.ce_id ?? ''), {
-      receipt: subscribed,
-      // Many messages on their way at once: the default of 1 makes a round trip per message.
-      'activemq.prefetchSize': '1000',
-    });
-  });
-  return {
-    close: () => client.deactivate({ force: true }),
-  };
-}
 
 export const stompTarget: ConformanceTarget = {
   name: 'stomp',
@@ -67,11 +32,8 @@ export const stompTarget: ConformanceTarget = {
       async destination(): Promise<Destination> {
         const prefix = uniqueName('sr_conf');
         const received = new ReceivedIds();
-        const subscriber = await stompSubscriber(
-          broker.host,
-          broker.stompPort,
-          `/queue/${prefix}.>`,
-          received,
+        const subscriber = await subscribeStomp(broker.host, broker.stompPort, `/queue/${prefix}.>`, (m) =>
+          received.add(m.headers.ce_id ?? ''),
         );
         return {
           topic: 'orders.created',
