@@ -35,6 +35,7 @@ export interface RelayConfig {
   readonly webhookUrl: string | undefined;
   readonly stompUrl: string;
   readonly stompDestination: string;
+  readonly stompConnections: number;
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
   readonly canaryIntervalSeconds: number;
@@ -238,6 +239,13 @@ export const SETTINGS: Settings = {
     schema: z.string().min(1).includes('{topic}', { message: 'must contain {topic}' }),
     default: () => '/queue/{topic}',
     fix: 'give a destination template containing {topic}, e.g. /queue/{topic} or /topic/events.{topic}',
+  },
+  stompConnections: {
+    env: 'SHARDRELAY_STOMP_CONNECTIONS',
+    flag: '--stomp-connections',
+    schema: positiveInt(64),
+    default: () => 4,
+    fix: 'use a whole number from 1 to 64',
   },
   metricsPort: {
     env: 'SHARDRELAY_METRICS_PORT',

@@ -33,6 +33,7 @@ export async function createSink(config: RelayConfig, logger: Logger): Promise<S
       return (await import('./stompSink.js')).createStompSink({
         url: config.stompUrl,
         destination: config.stompDestination,
+        connections: config.stompConnections,
         log: logger,
       });
     case 'http':

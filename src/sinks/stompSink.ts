@@ -84,6 +84,15 @@ export interface StompSinkOptions {
    * broker's limit (ActiveMQ's STOMP `wireFormat.maxDataLength`, 100 MiB by default).
    */
   readonly maxMessageBytes?: number;
+  /**
+   * Connections to the broker; concurrent batches go through different ones. Default 4. ActiveMQ
+   * handles a connection's frames one after the other and, with its store's default disk syncs,
+   * syncs each persistent message before the next: one connection was the bottleneck. Measured on
+   * the 2-core development machine (ActiveMQ 5.17, KahaDB, 2,000 pipelined SENDs, load average
+   * ~16): 1 connection 470-650 messages/s, 8 connections 920-1,680/s, 16 connections 1,950/s;
+   * with disk syncs off, 1 connection reached 7,400/s, so the syncs, not CPU, set the pace.
+   */
+  readonly connections?: number;
   /** Back-off between failed connect attempts: doubles from `initialMs` up to `maxMs`. */
   readonly reconnectBackoff?: { readonly initialMs: number; readonly maxMs: number };
   /** Pass the relay's logger; default silent. */
@@ -95,6 +104,7 @@ export const DEFAULT_STOMP_DESTINATION = '/queue/{topic}';
 const DEFAULTS = {
   heartbeatMs: 10_000,
   connectTimeoutMs: 10_000,
+  connections: 4,
   /** ActiveMQ 5.x StompWireFormat's default maxDataLength. */
   maxMessageBytes: 100 * 1024 * 1024,
   reconnectBackoff: { initialMs: 250, maxMs: 30_000 },
@@ -138,12 +148,23 @@ class TcpLink extends TCPWrapper {
 
 /** One connection; replaced as a whole when it dies. */
 interface Link {
+  readonly slot: Slot;
   readonly generation: number;
   readonly client: Client;
   readonly socket: TcpLink;
   closed: boolean;
   /** Outcome setters of the frames whose receipt has not come, by receipt id. */
   readonly pending: Map<string, (outcome: SendOutcome) => void>;
+}
+
+/** One of the sink's connections: its live link, the connect in progress, its back-off. */
+interface Slot {
+  readonly index: number;
+  link: Link | null;
+  connecting: Promise<Link> | null;
+  failedAttempts: number;
+  nextAttemptAt: number;
+  lastConnectError: string;
 }
 
 export function createStompSink(options: StompSinkOptions): Sink {
@@ -163,19 +184,24 @@ export function createStompSink(options: StompSinkOptions): Sink {
   const scrub = (text: string): string => (passcode ? text.split(passcode).join('***') : text);
   const describe = (error: unknown): string => scrub(toError(error).message);
 
-  let link: Link | null = null;
-  let connecting: Promise<Link> | null = null;
+  const connections = positiveInteger('stomp connections', options.connections ?? DEFAULTS.connections);
+  const slots: Slot[] = Array.from({ length: connections }, (_, index) => ({
+    index,
+    link: null,
+    connecting: null,
+    failedAttempts: 0,
+    nextAttemptAt: 0,
+    lastConnectError: '',
+  }));
   let generation = 0;
   let receipts = 0;
-  let failedAttempts = 0;
-  let nextAttemptAt = 0;
-  let lastConnectError = '';
+  let turn = 0;
   let closing = false;
 
   function retire(target: Link, reason: string): void {
     if (target.closed) return;
     target.closed = true;
-    if (link === target) link = null;
+    if (target.slot.link === target) target.slot.link = null;
     const outcome = unknown(`STOMP connection lost with the receipt pending (${reason})`);
     if (target.pending.size > 0) {
       log.warn(
@@ -191,7 +217,7 @@ export function createStompSink(options: StompSinkOptions): Sink {
     void target.client.deactivate({ force: true }).catch(() => undefined);
   }
 
-  function openLink(deadline: number): Promise<Link> {
+  function openLink(slot: Slot, deadline: number): Promise<Link> {
     const budget = Math.min(connectTimeoutMs, deadline - Date.now());
     if (budget <= 0) return Promise.reject(new Error('no time left before the batch deadline to connect'));
     return new Promise<Link>((resolve, reject) => {
@@ -223,7 +249,14 @@ export function createStompSink(options: StompSinkOptions): Sink {
       client.onConnect = () => {
         if (connected || !socket) return;
         connected = true;
-        const fresh: Link = { generation: ++generation, client, socket, closed: false, pending: new Map() };
+        const fresh: Link = {
+          slot,
+          generation: ++generation,
+          client,
+          socket,
+          closed: false,
+          pending: new Map(),
+        };
         client.onWebSocketClose = () => retire(fresh, lastError || 'connection closed');
         client.onStompError = (frame) => onError(fresh, frame);
         client.onHeartbeatLost = () => {
@@ -255,43 +288,70 @@ export function createStompSink(options: StompSinkOptions): Sink {
     retire(target, `ERROR frame: ${text}`);
   }
 
-  async function ensureLink(deadline: number): Promise<Link> {
+  async function ensureLink(slot: Slot, deadline: number): Promise<Link> {
     if (closing) throw new Error('the sink is closed');
-    if (link && !link.closed) return link;
-    if (!connecting) {
-      const wait = nextAttemptAt - Date.now();
+    if (slot.link && !slot.link.closed) return slot.link;
+    if (!slot.connecting) {
+      const wait = slot.nextAttemptAt - Date.now();
       if (wait > 0) {
         throw new Error(
-          `reconnecting in ${wait} ms after ${failedAttempts} failed attempt(s): ${lastConnectError}`,
+          `reconnecting in ${wait} ms after ${slot.failedAttempts} failed attempt(s): ${slot.lastConnectError}`,
         );
       }
-      connecting = openLink(deadline).then(
+      const connecting = openLink(slot, deadline).then(
         (fresh) => {
-          failedAttempts = 0;
-          nextAttemptAt = 0;
+          slot.failedAttempts = 0;
+          slot.nextAttemptAt = 0;
           if (closing) {
             retire(fresh, 'sink closed while connecting');
             throw new Error('the sink is closed');
           }
-          link = fresh;
-          log.info({ generation: fresh.generation, url: where }, 'STOMP connected');
+          slot.link = fresh;
+          log.info({ connection: slot.index, generation: fresh.generation, url: where }, 'STOMP connected');
           return fresh;
         },
         (error: unknown) => {
-          failedAttempts += 1;
-          lastConnectError = describe(error);
-          const delay = Math.min(backoff.maxMs, backoff.initialMs * 2 ** (failedAttempts - 1));
-          nextAttemptAt = Date.now() + Math.round(delay * (0.5 + Math.random() / 2));
-          log.warn({ url: where, attempt: failedAttempts, error: lastConnectError }, 'STOMP connect failed');
+          slot.failedAttempts += 1;
+          slot.lastConnectError = describe(error);
+          const delay = Math.min(backoff.maxMs, backoff.initialMs * 2 ** (slot.failedAttempts - 1));
+          slot.nextAttemptAt = Date.now() + Math.round(delay * (0.5 + Math.random() / 2));
+          log.warn(
+            {
+              connection: slot.index,
+              url: where,
+              attempt: slot.failedAttempts,
+              error: slot.lastConnectError,
+            },
+            'STOMP connect failed',
+          );
           throw error;
         },
       );
+      slot.connecting = connecting;
       const settled = (): void => {
-        connecting = null;
+        slot.connecting = null;
       };
       connecting.then(settled, settled);
     }
-    return raceDeadline(connecting, deadline);
+    return raceDeadline(slot.connecting as Promise<Link>, deadline);
+  }
+
+  /**
+   * The connection for the next batch: the live one with the fewest receipts outstanding, so
+   * concurrent batches (one per shard) write through different connections; when none is live, the
+   * next in turn, which connects (or fails fast while it backs off).
+   */
+  function pickSlot(): Slot {
+    let best: Slot | undefined;
+    for (const slot of slots) {
+      if (!slot.link || slot.link.closed) continue;
+      if (!best || slot.link.pending.size < (best.link as Link).pending.size) best = slot;
+    }
+    if (best && (best.link as Link).pending.size === 0) return best;
+    // A busy live link, or none: an idle slot that may connect gets the batch first.
+    const idle = slots.find((slot) => !slot.link && slot.nextAttemptAt <= Date.now());
+    if (idle && (best === undefined || !idle.connecting)) return idle;
+    return best ?? (slots[turn++ % slots.length] as Slot);
   }
 
   function sendOne(target: Link, message: OutboxMessage): Promise<SendOutcome> {
@@ -349,7 +409,8 @@ export function createStompSink(options: StompSinkOptions): Sink {
 
     async start() {
       try {
-        await ensureLink(Date.now() + connectTimeoutMs);
+        const deadline = Date.now() + connectTimeoutMs;
+        await Promise.all(slots.map((slot) => ensureLink(slot, deadline)));
       } catch (error) {
         throw new ShardRelayError(
           'SINK_UNAVAILABLE',
@@ -368,7 +429,7 @@ export function createStompSink(options: StompSinkOptions): Sink {
       if (messages.length === 0) return [];
       let target: Link;
       try {
-        target = await ensureLink(context.deadline);
+        target = await ensureLink(pickSlot(), context.deadline);
       } catch (error) {
         const outcome = retryable(`STOMP broker unavailable at ${where}: ${describe(error)}`);
         return messages.map(() => outcome);
@@ -400,27 +461,30 @@ export function createStompSink(options: StompSinkOptions): Sink {
 
     async close() {
       closing = true;
-      const inFlight = connecting;
-      if (inFlight) await inFlight.catch(() => undefined);
-      const current = link;
-      link = null;
-      if (!current) return;
-      current.closed = true;
-      for (const settle of current.pending.values())
-        settle(unknown('the sink closed with the receipt pending'));
-      current.pending.clear();
-      // A graceful DISCONNECT (the broker answers with a receipt), bounded: a stalled broker never answers.
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        current.client.deactivate().catch(() => undefined),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, DEFAULTS.closeTimeoutMs);
-        }),
-      ]);
-      clearTimeout(timer);
-      await current.client.deactivate({ force: true }).catch(() => undefined);
+      await Promise.all(slots.map((slot) => closeSlot(slot)));
     },
   };
+}
+
+/** Ends a connection of a closing sink: a DISCONNECT (bounded: a stalled broker never answers). */
+async function closeSlot(slot: Slot): Promise<void> {
+  const inFlight = slot.connecting;
+  if (inFlight) await inFlight.catch(() => undefined);
+  const current = slot.link;
+  slot.link = null;
+  if (!current) return;
+  current.closed = true;
+  for (const settle of current.pending.values()) settle(unknown('the sink closed with the receipt pending'));
+  current.pending.clear();
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    current.client.deactivate().catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, DEFAULTS.closeTimeoutMs);
+    }),
+  ]);
+  clearTimeout(timer);
+  await current.client.deactivate({ force: true }).catch(() => undefined);
 }
 
 /** The outcome of an ERROR frame that names a frame's receipt, from its text. */
@@ -477,6 +541,13 @@ function validateDestination(template: string): string {
     );
   }
   return template;
+}
+
+function positiveInteger(setting: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > 64) {
+    throw new ConfigError(setting, `${value} is not a whole number from 1 to 64`, 'use e.g. 4');
+  }
+  return value;
 }
 
 function nonNegativeInteger(setting: string, value: number): number {
