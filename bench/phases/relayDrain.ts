@@ -28,7 +28,7 @@ export interface RelayDrainOptions {
   /** The broker to measure the CPU of, when not RabbitMQ (bench/activemq.ts). */
   readonly broker?: BrokerCpu;
   /** Settings of the relay process beyond the bench's (the STOMP sink's URL). */
-  readonly relayStart?: Pick<RelayStart, 'stompUrl' | 'stompDestination'>;
+  readonly relayStart?: Partial<Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize'>>;
 }
 
 export async function runRelayDrain(

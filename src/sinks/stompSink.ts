@@ -112,6 +112,12 @@ const DEFAULTS = {
   closeTimeoutMs: 2_000,
 } as const;
 
+/**
+ * Bytes a batch may leave unsent in the socket before it waits for 'drain'. Far above Node's
+ * 16 KiB high-water mark, which a corked batch passes after ~25 frames and would uncork again.
+ */
+const MAX_BUFFERED_BYTES = 1024 * 1024;
+
 /** Headers this sink sets on every frame; a row's own headers cannot replace them. */
 const RESERVED = new Set([
   'destination',
@@ -436,6 +442,11 @@ export function createStompSink(options: StompSinkOptions): Sink {
       }
       const pending: Promise<SendOutcome>[] = [];
       let drainWaits = 0;
+      // stompjs writes each frame with its own socket.write, i.e. a system call per message (the
+      // largest cost in a CPU profile of the sink: ~60 µs per message); corked, the batch leaves in
+      // a few writev calls. Measured with 8,000 messages to ActiveMQ: 89 → see the README figure.
+      const tcp = target.socket.tcp;
+      tcp.cork();
       for (const message of messages) {
         if (target.closed) {
           pending.push(Promise.resolve(retryable('not sent: the STOMP link was lost earlier in this batch')));
@@ -446,11 +457,15 @@ export function createStompSink(options: StompSinkOptions): Sink {
           continue;
         }
         pending.push(sendOne(target, message));
-        if (target.socket.tcp.writableNeedDrain) {
+        // Bounded memory: past MAX_BUFFERED_BYTES unsent, flush and wait until the socket drains.
+        if (tcp.writableLength > MAX_BUFFERED_BYTES) {
           drainWaits += 1;
-          await waitForDrain(target.socket.tcp, context.deadline);
+          tcp.uncork();
+          await waitForDrain(tcp, context.deadline);
+          tcp.cork();
         }
       }
+      tcp.uncork();
       const outcomes = await settleByDeadline(pending, context.deadline);
       log.debug(
         { generation: target.generation, messages: messages.length, drainWaits },
