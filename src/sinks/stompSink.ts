@@ -245,6 +245,9 @@ export function createStompSink(options: StompSinkOptions): Sink {
         discardWebsocketOnCommFailure: true,
         // stompjs's debug output includes the CONNECT frame, passcode included: never log it.
         debug: () => {},
+        // With raw logging stompjs passes the frame it already serialised to `debug`; otherwise it
+        // serialises every frame a second time for the debug string, which is then dropped.
+        logRawCommunication: true,
       });
       const fail = (reason: string): void => {
         if (connected) return;
