@@ -3,7 +3,6 @@
  * floor), PostgreSQL, the broker (RabbitMQ phases), the bench driver, and everything else on the
  * machine — the noise of a shared machine.
  */
-import type { AmqpBench } from './amqp.js';
 import type { BenchChild } from './child.js';
 import type { BenchDatabase } from './database.js';
 import { machineBusyMs, ownCpuMs } from './processCpu.js';
@@ -34,23 +33,29 @@ interface Snapshot {
   readonly batches: number;
 }
 
+/** A broker whose CPU a window measures (RabbitMQ, ActiveMQ). */
+export interface BrokerCpu {
+  /** CPU of the broker so far, ms; NaN when its process is not found. */
+  brokerCpuMs(): number;
+}
+
 export class CpuWindow {
   private constructor(
     private readonly child: BenchChild,
     private readonly database: BenchDatabase,
-    private readonly broker: AmqpBench | undefined,
+    private readonly broker: BrokerCpu | undefined,
     private readonly start: Snapshot,
   ) {}
 
   /** `broker`: also measure RabbitMQ (only where the phase uses it; otherwise it is noise). */
-  static async open(child: BenchChild, database: BenchDatabase, broker?: AmqpBench): Promise<CpuWindow> {
+  static async open(child: BenchChild, database: BenchDatabase, broker?: BrokerCpu): Promise<CpuWindow> {
     return new CpuWindow(child, database, broker, await CpuWindow.#snapshot(child, database, broker));
   }
 
   static async #snapshot(
     child: BenchChild,
     database: BenchDatabase,
-    broker: AmqpBench | undefined,
+    broker: BrokerCpu | undefined,
   ): Promise<Snapshot> {
     const usage = await child.usage();
     return {

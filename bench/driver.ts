@@ -15,7 +15,13 @@ import { runRecovery } from './phases/recovery.js';
 import { runRelayDrain } from './phases/relayDrain.js';
 import { runSustainable } from './phases/sustainable.js';
 import type { Progress } from './progress.js';
-import { DRAIN_PHASES, LOAD_PHASES, type PhaseName, type RunResult } from './results.js';
+import {
+  DRAIN_PHASES,
+  LOAD_PHASES,
+  type EXTERNAL_PHASES,
+  type PhaseName,
+  type RunResult,
+} from './results.js';
 import { median } from './stats.js';
 
 export interface ScheduleOutcome {
@@ -24,7 +30,7 @@ export interface ScheduleOutcome {
   readonly failures: { phase: string; round: number; error: string }[];
 }
 
-type RoundPhase = Exclude<PhaseName, 'lanes' | 'confirm-pipelining'>;
+type RoundPhase = Exclude<PhaseName, (typeof EXTERNAL_PHASES)[number]>;
 
 export function plannedRuns(options: BenchOptions): number {
   const count = (phases: readonly string[]) =>

@@ -7,7 +7,7 @@
  * `{ id, error }`. Requests are few and small; the answers carry the counters the driver needs.
  */
 
-export type SinkKind = 'null' | 'pgboss' | 'rabbitmq';
+export type SinkKind = 'null' | 'pgboss' | 'rabbitmq' | 'stomp';
 
 export interface RelayStart {
   readonly kind: 'startRelay';
@@ -15,6 +15,9 @@ export interface RelayStart {
   readonly sink: SinkKind;
   readonly amqpUrl: string;
   readonly amqpExchange: string;
+  /** The STOMP sink's broker and destination template (bench/activemq.ts). */
+  readonly stompUrl?: string;
+  readonly stompDestination?: string;
   readonly batchSize: number;
   readonly connections: number;
 }

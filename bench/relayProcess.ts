@@ -56,6 +56,14 @@ function benchLogger(): Logger {
 }
 
 async function createSink(start: RelayStart): Promise<Sink | undefined> {
+  if (start.sink === 'stomp') {
+    const { createStompSink } = await import('../src/sinks/stompSink.js');
+    if (!start.stompUrl) throw new Error('the stomp sink needs stompUrl');
+    return createStompSink({
+      url: start.stompUrl,
+      ...(start.stompDestination ? { destination: start.stompDestination } : {}),
+    });
+  }
   if (start.sink !== 'rabbitmq') return undefined; // null and pgboss: the relay builds them from its config
   // Loaded only when asked for, so the other phases do not pay for amqplib.
   const { createRabbitMqSink } = await import('../src/sinks/rabbitmqSink.js');

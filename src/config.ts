@@ -4,7 +4,7 @@ import { ConfigError } from './errors.js';
 import { redact } from './redact.js';
 import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
 
-export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http'] as const;
+export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http', 'stomp'] as const;
 export type SinkName = (typeof SINK_NAMES)[number];
 
 /**
@@ -35,6 +35,9 @@ export interface RelayConfig {
   readonly natsStream: string;
   readonly natsSubjectPrefix: string;
   readonly webhookUrl: string | undefined;
+  readonly stompUrl: string;
+  readonly stompDestination: string;
+  readonly stompConnections: number;
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
   readonly canaryIntervalSeconds: number;
@@ -249,6 +252,27 @@ export const SETTINGS: Settings = {
     flag: '--webhook-url',
     schema: url(['http', 'https']).optional(),
     fix: 'set WEBHOOK_URL to http(s)://host/path',
+  },
+  stompUrl: {
+    env: 'STOMP_URL',
+    flag: '--stomp-url',
+    schema: url(['stomp']),
+    default: () => 'stomp://127.0.0.1:61613',
+    fix: "set STOMP_URL to stomp://user:password@host:61613 (the broker's STOMP connector)",
+  },
+  stompDestination: {
+    env: 'SHARDRELAY_STOMP_DESTINATION',
+    flag: '--stomp-destination',
+    schema: z.string().min(1).includes('{topic}', { message: 'must contain {topic}' }),
+    default: () => '/queue/{topic}',
+    fix: 'give a destination template containing {topic}, e.g. /queue/{topic} or /topic/events.{topic}',
+  },
+  stompConnections: {
+    env: 'SHARDRELAY_STOMP_CONNECTIONS',
+    flag: '--stomp-connections',
+    schema: positiveInt(64),
+    default: () => 4,
+    fix: 'use a whole number from 1 to 64',
   },
   metricsPort: {
     env: 'SHARDRELAY_METRICS_PORT',

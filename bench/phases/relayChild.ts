@@ -1,10 +1,14 @@
 /** Starts a relay process (relayProcess.ts) with the bench's settings, idle until rows arrive. */
 import { BenchChild } from '../child.js';
-import type { ChildUsage, SinkKind } from '../ipc.js';
+import type { ChildUsage, RelayStart, SinkKind } from '../ipc.js';
 import { mb } from '../results.js';
 import type { PhaseContext } from './context.js';
 
-export async function startRelayChild(context: PhaseContext, sink: SinkKind): Promise<BenchChild> {
+export async function startRelayChild(
+  context: PhaseContext,
+  sink: SinkKind,
+  extra: Partial<Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize'>> = {},
+): Promise<BenchChild> {
   const { options, database, amqp } = context;
   if (sink === 'rabbitmq' && !amqp) throw new Error('RabbitMQ is not reachable');
   const child = BenchChild.spawn('relay');
@@ -18,6 +22,7 @@ export async function startRelayChild(context: PhaseContext, sink: SinkKind): Pr
         amqpExchange: amqp?.exchange ?? 'shardrelay',
         batchSize: options.batchSize,
         connections: options.connections,
+        ...extra,
       },
       120_000,
     );

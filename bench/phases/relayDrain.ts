@@ -10,9 +10,9 @@
  * latency of a drained backlog is only the time rows queued behind each other): `--latency-rate`
  * rows/s, or 40% of the rate the relay just drained at when that is lower.
  */
-import { CpuWindow } from '../cpuWindow.js';
+import { CpuWindow, type BrokerCpu } from '../cpuWindow.js';
 import type { Percentiles } from '../database.js';
-import type { SinkKind } from '../ipc.js';
+import type { RelayStart, SinkKind } from '../ipc.js';
 import { LoadGenerator } from '../loadGenerator.js';
 import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../results.js';
 import { sleep, type PhaseContext } from './context.js';
@@ -25,6 +25,10 @@ export interface RelayDrainOptions {
   readonly latencyWindow: boolean;
   /** Phase name in the report; default `relay-<sink>`. */
   readonly phase?: string;
+  /** The broker to measure the CPU of, when not RabbitMQ (bench/activemq.ts). */
+  readonly broker?: BrokerCpu;
+  /** Settings of the relay process beyond the bench's (the STOMP sink's URL). */
+  readonly relayStart?: Partial<Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize'>>;
 }
 
 export async function runRelayDrain(
@@ -37,7 +41,7 @@ export async function runRelayDrain(
   const { rows } = settings;
   await database.reset();
   if (sink === 'rabbitmq') await context.amqp?.purge();
-  const child = await startRelayChild(context, sink);
+  const child = await startRelayChild(context, sink, settings.relayStart ?? {});
   try {
     const warmup = warmupRows(rows);
     await database.loadBacklog(warmup, options.payloadBytes);
@@ -46,7 +50,11 @@ export async function runRelayDrain(
     let window: CpuWindow | undefined;
     let startedAt = 0;
     await database.loadBacklog(rows, options.payloadBytes, async () => {
-      window = await CpuWindow.open(child, database, sink === 'rabbitmq' ? context.amqp : undefined);
+      window = await CpuWindow.open(
+        child,
+        database,
+        settings.broker ?? (sink === 'rabbitmq' ? context.amqp : undefined),
+      );
       startedAt = Date.now();
     });
     if (!window) throw new Error('the backlog was committed without opening the CPU window');

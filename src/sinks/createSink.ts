@@ -30,6 +30,13 @@ export async function createSink(config: RelayConfig, logger: Logger): Promise<S
         subjectPrefix: config.natsSubjectPrefix,
         log: logger,
       });
+    case 'stomp':
+      return (await import('./stompSink.js')).createStompSink({
+        url: config.stompUrl,
+        destination: config.stompDestination,
+        connections: config.stompConnections,
+        log: logger,
+      });
     case 'http':
       // loadConfig refuses the http sink without a webhook URL.
       return (await import('./httpSink.js')).createHttpSink({

@@ -109,6 +109,18 @@ describe('bad input', () => {
       /--nats-url \/ NATS_URL: http:\/\/127\.0\.0\.1:4222 \(must be a URL starting with nats:\/\/ or tls:\/\/\)/,
     ],
     [
+      'a STOMP destination without {topic}',
+      ['run', '--sink', 'stomp', '--stomp-destination', '/queue/orders'],
+      {},
+      /--stomp-destination \/ SHARDRELAY_STOMP_DESTINATION: \/queue\/orders \(must contain \{topic\}\)[\s\S]*fix: give a destination template containing \{topic\}/,
+    ],
+    [
+      'an unreachable STOMP broker',
+      ['run', '--sink', 'stomp', '--stomp-url', 'stomp://shardrelay:secret@127.0.0.1:1'],
+      {},
+      /sink stomp could not start[\s\S]*fix: check the sink connection settings/,
+    ],
+    [
       'an unreachable database for migrate',
       ['migrate'],
       { DATABASE_URL: 'postgres://127.0.0.1:1/nowhere' },

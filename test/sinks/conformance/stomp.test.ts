@@ -1,0 +1,4 @@
+import { runConformance } from './suite.js';
+import { stompTarget } from './targets/stomp.js';
+
+await runConformance(stompTarget);

@@ -1,0 +1,18 @@
+/**
+ * Every sink the conformance suite runs, one entry per line (one test file per entry:
+ * `../<name>.test.ts`; registry.test.ts checks both lists agree).
+ */
+import type { ConformanceTarget } from '../target.js';
+import { httpTarget } from './http.js';
+import { jetstreamTarget } from './jetstream.js';
+import { pgbossTarget } from './pgboss.js';
+import { rabbitmqTarget } from './rabbitmq.js';
+import { stompTarget } from './stomp.js';
+
+export const targets: readonly ConformanceTarget[] = [
+  httpTarget,
+  jetstreamTarget,
+  pgbossTarget,
+  rabbitmqTarget,
+  stompTarget,
+];
