@@ -89,11 +89,6 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
           `# pg_terminate_backend: duplicates ${((100 * report.duplicates) / inFlight).toFixed(2)} % of the rows in flight`,
         );
       } finally {
-        if (process.env.LEDGER_DEBUG_FILE)
-          writeFileSync(
-            process.env.LEDGER_DEBUG_FILE,
-            captured.lines.map((l) => JSON.stringify(l)).join('\n'),
-          );
         await relay.stop();
         await consumer.close();
       }
