@@ -101,6 +101,7 @@ describe('ledger: process faults', { skip: rabbitDown }, () => {
         },
         ['--sink', 'rabbitmq', '--batch-size', '500', '--connections-per-lane', '2'],
       );
+      let passed = false;
       try {
         const a = replicas.start('a');
         const b = replicas.start('b');
@@ -146,8 +147,9 @@ describe('ledger: process faults', { skip: rabbitDown }, () => {
         assert.equal(report.duplicates, twice, 'only b’s rows in flight arrived twice');
         assert.match(b.stderr(), /shard lease lapsed during the batch|no lease renewal/);
         for (const r of [a, b]) assert.equal((await replicas.stop(r)).code, 0);
+        passed = true;
       } finally {
-        await replicas.killAll({ printOutput: true });
+        await replicas.killAll({ printOutput: !passed });
         await consumer.close();
       }
     },
