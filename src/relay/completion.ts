@@ -123,7 +123,7 @@ export interface RecoveryResult {
 }
 
 /** How long the recovery waits for the dead claim's locks to go (its backend exiting). */
-const RECOVERY_LOCK_WAIT_MS = 3_000;
+const RECOVERY_LOCK_WAIT_MS = 10_000;
 const RECOVERY_RETRY_MS = 25;
 
 /**
@@ -137,8 +137,8 @@ const RECOVERY_RETRY_MS = 25;
  * deleted or completed since (attempts moved), or that the dead transaction did commit after all
  * (a COMMIT whose answer was lost), is left alone. A row can still be locked by the dying backend
  * for a few milliseconds after the client saw the error (PostgreSQL releases locks as the backend
- * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS (3 s: under load the dying backends took
- * up to about 1 s), after which a row still locked is
+ * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS (10 s: with a load average of 20 on 2 cores
+ * the dying backends took up to about 3 s; only a real re-claim, a lease hand-off, waits it out), after which a row still locked is
  * taken to be someone else's claim and left alone (it may then be sent again: same event id).
  * The shard's loop runs nothing else meanwhile, and no other replica runs the shard, so nothing
  * else claims these rows in that window unless a lease hand-off is under way.
@@ -195,15 +195,15 @@ export async function recoverCompletion(
  * After a `pg_terminate_backend` of every connection, the pool still holds idle connections that
  * were terminated too and that it has not noticed yet: each fails at once. Measured with 4
  * connections per lane: three tries 50–100 ms apart were not enough (3 batches of 6 kills were
- * re-sent whole); fresh connections come within a few tries, so try up to 10 within 5 s.
+ * re-sent whole); fresh connections come within a few tries, so try up to 20 within 10 s.
  */
 async function retryOnLostConnection<T>(work: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + 5_000;
+  const deadline = Date.now() + 10_000;
   for (let attempt = 1; ; attempt++) {
     try {
       return await work();
     } catch (error) {
-      if (attempt >= 10 || Date.now() >= deadline) throw error;
+      if (attempt >= 20 || Date.now() >= deadline) throw error;
       await new Promise((r) => setTimeout(r, 20 * attempt));
     }
   }

@@ -10,7 +10,7 @@ import type { Database } from '../../src/db/schema.js';
 import { enqueue } from '../../src/enqueue.js';
 import { startRelay } from '../../src/relay/relay.js';
 import { syntheticEvents } from '../../src/synthetic.js';
-import { AMQP_URL, hostAndPort, requireBroker } from '../support/brokers.js';
+import { AMQP_URL, captureLog, hostAndPort, requireBroker } from '../support/brokers.js';
 import { waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
 import { startTcpProxy } from '../support/tcpProxy.js';
@@ -49,6 +49,8 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
     { timeout: 180_000 },
     async () => {
       const ledger = new Ledger('pg_terminate_backend');
+      // On failure, the relay's account of each lost claim transaction says why rows were re-sent.
+      const captured = captureLog();
       const consumer = await rabbitConsumer(ledger);
       const total = 30_000;
       ledger.expect(
@@ -61,9 +63,11 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
           batchBatchSize: 500,
           connectionsPerLane: 4,
         }),
+        logger: captured.log,
       });
       let inFlight = 0;
       let terminated = 0;
+      let passed = false;
       try {
         for (let round = 0; round < 6; round++) {
           const before = await sentCount(t.db);
@@ -88,7 +92,11 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
         console.log(
           `# pg_terminate_backend: duplicates ${((100 * report.duplicates) / inFlight).toFixed(2)} % of the rows in flight`,
         );
+        passed = true;
       } finally {
+        if (!passed)
+          for (const line of captured.lines.filter((l) => String(l.msg).includes('another connection')))
+            console.log(`# ${JSON.stringify(line)}`);
         await relay.stop();
         await consumer.close();
       }
