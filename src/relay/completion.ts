@@ -137,8 +137,9 @@ const RECOVERY_RETRY_MS = 25;
  * deleted or completed since (attempts moved), or that the dead transaction did commit after all
  * (a COMMIT whose answer was lost), is left alone. A row can still be locked by the dying backend
  * for a few milliseconds after the client saw the error (PostgreSQL releases locks as the backend
- * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS (10 s: with a load average of 20 on 2 cores
- * the dying backends took up to about 3 s; only a real re-claim, a lease hand-off, waits it out), after which a row still locked is
+ * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS (10 s: at a load average of 20 on 2 cores
+ * recoveries took up to 5.5 s, pool waits included; only a real re-claim, a lease hand-off, waits
+ * it out), after which a row still locked is
  * taken to be someone else's claim and left alone (it may then be sent again: same event id).
  * The shard's loop runs nothing else meanwhile, and no other replica runs the shard, so nothing
  * else claims these rows in that window unless a lease hand-off is under way.
