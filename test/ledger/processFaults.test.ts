@@ -113,11 +113,8 @@ describe('ledger: process faults', { skip: rabbitDown }, () => {
         );
         const stale = picture?.replicas.find((r) => r.pid === b.pid);
         assert.ok(stale);
-        proxy.stall();
         ledger.expect(
-          (await enqueue(t.db, syntheticEvents(3_000, { topic: 'orders.stop', payloadBytes: 32_000 }))).map(
-            (e) => e.eventId,
-          ),
+          (await enqueue(t.db, syntheticEvents(20_000, { topic: 'orders.stop' }))).map((e) => e.eventId),
         );
         const inFlight = await freezeMidBatch(t.db, b, SHARDS, stale.shards);
         const inFlightEvents = await eventIdsOf(t.db, inFlight);
