@@ -147,6 +147,8 @@ describe('ledger: poison rows', () => {
           sink: 'http',
           webhookUrl: receiver.url,
           maxAttempts: MAX_ATTEMPTS,
+          // Generous: on a loaded machine a request timing out would count as a failed attempt.
+          sendTimeoutMs: 60_000,
           batchBatchSize: 100,
         }),
       });
