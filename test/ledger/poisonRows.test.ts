@@ -10,6 +10,8 @@ import { sql, type Kysely } from 'kysely';
 import type { Database } from '../../src/db/schema.js';
 import { enqueue } from '../../src/enqueue.js';
 import { startRelay } from '../../src/relay/relay.js';
+import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
+import type { Sink } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { up as migrate0006 } from '../../migrations/0006_finite_timestamps.js';
 import { AMQP_URL, captureLog, hostAndPort, requireBroker } from '../support/brokers.js';
@@ -219,6 +221,46 @@ describe('ledger: poison rows', () => {
         rows[0]?.last_error ?? '',
         /poison row: recording its outcome failed \(this row cannot be completed\); the broker confirmed it/,
       );
+    },
+  );
+
+  it(
+    'a sink that throws on one message: that row dead within max_attempts, the rest of its batch once',
+    { timeout: 120_000, skip: rabbitDown },
+    async () => {
+      const ledger = new Ledger('sink throws on one message');
+      const consumer = await rabbitConsumer(ledger);
+      const ids = await good(600, 'orders.throw', 30_000);
+      ledger.expect(ids);
+      const victim = ids[333] as string;
+      // The real RabbitMQ sink, behind a wrapper that throws (a sink bug) when the batch holds the victim.
+      const rabbit = createRabbitMqSink({ url: AMQP_URL, exchange: consumer.exchange });
+      const sink: Sink = {
+        name: 'throwing-rabbitmq',
+        start: () => rabbit.start(),
+        close: () => rabbit.close(),
+        sendBatch: (messages, context) => {
+          if (messages.some((m) => m.eventId === victim)) throw new Error('cannot serialise this one');
+          return rabbit.sendBatch(messages, context);
+        },
+      };
+      const relay = await startRelay({
+        config: testConfig(t.url, { maxAttempts: MAX_ATTEMPTS, batchBatchSize: 100 }),
+        sink,
+      });
+      try {
+        await ledger.check(t.db, { maxDuplicates: retriedRows(t.db, ['orders.throw']), boundWhy: NO_FAULT });
+      } finally {
+        await relay.stop();
+        await consumer.close();
+      }
+      const { rows } = await sql<{ status: string; attempts: number; last_error: string }>`
+        SELECT status, attempts, last_error FROM shardrelay.outbox WHERE event_id::text = ${victim}`.execute(
+        t.db,
+      );
+      assert.equal(rows[0]?.status, 'dead');
+      assert.equal(rows[0]?.attempts, MAX_ATTEMPTS);
+      assert.match(rows[0]?.last_error ?? '', /cannot serialise this one/);
     },
   );
 });
