@@ -171,6 +171,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
             batchSize,
             retry,
             sendTimeoutMs: config.sendTimeoutMs,
+            logger,
             ...(mayClaim ? { mayClaim } : {}),
           });
         } catch (error) {
