@@ -1,0 +1,13 @@
+/** Every sink the conformance suite runs (one test file per entry: `../<name>.test.ts`). */
+import type { ConformanceTarget } from '../target.js';
+import { httpTarget } from './http.js';
+import { jetstreamTarget } from './jetstream.js';
+import { pgbossTarget } from './pgboss.js';
+import { rabbitmqTarget } from './rabbitmq.js';
+
+export const targets: readonly ConformanceTarget[] = [
+  rabbitmqTarget,
+  jetstreamTarget,
+  httpTarget,
+  pgbossTarget,
+];
