@@ -289,7 +289,9 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
     if (existing && !existing.closed) return existing;
     // Unsettled mode: the broker settles each delivery with its outcome, which is the confirm.
     const sender = target.connection.open_sender({
-      target: { address },
+      // A durable terminus: RabbitMQ declares (and checks) a `/queue/...` address as a durable
+      // queue only then, and other brokers keep the link's state across their restarts.
+      target: { address, durable: 2 },
       snd_settle_mode: 0,
       autosettle: true,
     });
@@ -459,7 +461,16 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
 
     async start() {
       try {
-        await ensureLink(Date.now() + connectTimeoutMs);
+        const deadline = Date.now() + connectTimeoutMs;
+        const target = await ensureLink(deadline);
+        // A fixed address is attached now, so a refused address shows at start, not as retries.
+        if (!addressTemplate.includes('{topic}')) {
+          await raceDeadline(
+            senderFor(target, addressTemplate).opened,
+            deadline,
+            `the link to '${addressTemplate}' was not attached within ${connectTimeoutMs} ms`,
+          );
+        }
       } catch (error) {
         throw new ShardRelayError(
           'SINK_UNAVAILABLE',

@@ -202,6 +202,10 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
   /** Set by librdkafka's ALL_BROKERS_DOWN, cleared by a delivery or a successful probe. */
   let allBrokersDown = false;
   let probing: Promise<boolean> | null = null;
+  /** After a failed start, batches fail fast until this time instead of each waiting for a connect. */
+  let failedAttempts = 0;
+  let nextAttemptAt = 0;
+  let lastConnectError = '';
 
   async function loadClient(): Promise<KafkaModule> {
     try {
@@ -262,9 +266,30 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
   async function ensureProducer(): Promise<Producer> {
     if (closing) throw new Error('the sink is closed');
     if (producer) return producer;
-    starting ??= open().finally(() => {
-      starting = null;
-    });
+    const wait = nextAttemptAt - Date.now();
+    if (!starting && wait > 0) {
+      throw new Error(
+        `reconnecting in ${wait} ms after ${failedAttempts} failed attempt(s): ${lastConnectError}`,
+      );
+    }
+    starting ??= open()
+      .then(
+        (fresh) => {
+          failedAttempts = 0;
+          return fresh;
+        },
+        (error: unknown) => {
+          failedAttempts += 1;
+          lastConnectError = describe(error);
+          const delay = Math.min(30_000, 250 * 2 ** (failedAttempts - 1));
+          nextAttemptAt = Date.now() + Math.round(delay * (0.5 + Math.random() / 2));
+          log.warn({ brokers, attempt: failedAttempts, error: lastConnectError }, 'Kafka connect failed');
+          throw error;
+        },
+      )
+      .finally(() => {
+        starting = null;
+      });
     const fresh = await starting;
     if (closing) {
       fresh.disconnect(() => undefined);

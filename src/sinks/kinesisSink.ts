@@ -87,6 +87,12 @@ export interface KinesisSinkOptions {
   };
   /** Records per PutRecords call, 1..500. Default 500. */
   readonly recordsPerCall?: number;
+  /**
+   * Attempts the SDK makes per call (its standard retry mode, which retries throttling and
+   * connection errors with back-off within the batch deadline). Default 3; 1 leaves every retry to
+   * the relay.
+   */
+  readonly maxAttempts?: number;
   /** PutRecords calls of one batch in flight at once. Default 4. */
   readonly concurrency?: number;
   /** CloudEvents `source` attribute. Default `shardrelay`. */
@@ -199,6 +205,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
       region: options.region ?? process.env.AWS_REGION ?? DEFAULTS.region,
       ...(endpoint ? { endpoint } : {}),
       ...(options.credentials ? { credentials: options.credentials } : {}),
+      maxAttempts: options.maxAttempts ?? 3,
       requestHandler: new NodeHttpHandler({
         connectionTimeout: connectTimeoutMs,
         httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),

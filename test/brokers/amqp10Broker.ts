@@ -18,8 +18,10 @@ const RABBITMQ_SERVER = '/usr/lib/rabbitmq/bin/rabbitmq-server';
 export interface Amqp10Broker {
   readonly host: string;
   readonly port: number;
-  /** `amqp://guest:guest@127.0.0.1:<port>` */
+  /** `amqp://<user>:<password>@127.0.0.1:<port>` */
   readonly url: string;
+  readonly user: string;
+  readonly password: string;
   /** The Erlang VM's pid, for CPU accounting. */
   readonly pid: number;
   stop(): Promise<void>;
@@ -54,7 +56,14 @@ function portOpen(port: number): Promise<boolean> {
   });
 }
 
-export async function startAmqp10Broker(timeoutMs = 90_000): Promise<Amqp10Broker> {
+/**
+ * Starts a node whose only user is `user`/`password` (default guest/guest), created at first boot
+ * from the configuration file.
+ */
+export async function startAmqp10Broker(
+  credentials: { readonly user: string; readonly password: string } = { user: 'guest', password: 'guest' },
+  timeoutMs = 90_000,
+): Promise<Amqp10Broker> {
   const problem = amqp10BrokerProblem();
   if (problem) throw new Error(problem);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'shardrelay-amqp10-'));
@@ -65,6 +74,8 @@ export async function startAmqp10Broker(timeoutMs = 90_000): Promise<Amqp10Broke
     [
       `listeners.tcp.local = 127.0.0.1:${port}`,
       'loopback_users = none',
+      `default_user = ${credentials.user}`,
+      `default_pass = ${credentials.password}`,
       'vm_memory_high_watermark.absolute = 256MiB',
       'disk_free_limit.absolute = 50MB',
       '',
@@ -136,5 +147,7 @@ export async function startAmqp10Broker(timeoutMs = 90_000): Promise<Amqp10Broke
   }
   const pid =
     Number((await readFile(path.join(dir, 'pid'), 'utf8').catch(() => '')).trim()) || child.pid || 0;
-  return { host: '127.0.0.1', port, url: `amqp://guest:guest@127.0.0.1:${port}`, pid, stop };
+  const { user, password } = credentials;
+  const url = `amqp://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}`;
+  return { host: '127.0.0.1', port, url, user, password, pid, stop };
 }
