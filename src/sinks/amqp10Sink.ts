@@ -40,6 +40,7 @@ import rhea, {
   type EventContext,
   type Message,
   type Sender,
+  type SenderOptions,
 } from 'rhea';
 import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -114,6 +115,13 @@ interface SenderLink {
   readonly unsettled: Map<Delivery, Settle>;
   /** Batches waiting for credit (or for the link to die). */
   readonly creditWaiters: Set<() => void>;
+  /**
+   * Deliveries handed to rhea but not yet written, oldest first. rhea takes a message whenever the
+   * link had credit at the last flow, and only counts the credit down when it writes the transfer
+   * (on a later tick); without this count a batch would hand it more than the credit, and those
+   * messages would wait in rhea's buffer, then be reported unknown though they never left.
+   */
+  handedOver: number;
   /** Rejects `opened` (a no-op once it settled). */
   readonly refuse: (error: Error) => void;
   closed: boolean;
@@ -288,13 +296,18 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
     const existing = target.senders.get(address);
     if (existing && !existing.closed) return existing;
     // Unsettled mode: the broker settles each delivery with its outcome, which is the confirm.
-    const sender = target.connection.open_sender({
+    const senderOptions = {
       // A durable terminus: RabbitMQ declares (and checks) a `/queue/...` address as a durable
       // queue only then, and other brokers keep the link's state across their restarts.
       target: { address, durable: 2 },
-      snd_settle_mode: 0,
+      snd_settle_mode: 0 as const,
       autosettle: true,
-    });
+      // rhea reports `modified` as `released` unless told otherwise; both are retryable, but the
+      // row's error should say which (undeliverable-here matters to an operator).
+      treat_modified_as_released: false,
+    };
+    // (treat_modified_as_released is read by rhea's Sender but missing from its typings.)
+    const sender = target.connection.open_sender(senderOptions as SenderOptions);
     let resolveOpen!: () => void;
     let rejectOpen!: (error: Error) => void;
     const opened = new Promise<void>((resolve, reject) => {
@@ -308,6 +321,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
       opened,
       unsettled: new Map(),
       creditWaiters: new Set(),
+      handedOver: 0,
       refuse: rejectOpen,
       closed: false,
     };
@@ -362,6 +376,19 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
     );
     sender.on('sender_close', () => lost('the link was closed'));
     return state;
+  }
+
+  /** Link credit not yet spoken for by deliveries rhea has still to write. */
+  function creditLeft(state: SenderLink): number {
+    if (!state.sender.sendable()) return 0;
+    // rhea's own link fields (AMQP's link-credit and delivery-count): it counts a delivery when it
+    // writes its transfer, and its credit down with it.
+    const link = state.sender as unknown as { credit?: number; delivery_count?: number };
+    const written = link.delivery_count ?? 0;
+    // A drain (the receiver asking the sender to use up or give back its credit) advances
+    // delivery-count without transfers; resynchronise rather than count credit twice.
+    if (state.handedOver < written) state.handedOver = written;
+    return (link.credit ?? 0) - (state.handedOver - written);
   }
 
   /** Resolves when `state` may send (credit), died, or the deadline passed. */
@@ -434,7 +461,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
         );
         continue;
       }
-      while (!state.closed && !state.sender.sendable() && Date.now() < deadline) {
+      while (!state.closed && creditLeft(state) <= 0 && Date.now() < deadline) {
         await waitForCredit(state, deadline);
       }
       if (state.closed) {
@@ -443,7 +470,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
         );
         continue;
       }
-      if (!state.sender.sendable()) {
+      if (creditLeft(state) <= 0) {
         outcomes[item.index] = Promise.resolve(
           retryable(`not sent: no link credit from the broker for '${address}' before the batch deadline`),
         );
@@ -452,6 +479,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
       outcomes[item.index] = new Promise<SendOutcome>((resolve) => {
         const delivery = state.sender.send(item.message);
         state.unsettled.set(delivery, resolve);
+        state.handedOver += 1;
       });
     }
   }
