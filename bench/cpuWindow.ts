@@ -3,10 +3,15 @@
  * floor), PostgreSQL, the broker (RabbitMQ phases), the bench driver, and everything else on the
  * machine — the noise of a shared machine.
  */
-import type { AmqpBench } from './amqp.js';
 import type { BenchChild } from './child.js';
 import type { BenchDatabase } from './database.js';
 import { machineBusyMs, ownCpuMs } from './processCpu.js';
+
+/** A broker whose CPU a window measures (RabbitMQ's AmqpBench, the broker sinks' test brokers). */
+export interface MeasuredBroker {
+  /** CPU of the broker so far, ms; NaN when unknown. */
+  brokerCpuMs(): number;
+}
 
 export interface CpuSpent {
   readonly wallMs: number;
@@ -38,19 +43,19 @@ export class CpuWindow {
   private constructor(
     private readonly child: BenchChild,
     private readonly database: BenchDatabase,
-    private readonly broker: AmqpBench | undefined,
+    private readonly broker: MeasuredBroker | undefined,
     private readonly start: Snapshot,
   ) {}
 
   /** `broker`: also measure RabbitMQ (only where the phase uses it; otherwise it is noise). */
-  static async open(child: BenchChild, database: BenchDatabase, broker?: AmqpBench): Promise<CpuWindow> {
+  static async open(child: BenchChild, database: BenchDatabase, broker?: MeasuredBroker): Promise<CpuWindow> {
     return new CpuWindow(child, database, broker, await CpuWindow.#snapshot(child, database, broker));
   }
 
   static async #snapshot(
     child: BenchChild,
     database: BenchDatabase,
-    broker: AmqpBench | undefined,
+    broker: MeasuredBroker | undefined,
   ): Promise<Snapshot> {
     const usage = await child.usage();
     return {

@@ -24,7 +24,7 @@ export interface ScheduleOutcome {
   readonly failures: { phase: string; round: number; error: string }[];
 }
 
-type RoundPhase = Exclude<PhaseName, 'lanes' | 'confirm-pipelining'>;
+type RoundPhase = Exclude<PhaseName, 'lanes' | 'confirm-pipelining' | 'broker-sinks'>;
 
 export function plannedRuns(options: BenchOptions): number {
   const count = (phases: readonly string[]) =>

@@ -7,7 +7,7 @@
  * `{ id, error }`. Requests are few and small; the answers carry the counters the driver needs.
  */
 
-export type SinkKind = 'null' | 'pgboss' | 'rabbitmq';
+export type SinkKind = 'null' | 'pgboss' | 'rabbitmq' | 'amqp10' | 'kafka' | 'kinesis';
 
 export interface RelayStart {
   readonly kind: 'startRelay';
@@ -17,6 +17,8 @@ export interface RelayStart {
   readonly amqpExchange: string;
   readonly batchSize: number;
   readonly connections: number;
+  /** More relay settings by RelayConfig key (the broker sinks' addresses), as flags would give them. */
+  readonly settings?: Readonly<Record<string, string>>;
 }
 
 export interface FloorStart {

@@ -10,7 +10,7 @@
  * latency of a drained backlog is only the time rows queued behind each other): `--latency-rate`
  * rows/s, or 40% of the rate the relay just drained at when that is lower.
  */
-import { CpuWindow } from '../cpuWindow.js';
+import { CpuWindow, type MeasuredBroker } from '../cpuWindow.js';
 import type { Percentiles } from '../database.js';
 import type { SinkKind } from '../ipc.js';
 import { LoadGenerator } from '../loadGenerator.js';
@@ -25,6 +25,10 @@ export interface RelayDrainOptions {
   readonly latencyWindow: boolean;
   /** Phase name in the report; default `relay-<sink>`. */
   readonly phase?: string;
+  /** The broker whose CPU to measure, when not RabbitMQ (the broker sinks' phase). */
+  readonly broker?: MeasuredBroker;
+  /** More relay settings (see RelayStart.settings). */
+  readonly relaySettings?: Readonly<Record<string, string>>;
 }
 
 export async function runRelayDrain(
@@ -37,7 +41,7 @@ export async function runRelayDrain(
   const { rows } = settings;
   await database.reset();
   if (sink === 'rabbitmq') await context.amqp?.purge();
-  const child = await startRelayChild(context, sink);
+  const child = await startRelayChild(context, sink, settings.relaySettings);
   try {
     const warmup = warmupRows(rows);
     await database.loadBacklog(warmup, options.payloadBytes);
@@ -46,7 +50,11 @@ export async function runRelayDrain(
     let window: CpuWindow | undefined;
     let startedAt = 0;
     await database.loadBacklog(rows, options.payloadBytes, async () => {
-      window = await CpuWindow.open(child, database, sink === 'rabbitmq' ? context.amqp : undefined);
+      window = await CpuWindow.open(
+        child,
+        database,
+        settings.broker ?? (sink === 'rabbitmq' ? context.amqp : undefined),
+      );
       startedAt = Date.now();
     });
     if (!window) throw new Error('the backlog was committed without opening the CPU window');
