@@ -45,7 +45,10 @@ async function startBroker(sink: SinkKind): Promise<RunningBroker | undefined> {
     case 'amqp10': {
       const broker = await startAmqp10Broker();
       // A consumer that accepts everything, so the queue does not grow into the node's memory alarm.
-      const connection = rhea.create_container().connect({
+      const container = rhea.create_container();
+      // A node stopping ends the session with an error; rhea throws such errors unless handled.
+      container.on('error', () => undefined);
+      const connection = container.connect({
         host: broker.host,
         port: broker.port,
         username: broker.user,

@@ -18,7 +18,11 @@ const MAX_MESSAGE_BYTES = 64 * 1024;
 /** An rhea connection, open. */
 export function connectAmqp10(endpoint: Endpoint, user: string, password: string): Promise<Connection> {
   return new Promise((resolve, reject) => {
-    const connection = rhea.create_container().connect({
+    const container = rhea.create_container();
+    // A broker stopping under an open connection ends its session with an error, which rhea throws
+    // from its socket callback unless someone listens.
+    container.on('error', () => undefined);
+    const connection = container.connect({
       host: endpoint.host,
       port: endpoint.port,
       username: user,
