@@ -252,12 +252,19 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
         log.warn({ error: describe(error), code: error.code }, 'Kafka client error');
       }
     });
-    await new Promise<void>((resolve, reject) => {
-      created.connect({ timeout: connectTimeoutMs }, (error: LibrdKafkaError | null | undefined) => {
-        if (error) reject(new Error(describe(error)));
-        else resolve();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        created.connect({ timeout: connectTimeoutMs }, (error: LibrdKafkaError | null | undefined) => {
+          if (error) reject(new Error(describe(error)));
+          else resolve();
+        });
       });
-    });
+    } catch (error) {
+      // Release librdkafka's threads now: a client left behind crashes the process at exit
+      // (V8 "Cannot create a handle without a HandleScope" from its callbacks during teardown).
+      await new Promise<void>((resolve) => created.disconnect(2_000, () => resolve()));
+      throw error;
+    }
     created.setPollInBackground(true);
     log.info({ brokers, compression }, 'Kafka producer connected');
     return created;
