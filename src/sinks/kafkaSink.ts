@@ -214,6 +214,17 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
       };
       return module.default ?? module;
     } catch (error) {
+      if (/did not self-register/.test(toError(error).message)) {
+        // The addon is not context-aware: Node loads it in one thread of a process only.
+        throw new ShardRelayError(
+          'SINK_UNAVAILABLE',
+          'the Kafka client is already loaded by another thread of this process (its native addon loads in one thread only)',
+          {
+            context: { sink: 'kafka' },
+            fix: 'known limitation: the kafka sink cannot yet run in both the relay thread and the real-time worker thread; see the README (Kafka)',
+          },
+        );
+      }
       throw new ShardRelayError(
         'SINK_UNAVAILABLE',
         `the Kafka client is not installed: ${toError(error).message}`,
