@@ -7,6 +7,12 @@ import type { BenchChild } from './child.js';
 import type { BenchDatabase } from './database.js';
 import { machineBusyMs, ownCpuMs } from './processCpu.js';
 
+/** A broker whose CPU a window measures (RabbitMQ's AmqpBench, the broker sinks' test brokers). */
+export interface MeasuredBroker {
+  /** CPU of the broker so far, ms; NaN when unknown. */
+  brokerCpuMs(): number;
+}
+
 export interface CpuSpent {
   readonly wallMs: number;
   readonly childMs: number;
@@ -33,29 +39,26 @@ interface Snapshot {
   readonly batches: number;
 }
 
-/** A broker whose CPU a window measures (RabbitMQ, ActiveMQ). */
-export interface BrokerCpu {
-  /** CPU of the broker so far, ms; NaN when its process is not found. */
-  brokerCpuMs(): number;
-}
+/** The name the ActiveMQ phase uses for the same thing. */
+export type BrokerCpu = MeasuredBroker;
 
 export class CpuWindow {
   private constructor(
     private readonly child: BenchChild,
     private readonly database: BenchDatabase,
-    private readonly broker: BrokerCpu | undefined,
+    private readonly broker: MeasuredBroker | undefined,
     private readonly start: Snapshot,
   ) {}
 
   /** `broker`: also measure RabbitMQ (only where the phase uses it; otherwise it is noise). */
-  static async open(child: BenchChild, database: BenchDatabase, broker?: BrokerCpu): Promise<CpuWindow> {
+  static async open(child: BenchChild, database: BenchDatabase, broker?: MeasuredBroker): Promise<CpuWindow> {
     return new CpuWindow(child, database, broker, await CpuWindow.#snapshot(child, database, broker));
   }
 
   static async #snapshot(
     child: BenchChild,
     database: BenchDatabase,
-    broker: BrokerCpu | undefined,
+    broker: MeasuredBroker | undefined,
   ): Promise<Snapshot> {
     const usage = await child.usage();
     return {

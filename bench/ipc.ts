@@ -7,7 +7,7 @@
  * `{ id, error }`. Requests are few and small; the answers carry the counters the driver needs.
  */
 
-export type SinkKind = 'null' | 'pgboss' | 'rabbitmq' | 'stomp';
+export type SinkKind = 'null' | 'pgboss' | 'rabbitmq' | 'stomp' | 'amqp10' | 'kafka' | 'kinesis';
 
 export interface RelayStart {
   readonly kind: 'startRelay';
@@ -20,6 +20,8 @@ export interface RelayStart {
   readonly stompDestination?: string;
   readonly batchSize: number;
   readonly connections: number;
+  /** More relay settings by RelayConfig key (the broker sinks' addresses), as flags would give them. */
+  readonly settings?: Readonly<Record<string, string>>;
 }
 
 export interface FloorStart {

@@ -10,7 +10,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { PhaseContext } from './context.js';
 
 export interface ExternalScenario {
-  readonly phase: 'lanes' | 'confirm-pipelining' | 'activemq';
+  readonly phase: 'lanes' | 'confirm-pipelining' | 'activemq' | 'broker-sinks';
   readonly file: string;
   readonly exportName: string;
   /** The export that turns the result into the lines the bench prints. */
@@ -55,6 +55,18 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     formatName: 'formatActiveMqReport',
     needsRabbitMq: false,
     estimateMs: (quick) => (quick ? 60_000 : 120_000),
+    options: (context) => ({ context }),
+  },
+  {
+    phase: 'broker-sinks',
+    file: 'brokerSinks.ts',
+    exportName: 'runBrokerSinksBench',
+    formatName: 'formatBrokerSinks',
+    // It starts its own brokers (AMQP 1.0 node, Kafka mock, kinesalite).
+    needsRabbitMq: false,
+    // Four drains of up to 50,000 rows with their latency windows, and three broker starts.
+    estimateMs: (quick) => (quick ? 90_000 : 240_000),
+    // It runs the relay drain phase itself, so it needs the whole context.
     options: (context) => ({ context }),
   },
 ];

@@ -10,7 +10,7 @@
  * latency of a drained backlog is only the time rows queued behind each other): `--latency-rate`
  * rows/s, or 40% of the rate the relay just drained at when that is lower.
  */
-import { CpuWindow, type BrokerCpu } from '../cpuWindow.js';
+import { CpuWindow, type MeasuredBroker } from '../cpuWindow.js';
 import type { Percentiles } from '../database.js';
 import type { RelayStart, SinkKind } from '../ipc.js';
 import { LoadGenerator } from '../loadGenerator.js';
@@ -25,10 +25,12 @@ export interface RelayDrainOptions {
   readonly latencyWindow: boolean;
   /** Phase name in the report; default `relay-<sink>`. */
   readonly phase?: string;
-  /** The broker to measure the CPU of, when not RabbitMQ (bench/activemq.ts). */
-  readonly broker?: BrokerCpu;
   /** Settings of the relay process beyond the bench's (the STOMP sink's URL). */
   readonly relayStart?: Partial<Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize'>>;
+  /** The broker whose CPU to measure, when not RabbitMQ (ActiveMQ, the broker sinks' phase). */
+  readonly broker?: MeasuredBroker;
+  /** More relay settings (see RelayStart.settings). */
+  readonly relaySettings?: Readonly<Record<string, string>>;
 }
 
 export async function runRelayDrain(
@@ -41,7 +43,10 @@ export async function runRelayDrain(
   const { rows } = settings;
   await database.reset();
   if (sink === 'rabbitmq') await context.amqp?.purge();
-  const child = await startRelayChild(context, sink, settings.relayStart ?? {});
+  const child = await startRelayChild(context, sink, {
+    ...(settings.relayStart ?? {}),
+    ...(settings.relaySettings ? { settings: settings.relaySettings } : {}),
+  });
   try {
     const warmup = warmupRows(rows);
     await database.loadBacklog(warmup, options.payloadBytes);

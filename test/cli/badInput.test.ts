@@ -62,9 +62,9 @@ describe('bad input', () => {
   const badConfigs: [string, string[], NodeJS.ProcessEnv, RegExp][] = [
     [
       'an unknown sink',
-      ['run', '--sink', 'kafka'],
+      ['run', '--sink', 'mqtt'],
       {},
-      /invalid setting --sink \/ SHARDRELAY_SINK: kafka[\s\S]*fix: use one of: pgboss, null/,
+      /invalid setting --sink \/ SHARDRELAY_SINK: mqtt[\s\S]*fix: use one of: pgboss, null/,
     ],
     [
       'a shard count of 0',

@@ -3,7 +3,10 @@
  * `../<name>.test.ts`; registry.test.ts checks both lists agree).
  */
 import type { ConformanceTarget } from '../target.js';
+import { amqp10Target } from './amqp10.js';
 import { httpTarget } from './http.js';
+import { kafkaTarget } from './kafka.js';
+import { kinesisTarget } from './kinesis.js';
 import { jetstreamTarget } from './jetstream.js';
 import { pgbossTarget } from './pgboss.js';
 import { rabbitmqTarget } from './rabbitmq.js';
@@ -15,4 +18,7 @@ export const targets: readonly ConformanceTarget[] = [
   pgbossTarget,
   rabbitmqTarget,
   stompTarget,
+  amqp10Target,
+  kafkaTarget,
+  kinesisTarget,
 ];
