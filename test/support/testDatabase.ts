@@ -97,6 +97,8 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
     pool,
     async close() {
       await db.destroy();
+      // Kysely ends the pool only if it ever ran a query through it; a test may use the pool alone.
+      if (!pool.ended) await pool.end();
       await assertNoLeakedConnections(name);
     },
   };
