@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
-import { ShardRelayError } from '../errors.js';
+import { ShardRelayError, toError } from '../errors.js';
 
 /** shardrelay's own migrations: `migrations/` at the package root (compiled next to this file in dist). */
 const BUILT_IN_DIR = fileURLToPath(new URL('../../migrations/', import.meta.url));
@@ -71,7 +71,7 @@ export async function migrateToLatest<DB>(
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((r) => r.status === 'Error');
   if (error) {
-    const cause = error instanceof Error ? error : new Error(String(error));
+    const cause = toError(error);
     throw new ShardRelayError(
       'MIGRATION_FAILED',
       `migration ${failed?.migrationName ?? '(setup)'} failed: ${cause.message}`,
