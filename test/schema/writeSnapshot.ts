@@ -12,7 +12,7 @@ import { migrateToLatest } from '../../src/db/migrate.js';
 import { provisionPostgres } from '../support/provisionPostgres.js';
 import { schemaSnapshot } from './schemaSnapshot.js';
 
-export const SNAPSHOT_PATH = fileURLToPath(new URL('./snapshot.sql', import.meta.url));
+const SNAPSHOT_PATH = fileURLToPath(new URL('./snapshot.sql', import.meta.url));
 
 const postgres = await provisionPostgres();
 const name = `shardrelay_schema_snapshot_${process.pid}`;
