@@ -1,16 +1,21 @@
 /**
  * The test command: provisions one PostgreSQL for the whole suite, migrates a template database,
  * then runs every test file with Node's test runner. Each test file clones the template into a
- * database of its own (test/support/testDatabase.ts).
+ * database of its own (test/support/testDatabase.ts), recorded in a registry. After the run, the
+ * database of a file that passed is dropped (after a last leak check: no `WITH (FORCE)`, so a
+ * connection left open fails the run and is named); the database of a file that failed is kept
+ * and its name printed, to inspect with psql.
  *
  * Usage: npm test [-- <test files or name filters>]
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { createDatabase, createPool } from '../src/db/connection.js';
 import { migrateToLatest } from '../src/db/migrate.js';
+import { leakedConnections } from './support/connectionLeaks.js';
 import { provisionPostgres } from './support/provisionPostgres.js';
 
 function testFiles(dir: string): string[] {
@@ -29,6 +34,39 @@ function withDatabase(url: string, database: string): string {
   return parsed.toString();
 }
 
+/**
+ * Drops the databases of files that passed and keeps (and names) those of files that failed.
+ * Returns false when a database still had connections open (a leak no `close()` caught, e.g. a
+ * file that never closed its database).
+ */
+async function settleTestDatabases(admin: pg.Client, adminUrl: string): Promise<boolean> {
+  const failedFiles = new Set(
+    existsSync(failedFilesPath) ? readFileSync(failedFilesPath, 'utf8').split('\n').filter(Boolean) : [],
+  );
+  const keep = Boolean(process.env.SHARDRELAY_KEEP_TEST_DB);
+  let clean = true;
+  for (const name of readdirSync(registry)
+    .filter((n) => !n.startsWith('.'))
+    .sort()) {
+    const file = readFileSync(path.join(registry, name), 'utf8');
+    if (keep || failedFiles.has(file)) {
+      console.log(`# kept database ${name} of ${path.relative(process.cwd(), file)} (psql ... -d ${name})`);
+      continue;
+    }
+    const leaked = await leakedConnections(adminUrl, name);
+    if (leaked.length > 0) {
+      clean = false;
+      const names = leaked.map((c) => c.applicationName || '(no application_name)').join(', ');
+      console.log(
+        `# LEAK: ${path.relative(process.cwd(), file)} left connections open to ${name}: ${names}; database kept`,
+      );
+      continue;
+    }
+    await admin.query(`DROP DATABASE IF EXISTS ${name}`);
+  }
+  return clean;
+}
+
 const args = process.argv.slice(2);
 const files = args.filter((a) => a.endsWith('.ts'));
 const patterns = args.filter((a) => !a.endsWith('.ts'));
@@ -37,6 +75,8 @@ const selected = files.length > 0 ? files : testFiles('test');
 const postgres = await provisionPostgres();
 console.log(`# PostgreSQL for tests: ${postgres.kind}`);
 const template = `shardrelay_test_template_${process.pid}`;
+const registry = mkdtempSync(path.join(tmpdir(), 'shardrelay-test-dbs-'));
+const failedFilesPath = path.join(registry, '.failed-files');
 let exitCode = 1;
 try {
   const admin = new pg.Client(postgres.url);
@@ -58,21 +98,32 @@ try {
       'tsx',
       '--test',
       '--test-reporter=spec',
+      '--test-reporter-destination=stdout',
+      '--test-reporter=./test/support/failedFilesReporter.mjs',
+      '--test-reporter-destination=stdout',
       '--test-concurrency=2',
       ...patterns.flatMap((p) => ['--test-name-pattern', p]),
       ...selected,
     ],
     {
       stdio: 'inherit',
-      env: { ...process.env, SHARDRELAY_TEST_ADMIN_URL: postgres.url, SHARDRELAY_TEST_TEMPLATE: template },
+      env: {
+        ...process.env,
+        SHARDRELAY_TEST_ADMIN_URL: postgres.url,
+        SHARDRELAY_TEST_TEMPLATE: template,
+        SHARDRELAY_TEST_DB_REGISTRY: registry,
+        SHARDRELAY_TEST_FAILED_FILES: failedFilesPath,
+      },
     },
   );
   exitCode = await new Promise<number>((resolve) =>
     child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))),
   );
-  await admin.query(`DROP DATABASE IF EXISTS ${template} WITH (FORCE)`).catch(() => {});
+  if (!(await settleTestDatabases(admin, postgres.url))) exitCode = exitCode || 1;
+  await admin.query(`DROP DATABASE IF EXISTS ${template}`);
   await admin.end();
 } finally {
+  rmSync(registry, { recursive: true, force: true });
   await postgres.stop();
 }
 process.exit(exitCode);

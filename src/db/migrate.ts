@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
-import { ShardRelayError } from '../errors.js';
+import { ShardRelayError, toError } from '../errors.js';
 import { assertReachable, createDatabase, createPool } from './connection.js';
 
 /** shardrelay's own migrations: `migrations/` at the package root (compiled next to this file in dist). */
@@ -129,7 +129,7 @@ export async function migrateToLatest<DB>(
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((r) => r.status === 'Error');
   if (error) {
-    const cause = error instanceof Error ? error : new Error(String(error));
+    const cause = toError(error);
     throw new ShardRelayError(
       'MIGRATION_FAILED',
       `migration ${failed?.migrationName ?? '(setup)'} failed: ${cause.message}`,

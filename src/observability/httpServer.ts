@@ -10,6 +10,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { toError } from '../errors.js';
 
 export interface Readiness {
   readonly ready: boolean;
@@ -62,7 +63,7 @@ function sendJson(res: http.ServerResponse, status: number, body: unknown): void
 }
 
 function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  return toError(error).message;
 }
 
 async function readiness(isReady: () => Promise<Readiness>, timeoutMs: number): Promise<Readiness> {

@@ -22,10 +22,8 @@ import type { RelayConfig } from '../config.js';
 import type { Database, Lane } from '../db/schema.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { BatchResult } from '../relay/batchRunner.js';
-import { startCanaries, type Canaries } from '../relay/canary.js';
-import type { Scheduler } from '../relay/scheduler.js';
 import type { Sink } from '../sinks/sink.js';
+import { startCanaries, type Canaries } from './canary.js';
 import { startObservabilityServer, type ObservabilityServer } from './httpServer.js';
 import { syncLaneFunction } from './lanes.js';
 import { createMetrics, type RelayMetrics } from './metrics.js';
@@ -48,6 +46,31 @@ export interface ObserverOptions {
   readonly intervalMs?: number;
 }
 
+/**
+ * What the observer reads of a batch's outcome. The relay's `BatchResult` (relay/batchRunner.ts) is
+ * one; it is declared here, by what is read, so that observability does not import the relay it
+ * observes (layers point one way: the relay's wiring hands results down to the observer).
+ */
+export interface ObservedBatch {
+  readonly claimed: number;
+  readonly sent: number;
+  readonly dead: number;
+  readonly failures: { readonly retryable: number; readonly permanent: number; readonly unknown: number };
+  readonly batchMs: number;
+  readonly sendMs: number;
+  readonly latenciesMs: readonly number[];
+}
+
+/** What the observer reads of the relay's scheduler (relay/scheduler.ts's `Scheduler` is one). */
+export interface ObservedShards {
+  /** Undefined until the shard config has been read once. */
+  readonly config: { readonly shardCount: number; readonly generation: string } | undefined;
+  /** The shards this replica owns now. */
+  readonly ownedShards: readonly number[];
+  /** Epoch ms at which the last tick ended, successfully or not (0 before the first): liveness. */
+  readonly lastTickEndedAt: number;
+}
+
 export interface Observer {
   /** Undefined when `metricsPort` is not set. */
   readonly metrics: RelayMetrics | undefined;
@@ -56,8 +79,8 @@ export interface Observer {
   readonly canaries: Canaries | undefined;
   /** The sink, counting messages in flight for the inflight gauge. */
   trackInflight(sink: Sink): Sink;
-  recordBatch(shard: number, lane: Lane, result: BatchResult): void;
-  start(scheduler: Scheduler): Promise<void>;
+  recordBatch(shard: number, lane: Lane, result: ObservedBatch): void;
+  start(scheduler: ObservedShards): Promise<void>;
   /** Runs one observe cycle now (tests, and the first one at start). */
   observe(): Promise<void>;
   stop(): Promise<void>;
@@ -114,7 +137,7 @@ export function createObserver(options: ObserverOptions): Observer {
     config.metricsPort === undefined
       ? undefined
       : createMetrics({ replica: config.replicaId, sink: options.sinkName });
-  let scheduler: Scheduler | undefined;
+  let scheduler: ObservedShards | undefined;
   let server: ObservabilityServer | undefined;
   let canaries: Canaries | undefined;
   let timer: NodeJS.Timeout | undefined;

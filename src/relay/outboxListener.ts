@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 export const OUTBOX_CHANNEL = 'shardrelay_outbox';
@@ -69,7 +70,7 @@ export class OutboxListener {
       // Rows may have arrived while we were not listening; let the loops look now.
       this.#options.onConfigChange();
     } catch (error) {
-      this.#lost(client, error instanceof Error ? error : new Error(String(error)));
+      this.#lost(client, toError(error));
     }
   }
 

@@ -2,7 +2,7 @@ import { CompiledQuery, sql, type Transaction } from 'kysely';
 import PgBoss from 'pg-boss';
 import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
-import { backoffDelayMs } from '../relay/backoff.js';
+import { backoffDelayMs } from '../backoff.js';
 import {
   confirmed,
   retryable,

@@ -10,7 +10,7 @@ import amqplib, { type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { sql } from 'kysely';
 import { readStatus } from '../../src/status.js';
 import { enqueue } from '../../src/enqueue.js';
-import { CANARY_TOPIC } from '../../src/relay/canary.js';
+import { CANARY_TOPIC } from '../../src/observability/canary.js';
 import { startRelay, type Relay } from '../../src/relay/relay.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
 import { confirmed, unknown, type Sink } from '../../src/sinks/sink.js';

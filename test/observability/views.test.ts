@@ -15,7 +15,7 @@ import { parseLanePredicate, DEFAULT_LANE_PREDICATE } from '../../src/lanes/lane
 import { silentLogger, type Logger } from '../../src/logger.js';
 import { syncLaneFunction } from '../../src/observability/lanes.js';
 import { completeBatch, type Completion } from '../../src/relay/claims.js';
-import { canaryLaneInputs } from '../../src/relay/canary.js';
+import { canaryLaneInputs } from '../../src/observability/canary.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 const T = '2030-01-01 12:10:30+00';

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, describe, it } from 'node:test';
-import { CANARY_TOPIC } from '../../../src/relay/canary.js';
+import { CANARY_TOPIC } from '../../../src/observability/canary.js';
 import type { OutboxMessage, SendOutcome, Sink } from '../../../src/sinks/sink.js';
 import { captureLog, outboxMessages, sendInTransaction, type CapturedLog } from '../../support/brokers.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcpProxy.js';

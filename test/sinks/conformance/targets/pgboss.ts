@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import PgBoss from 'pg-boss';
-import { CANARY_TOPIC } from '../../../../src/relay/canary.js';
+import { CANARY_TOPIC } from '../../../../src/observability/canary.js';
 import { createPgBossSink } from '../../../../src/sinks/pgBossSink.js';
 import { ReceivedIds, hostAndPort, uniqueName } from '../../../support/brokers.js';
 import type { ConformanceTarget, Destination, Endpoint } from '../target.js';

@@ -25,6 +25,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database, Lane } from '../db/schema.js';
 import { toError } from '../errors.js';
+import { evaluateLanePredicate, NUMERIC_LANE_COLUMNS } from '../lanes/evaluateLanePredicate.js';
 import type { LaneColumn, LanePredicate } from '../lanes/lanePredicate.js';
 import type { Logger } from '../logger.js';
 
@@ -38,55 +39,7 @@ export interface CanaryLaneInputs {
   readonly correlation_id: string | null;
 }
 
-type Row = CanaryLaneInputs & { readonly topic: string; readonly attempts: number };
 type Value = string | number | null;
-
-const NUMERIC: readonly LaneColumn[] = ['priority', 'attempts'];
-
-function compare(column: LaneColumn, a: string | number, b: string | number): number {
-  if (NUMERIC.includes(column)) return Number(a) - Number(b);
-  const [x, y] = [String(a), String(b)];
-  return x < y ? -1 : x > y ? 1 : 0;
-}
-
-/** The predicate on a row with SQL's three-valued logic: true, false or null (unknown). */
-export function evaluateLanePredicate(p: LanePredicate, row: Row): boolean | null {
-  if ('and' in p) {
-    const values = p.and.map((q) => evaluateLanePredicate(q, row));
-    return values.includes(false) ? false : values.includes(null) ? null : true;
-  }
-  if ('or' in p) {
-    const values = p.or.map((q) => evaluateLanePredicate(q, row));
-    return values.includes(true) ? true : values.includes(null) ? null : false;
-  }
-  if ('not' in p) {
-    const value = evaluateLanePredicate(p.not, row);
-    return value === null ? null : !value;
-  }
-  const actual = row[p.column] as Value;
-  if (p.op === 'is null') return actual === null;
-  if (p.op === 'is not null') return actual !== null;
-  if (actual === null) return null;
-  if (p.op === 'in' || p.op === 'not in') {
-    const found = (p.value as readonly (string | number)[]).some((v) => compare(p.column, actual, v) === 0);
-    return p.op === 'in' ? found : !found;
-  }
-  const c = compare(p.column, actual, p.value as string | number);
-  switch (p.op) {
-    case '=':
-      return c === 0;
-    case '<>':
-      return c !== 0;
-    case '<':
-      return c < 0;
-    case '<=':
-      return c <= 0;
-    case '>':
-      return c > 0;
-    default:
-      return c >= 0;
-  }
-}
 
 function constantsOf(p: LanePredicate, column: LaneColumn, into: Set<Value>): Set<Value> {
   if ('and' in p) p.and.forEach((q) => constantsOf(q, column, into));
@@ -95,7 +48,7 @@ function constantsOf(p: LanePredicate, column: LaneColumn, into: Set<Value>): Se
   else if (p.column === column && p.value !== undefined) {
     for (const v of Array.isArray(p.value) ? p.value : [p.value]) {
       into.add(v as string | number);
-      if (NUMERIC.includes(column)) into.add(Number(v) + 1).add(Number(v) - 1);
+      if (NUMERIC_LANE_COLUMNS.includes(column)) into.add(Number(v) + 1).add(Number(v) - 1);
       else into.add(`${String(v)}~`);
     }
   }
