@@ -14,6 +14,7 @@ import { CLAIM_SESSION_SETTINGS } from './claims.js';
 import { OutboxListener } from './outboxListener.js';
 import { logBatchProblems } from './problemLog.js';
 import { Scheduler, type LaneRunner } from './scheduler.js';
+import { SentPruner } from './sentPruner.js';
 import { ShardLeases } from './shardLeases.js';
 import type { ShardOwnership } from './shardOwnership.js';
 
@@ -147,6 +148,11 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       newPool(config.connectionsPerLane, lane, {
         ...CLAIM_SESSION_SETTINGS,
         ...(lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
+        // Read by shardrelay.complete_batch (migrations/0007_sent_record.ts): whether to keep a
+        // record of each sent event, and who sent it.
+        'shardrelay.sent_record': config.sentRetentionSeconds > 0 ? 'on' : 'off',
+        'shardrelay.replica': config.replicaId,
+        'shardrelay.sink': sink.name,
       }),
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
@@ -206,14 +212,26 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     onRows: (shards) => scheduler.wake(shards),
     onConfigChange: () => void scheduler.tick(),
   });
+  // Retention of sent events: one process per replica prunes (the real-time worker thread's relay
+  // does not), and one replica at a time across all of them (relay/sentPruner.ts).
+  const pruner =
+    options.observe === false
+      ? undefined
+      : new SentPruner({
+          db: createDatabase(newPool(1, 'pruner')),
+          retentionSeconds: config.sentRetentionSeconds,
+          logger,
+        });
   await scheduler.start();
   listener.start();
+  pruner?.start();
   logger.info({ sink: sink.name, lanes }, 'relay started');
 
   let stopping: Promise<{ clean: boolean }> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       await observer.stop();
+      await pruner?.stop();
       await listener.stop();
       const clean = await scheduler.stop(config.shutdownTimeoutMs);
       if (!clean) {
