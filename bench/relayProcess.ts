@@ -74,6 +74,7 @@ async function start(request: RelayStart): Promise<BenchResponse> {
       // No canary rows: they would queue behind the drained backlog (and warn that they are late)
       // and are not part of the measured work.
       canaryIntervalSeconds: 0,
+      ...(request.sentRetention ? { sentRetentionSeconds: request.sentRetention } : {}),
     },
     {},
   );

@@ -4,7 +4,11 @@ import type { ChildUsage, SinkKind } from '../ipc.js';
 import { mb } from '../results.js';
 import type { PhaseContext } from './context.js';
 
-export async function startRelayChild(context: PhaseContext, sink: SinkKind): Promise<BenchChild> {
+export async function startRelayChild(
+  context: PhaseContext,
+  sink: SinkKind,
+  sentRetention?: string,
+): Promise<BenchChild> {
   const { options, database, amqp } = context;
   if (sink === 'rabbitmq' && !amqp) throw new Error('RabbitMQ is not reachable');
   const child = BenchChild.spawn('relay');
@@ -18,6 +22,7 @@ export async function startRelayChild(context: PhaseContext, sink: SinkKind): Pr
         amqpExchange: amqp?.exchange ?? 'shardrelay',
         batchSize: options.batchSize,
         connections: options.connections,
+        ...(sentRetention ? { sentRetention } : {}),
       },
       120_000,
     );
