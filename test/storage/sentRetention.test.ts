@@ -7,6 +7,7 @@ import { silentLogger } from '../../src/logger.js';
 import { startRelay } from '../../src/relay/relay.js';
 import { SentPruner } from '../../src/relay/sentPruner.js';
 import { syntheticEvents } from '../../src/synthetic.js';
+import { waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
@@ -122,4 +123,33 @@ describe('sent-event retention', () => {
       conn.release();
     }
   });
+
+  it(
+    'with autovacuum off, one replica at a time vacuums the outbox and the sent record',
+    { timeout: 60_000 },
+    async () => {
+      await sql`INSERT INTO shardrelay.outbox (topic, payload) SELECT 'v', '{}' FROM generate_series(1, 2000)`.execute(
+        t.db,
+      );
+      await sql`DELETE FROM shardrelay.outbox WHERE topic = 'v'`.execute(t.db);
+      const pruner = new SentPruner({ db: t.db, retentionSeconds: 3600, logger: silentLogger });
+      const holder = await t.pool.connect();
+      try {
+        await holder.query(`SELECT pg_advisory_lock(hashtext('shardrelay.self_vacuum'))`);
+        assert.equal(await pruner.vacuumOnce(), false, 'another replica is vacuuming: skip');
+        await holder.query(`SELECT pg_advisory_unlock(hashtext('shardrelay.self_vacuum'))`);
+      } finally {
+        holder.release();
+      }
+      assert.equal(await pruner.vacuumOnce(), true);
+      await waitFor('the statistics to show the vacuums', async () => {
+        const { rows } = await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_stat_user_tables
+         WHERE schemaname = 'shardrelay' AND relname IN ('outbox', 'sent_event') AND last_vacuum IS NOT NULL`.execute(
+          t.db,
+        );
+        return rows[0]?.n === 2;
+      });
+    },
+  );
 });
