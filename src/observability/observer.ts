@@ -218,6 +218,7 @@ export function createObserver(options: ObserverOptions): Observer {
       if (!metrics) return sink;
       return {
         name: sink.name,
+        ...(sink.writesInTransaction ? { writesInTransaction: true } : {}),
         start: () => sink.start(),
         close: () => sink.close(),
         async sendBatch(messages, context) {

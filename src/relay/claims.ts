@@ -2,6 +2,7 @@ import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Database, Lane } from '../db/schema.js';
 import { laneFilter, type LanePredicate } from '../lanes/lanePredicate.js';
 import type { OutboxMessage } from '../sinks/sink.js';
+import { storableExcerpt } from './storableText.js';
 
 /**
  * Every row lock the relay takes on the outbox lives in this file.
@@ -145,7 +146,8 @@ export async function completeBatch(trx: Transaction<Database>, request: Complet
     ids.push(c.id);
     statuses.push(c.status);
     delays.push(c.status === 'pending' ? c.retryInMs : 0);
-    errors.push(c.status === 'sent' ? null : c.error.slice(0, 2000));
+    // Storable: an error text with a NUL or a lone surrogate made the whole completion fail.
+    errors.push(c.status === 'sent' ? null : storableExcerpt(c.error, 2000));
   }
   await sql`
     SELECT shardrelay.complete_batch(${request.shard}::int, ${request.lane}::text, ${ids}::bigint[],

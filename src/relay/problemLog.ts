@@ -20,6 +20,7 @@ export function logBatchProblems(logger: Logger, shard: number, lane: Lane, resu
       traceparent: p.traceparent,
       attempt: p.attempt,
       error: p.error,
+      ...(p.fix === undefined ? {} : { fix: p.fix }),
       ...(p.retryInMs === undefined ? {} : { retryInMs: p.retryInMs }),
       ...(p.canary ? { canary: true } : {}),
     };

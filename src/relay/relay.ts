@@ -169,6 +169,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
           batchSize,
           retry,
           sendTimeoutMs: config.sendTimeoutMs,
+          logger,
           ...(mayClaim ? { mayClaim } : {}),
         });
         if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);

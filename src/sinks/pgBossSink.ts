@@ -116,6 +116,7 @@ export function createPgBossSink(options: PgBossSinkOptions): Sink & { readonly 
 
   return {
     name: 'pgboss',
+    writesInTransaction: true,
     boss: () => {
       if (!boss) throw new Error('pg-boss sink is not started');
       return boss;

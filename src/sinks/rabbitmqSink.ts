@@ -30,6 +30,7 @@
  * this sink asks for at 10 s unless the URL says otherwise (amqplib would accept the server's
  * 60 s, i.e. two minutes before a dead peer is noticed).
  */
+import type { Socket } from 'node:net';
 import amqplib, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import { ConfigError, ShardRelayError, redactUrl, toError } from '../errors.js';
 import { parseBrokerUrl } from './brokerUrl.js';
@@ -161,6 +162,17 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
     // A channel can die alone (e.g. the exchange was deleted); drop its connection too so the next
     // batch starts from a clean link, and so a stalled socket is not left open.
     void closeModel(target.model);
+  }
+
+  /**
+   * Drops the link without a flush: the socket is destroyed first, so publishes still buffered
+   * in amqplib or Node are never written. For a replica whose shard lease lapsed mid-batch (it
+   * was paused): another replica may have sent and recorded these rows meanwhile.
+   */
+  function abandon(target: Link, reason: string): void {
+    if (target.closed) return;
+    socketOf(target.model)?.destroy();
+    retire(target, reason);
   }
 
   async function openLink(deadline: number): Promise<Link> {
@@ -398,29 +410,52 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
       }
       const pending: Promise<SendOutcome>[] = [];
       let drainWaits = 0;
-      for (const message of messages) {
-        if (target.closed) {
-          pending.push(
-            Promise.resolve(retryable('not published: the RabbitMQ link was lost earlier in this batch')),
+      const stopIfLapsed = (): void => {
+        if (context.mayContinue?.() === false)
+          abandon(
+            target,
+            'the shard lease lapsed during the batch (was the process paused?); buffered publishes dropped',
           );
-          continue;
+      };
+      // On waking from a pause, whichever runs first of these drops the link before more bytes
+      // go out: the check before each publish (a pause inside this loop), the socket's 'drain'
+      // (prepended, so it runs before amqplib's own flush) and a short timer (anything else).
+      // Bytes already in the kernel's buffer went out during the pause; nothing can stop those.
+      const socket = context.mayContinue ? socketOf(target.model) : undefined;
+      socket?.prependListener('drain', stopIfLapsed);
+      const watchdog = context.mayContinue ? setInterval(stopIfLapsed, LEASE_WATCH_MS) : undefined;
+      let outcomes: SendOutcome[];
+      try {
+        for (const message of messages) {
+          stopIfLapsed();
+          if (target.closed) {
+            pending.push(
+              Promise.resolve(retryable('not published: the RabbitMQ link was lost earlier in this batch')),
+            );
+            continue;
+          }
+          if (Date.now() >= context.deadline) {
+            pending.push(
+              Promise.resolve(
+                retryable('not published: back-pressure from RabbitMQ until the batch deadline'),
+              ),
+            );
+            continue;
+          }
+          const { outcome, writable } = publishOne(target, message);
+          pending.push(outcome);
+          // amqplib never refuses a publish; `false` means its socket buffer is over the high-water
+          // mark. Waiting for 'drain' keeps memory bounded when the broker reads slower than we write.
+          if (!writable) {
+            drainWaits += 1;
+            await waitForDrain(target, context.deadline);
+          }
         }
-        if (Date.now() >= context.deadline) {
-          pending.push(
-            Promise.resolve(retryable('not published: back-pressure from RabbitMQ until the batch deadline')),
-          );
-          continue;
-        }
-        const { outcome, writable } = publishOne(target, message);
-        pending.push(outcome);
-        // amqplib never refuses a publish; `false` means its socket buffer is over the high-water
-        // mark. Waiting for 'drain' keeps memory bounded when the broker reads slower than we write.
-        if (!writable) {
-          drainWaits += 1;
-          await waitForDrain(target, context.deadline);
-        }
+        outcomes = await settleByDeadline(pending, context.deadline);
+      } finally {
+        clearInterval(watchdog);
+        socket?.off('drain', stopIfLapsed);
       }
-      const outcomes = await settleByDeadline(pending, context.deadline);
       const blocked = target.blockedReason;
       const result =
         blocked === null
@@ -449,6 +484,14 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
       }
     },
   };
+}
+
+/** How often a batch in flight checks its shard lease (a timer: costs nothing measurable). */
+const LEASE_WATCH_MS = 20;
+
+/** amqplib has no public handle on its socket; its Connection keeps it as `stream`. */
+function socketOf(model: ChannelModel): Socket | undefined {
+  return (model.connection as unknown as { stream?: Socket }).stream;
 }
 
 /** Consumes the oldest unmatched basic.return of `id`, if any, and returns its reason. */

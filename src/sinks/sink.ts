@@ -39,6 +39,12 @@ export interface SendContext {
   readonly transaction: Transaction<Database>;
   /** Epoch milliseconds by which every outcome must be settled; later ones count as `unknown`. */
   readonly deadline: number;
+  /**
+   * False once this replica may no longer hold the batch's shard (its lease deadline passed, e.g.
+   * the process was paused). A broker sink checks it before each publish and while it waits, and
+   * then drops its link hard (no flush of buffered publishes): another replica may own the rows.
+   */
+  readonly mayContinue?: () => boolean;
 }
 
 /**
@@ -49,6 +55,11 @@ export interface SendContext {
  */
 export interface Sink {
   readonly name: string;
+  /**
+   * True for a sink that writes through the claim transaction (pg-boss): its confirms are undone
+   * with the transaction, so a completion lost with the connection must not be recorded elsewhere.
+   */
+  readonly writesInTransaction?: boolean;
   /** Connects and declares what the sink needs (queues, exchanges, streams). */
   start(): Promise<void>;
   sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]>;

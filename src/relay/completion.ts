@@ -1,0 +1,193 @@
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Database } from '../db/schema.js';
+import { toError } from '../errors.js';
+import { completeBatch, type Completion, type CompleteRequest } from './claims.js';
+import { storableExcerpt, storableText } from './storableText.js';
+
+/**
+ * Completion that cannot loop: whatever makes `shardrelay.complete_batch` fail, a claimed batch
+ * ends in a recorded state, so a row's `attempts` rises on every claim and `max_attempts` bounds
+ * how often it is sent. Every statement here runs on rows the caller holds locked (the claim's
+ * transaction, or the recovery transaction below, which locks them itself); like claims.ts, this
+ * file says next to each statement which locks it takes.
+ *
+ * Why this is needed: a failed completion rolls the claim back, `attempts` never rises, and the
+ * same batch is claimed and published again every backoff, forever. Seen with a row whose
+ * created_at was 'infinity' (the latency arithmetic fails: 10,010 deliveries of 4,010 ids, the
+ * shard's good rows published 7 times in 10 s) and with a receiver whose error body held a NUL
+ * byte (stored in last_error, refused by PostgreSQL: 10,000 deliveries of 2,040 rows, 0 sent).
+ *
+ * The logic lives here, around `completeBatch()`, and not inside the SQL function, so that it
+ * holds whatever the function does internally.
+ */
+
+/** What the caller logs for a row recorded dead because its completion itself failed. */
+export interface PoisonRow {
+  readonly id: string;
+  readonly reason: string;
+}
+
+/** The fix every poison-row log line carries. */
+export const POISON_FIX =
+  'correct the row in shardrelay.outbox (e.g. a non-finite created_at), then set status = ' +
+  "'pending' to send it again; migration 0006 makes the schema refuse non-finite timestamps";
+
+const SAVEPOINT = 'shardrelay_complete';
+
+/**
+ * Records `request` in `trx`. On a failure that leaves the transaction usable (an error raised by
+ * a statement, not a lost connection), it rolls back to a savepoint and completes the rows in
+ * halves, down to single rows; a row that fails on its own is recorded `dead` by `recordPoison`
+ * with the error as the reason. Returns the rows recorded that way (empty when all went well).
+ * Throws when the transaction itself is gone (the caller then recovers on another connection).
+ *
+ * Cost: one SAVEPOINT and RELEASE per batch (two round trips of about 0.1 ms); the halving runs
+ * only after a failure, about 2·log2(batch) completions per poison row.
+ */
+export async function completeIsolated(
+  trx: Transaction<Database>,
+  request: CompleteRequest,
+): Promise<PoisonRow[]> {
+  const completions = request.completions.map(storableCompletion);
+  if (completions.length === 0) return [];
+  const poison: PoisonRow[] = [];
+  const attempt = async (part: readonly Completion[]): Promise<void> => {
+    await sql.raw(`SAVEPOINT ${SAVEPOINT}`).execute(trx);
+    try {
+      await completeBatch(trx, { ...request, completions: part });
+      await sql.raw(`RELEASE SAVEPOINT ${SAVEPOINT}`).execute(trx);
+      return;
+    } catch (error) {
+      // If this throws too, the transaction is gone (connection lost): the caller's business.
+      await sql.raw(`ROLLBACK TO SAVEPOINT ${SAVEPOINT}`).execute(trx);
+      await sql.raw(`RELEASE SAVEPOINT ${SAVEPOINT}`).execute(trx);
+      if (part.length === 1) {
+        const only = part[0] as Completion;
+        poison.push({ id: only.id, reason: poisonReason(only, error) });
+        return;
+      }
+    }
+    const half = Math.ceil(part.length / 2);
+    await attempt(part.slice(0, half));
+    await attempt(part.slice(half));
+  };
+  await attempt(completions);
+  if (poison.length > 0) await recordPoison(trx, poison);
+  return poison;
+}
+
+function storableCompletion(c: Completion): Completion {
+  return c.status === 'sent' ? c : { ...c, error: storableText(c.error) };
+}
+
+function poisonReason(c: Completion, error: unknown): string {
+  const outcome = c.status === 'sent' ? 'the broker confirmed it' : `its delivery failed (${c.error})`;
+  return storableExcerpt(
+    `poison row: recording its outcome failed (${toError(error).message}); ${outcome}`,
+    2000,
+  );
+}
+
+/**
+ * The minimal statement that records rows as dead: no arithmetic on the row's values, nothing but
+ * a status, a counter and a text the caller made storable, so the data that broke the full
+ * completion cannot break it. It updates rows the caller's transaction already holds locked
+ * (FOR UPDATE by the claim or the recovery); it takes no other lock. The shard's progress and
+ * rollup rows do not count these rows (the completion that counts them is what failed); the
+ * log line and `last_error` do.
+ */
+export async function recordPoison(trx: Transaction<Database>, rows: readonly PoisonRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  await sql`
+    UPDATE shardrelay.outbox o SET status = 'dead', attempts = o.attempts + 1, last_error = v.reason
+      FROM unnest(${rows.map((r) => r.id)}::bigint[], ${rows.map((r) => storableText(r.reason))}::text[])
+           AS v(id, reason)
+     WHERE o.id = v.id`.execute(trx);
+}
+
+/** A claimed row as the recovery needs it: its id and the attempts it had when claimed. */
+export interface ClaimedRow {
+  readonly id: string;
+  readonly attempts: number;
+}
+
+export interface RecoveryResult {
+  /** Rows recorded now through another connection. */
+  readonly recorded: number;
+  /** Rows left alone: sent, deleted, completed or re-claimed by someone else meanwhile. */
+  readonly leftAlone: number;
+  readonly poison: readonly PoisonRow[];
+}
+
+/** How long the recovery waits for the dead claim's locks to go (its backend exiting). */
+const RECOVERY_LOCK_WAIT_MS = 1_000;
+const RECOVERY_RETRY_MS = 25;
+
+/**
+ * The claim's transaction died (its connection was terminated or lost) after the sink answered:
+ * records the same completions through another connection of `db`, so rows the broker confirmed
+ * are not sent again (before this: `pg_terminate_backend` of the relay's connections re-sent
+ * 80–100 % of the rows in flight).
+ *
+ * Guard, per row: it is locked `FOR UPDATE SKIP LOCKED` and must still be `pending` with the
+ * `attempts` it had when claimed. So a row that someone else has re-claimed (locked), sent,
+ * deleted or completed since (attempts moved), or that the dead transaction did commit after all
+ * (a COMMIT whose answer was lost), is left alone. A row can still be locked by the dying backend
+ * for a few milliseconds after the client saw the error (PostgreSQL releases locks as the backend
+ * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS, after which a row still locked is
+ * taken to be someone else's claim and left alone (it may then be sent again: same event id).
+ * The shard's loop runs nothing else meanwhile, and no other replica runs the shard, so nothing
+ * else claims these rows in that window unless a lease hand-off is under way.
+ */
+export async function recoverCompletion(
+  db: Kysely<Database>,
+  request: CompleteRequest,
+  claimed: readonly ClaimedRow[],
+): Promise<RecoveryResult> {
+  const attemptsOf = new Map(claimed.map((r) => [r.id, r.attempts]));
+  let remaining = request.completions.filter((c) => attemptsOf.has(c.id));
+  let recorded = 0;
+  const poison: PoisonRow[] = [];
+  const deadline = Date.now() + RECOVERY_LOCK_WAIT_MS;
+  for (;;) {
+    const round = await retryOnLostConnection(() =>
+      db.transaction().execute(async (trx) => {
+        const ids = remaining.map((c) => c.id);
+        const expected = sql`unnest(${ids}::bigint[], ${ids.map((id) => attemptsOf.get(id) ?? 0)}::int[]) AS v(id, attempts)`;
+        // Locks: FOR UPDATE SKIP LOCKED on exactly the rows it returns (still pending, with the
+        // attempts they had when claimed); it waits for no one.
+        const locked = await sql<{ id: string }>`
+          SELECT o.id::text AS id FROM shardrelay.outbox o JOIN ${expected} ON o.id = v.id AND o.attempts = v.attempts
+           WHERE o.status = 'pending'
+           FOR UPDATE OF o SKIP LOCKED`.execute(trx);
+        const lockedNow = new Set(locked.rows.map((r) => r.id));
+        // No lock: which of the others are still pending, i.e. held by someone else right now.
+        const others = await sql<{ id: string }>`
+          SELECT o.id::text AS id FROM shardrelay.outbox o JOIN ${expected} ON o.id = v.id AND o.attempts = v.attempts
+           WHERE o.status = 'pending' AND NOT (o.id = ANY(${[...lockedNow]}::bigint[]))`.execute(trx);
+        const lockedElsewhere = new Set(others.rows.map((r) => r.id));
+        const mine = remaining.filter((c) => lockedNow.has(c.id));
+        const found = await completeIsolated(trx, { ...request, completions: mine });
+        return { mine, found, lockedElsewhere };
+      }),
+    );
+    recorded += round.mine.length;
+    poison.push(...round.found);
+    remaining = remaining.filter((c) => round.lockedElsewhere.has(c.id));
+    if (remaining.length === 0 || Date.now() >= deadline) break;
+    await new Promise((r) => setTimeout(r, RECOVERY_RETRY_MS));
+  }
+  return { recorded: recorded - poison.length, leftAlone: claimed.length - recorded, poison };
+}
+
+/** A pool may hand out an idle connection that was terminated too: try a fresh one, twice more. */
+async function retryOnLostConnection<T>(work: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      if (attempt >= 3) throw error;
+      await new Promise((r) => setTimeout(r, 50 * attempt));
+    }
+  }
+}

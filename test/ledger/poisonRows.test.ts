@@ -1,0 +1,202 @@
+/**
+ * Ledger scenarios: poison rows. Each used to make its batch's completion fail for ever, the good
+ * rows of the batch being published again on every claim (issue: 10,010 deliveries of 4,010 ids).
+ * Now the bad rows end dead with a reason within max_attempts claims and the good rows of their
+ * batches are delivered once.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { sql, type Kysely } from 'kysely';
+import { enqueue } from '../../src/enqueue.js';
+import { startRelay } from '../../src/relay/relay.js';
+import { syntheticEvents } from '../../src/synthetic.js';
+import { up as migrate0006 } from '../../migrations/0006_finite_timestamps.js';
+import { AMQP_URL, captureLog, hostAndPort, requireBroker } from '../support/brokers.js';
+import { runCli } from '../support/cli.js';
+import { testConfig } from '../support/relayConfig.js';
+import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
+import { httpReceiver, Ledger, rabbitConsumer } from './ledger.js';
+
+const MAX_ATTEMPTS = 3;
+const { host, port } = hostAndPort(AMQP_URL, 5672);
+const rabbitDown = await requireBroker('RabbitMQ', host, port);
+
+describe('ledger: poison rows', () => {
+  let t: TestDatabase;
+  before(async () => {
+    t = await createTestDatabase('ledger_poison');
+  });
+  after(() => t.close());
+
+  /** Enqueues `count` good rows; returns their event ids. */
+  const good = async (count: number, topic: string, startAt = 0) =>
+    (await enqueue(t.db, syntheticEvents(count, { topic, startAt }))).map((e) => e.eventId);
+
+  it(
+    'non-finite created_at (a database before migration 0006): dead within max_attempts, the rest once',
+    { timeout: 120_000, skip: rabbitDown },
+    async () => {
+      // A database not yet migrated to 0006 can hold such rows; the relay must cope with them.
+      await sql`ALTER TABLE shardrelay.outbox DROP CONSTRAINT outbox_timestamps_finite`.execute(t.db);
+      const ledger = new Ledger('non-finite created_at');
+      const consumer = await rabbitConsumer(ledger);
+      ledger.expect(await good(1_000, 'orders.a'));
+      const { rows: bad } = await sql<{ id: string; event_id: string }>`
+        INSERT INTO shardrelay.outbox (topic, payload, created_at)
+        SELECT 'orders.poison', '{}'::jsonb, v FROM unnest(ARRAY['infinity', '-infinity', 'infinity',
+          '-infinity']::timestamptz[]) AS v
+        RETURNING id::text, event_id::text`.execute(t.db);
+      ledger.expect(bad.map((r) => r.event_id));
+      ledger.expect(await good(1_000, 'orders.b', 1_000));
+
+      const captured = captureLog();
+      const relay = await startRelay({
+        config: testConfig(t.url, {
+          sink: 'rabbitmq',
+          amqpExchange: consumer.exchange,
+          maxAttempts: MAX_ATTEMPTS,
+          batchBatchSize: 100,
+        }),
+        logger: captured.log,
+      });
+      try {
+        await ledger.check(t.db, { maxDuplicates: 0, boundWhy: 'no fault, so no re-send' });
+      } finally {
+        await relay.stop();
+        await consumer.close();
+      }
+      const { rows } = await sql<{ id: string; status: string; attempts: number; last_error: string }>`
+        SELECT id::text, status, attempts, last_error FROM shardrelay.outbox
+         WHERE id = ANY(${bad.map((r) => r.id)}::bigint[]) ORDER BY id`.execute(t.db);
+      for (const row of rows) {
+        assert.equal(row.status, 'dead');
+        assert.ok(row.attempts <= MAX_ATTEMPTS, `row ${row.id} dead after ${row.attempts} claims`);
+        assert.match(row.last_error, /created_at/);
+      }
+      // The log line names each row (id and event id) and the fix.
+      for (const r of bad) {
+        const line = captured.lines.find(
+          (l) => l.eventId === r.event_id && l.msg === 'event moved to dead letters',
+        );
+        assert.ok(line, `a dead-letter log line for row ${r.id}`);
+        assert.equal(line.id, r.id);
+        assert.match(String(line.error), /created_at/);
+        assert.match(String(line.fix ?? line.error), /0006/);
+      }
+
+      // Migration 0006 on this populated database keeps the rows, with finite timestamps and a
+      // note; afterwards the schema refuses such values, and status and the views work.
+      await migrate0006(t.db as unknown as Kysely<unknown>); // migrations are written schema-agnostic
+      const fixed = await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM shardrelay.outbox
+         WHERE id = ANY(${bad.map((r) => r.id)}::bigint[]) AND isfinite(created_at)
+           AND last_error LIKE '%migration 0006%'`.execute(t.db);
+      assert.equal(fixed.rows[0]?.n, bad.length, 'kept, clamped and annotated');
+      await assert.rejects(
+        sql`INSERT INTO shardrelay.outbox (topic, payload, created_at) VALUES ('x', '{}', 'infinity')`.execute(
+          t.db,
+        ),
+        /outbox_timestamps_finite/,
+      );
+      await assert.rejects(
+        sql`INSERT INTO shardrelay.outbox (topic, payload, available_at) VALUES ('x', '{}', '-infinity')`.execute(
+          t.db,
+        ),
+        /outbox_timestamps_finite/,
+      );
+      const status = await runCli(['status', '--json'], { DATABASE_URL: t.url });
+      assert.equal(status.code, 0, status.stderr);
+    },
+  );
+
+  it(
+    'a receiver whose error body holds a NUL byte: refused rows dead with the text stored, the rest once',
+    { timeout: 120_000 },
+    async () => {
+      const ledger = new Ledger('NUL in error body');
+      const ids = await good(1_000, 'orders.nul', 10_000);
+      ledger.expect(ids);
+      const refused = new Set(ids.filter((_, i) => i % 50 === 0));
+      const failing = new Set(ids.filter((_, i) => i % 50 === 25));
+      const receiver = await httpReceiver(ledger, (id) =>
+        refused.has(id)
+          ? { status: 400, body: 'refused\u0000 by the receiver \uD800' }
+          : failing.has(id)
+            ? { status: 503, body: 'busy\u0000' }
+            : { status: 200, body: '' },
+      );
+      const relay = await startRelay({
+        config: testConfig(t.url, {
+          sink: 'http',
+          webhookUrl: receiver.url,
+          maxAttempts: MAX_ATTEMPTS,
+          batchBatchSize: 100,
+        }),
+      });
+      try {
+        await ledger.check(t.db, { maxDuplicates: 0, boundWhy: 'no fault, so no re-send' });
+      } finally {
+        await relay.stop();
+        await receiver.close();
+      }
+      const { rows } = await sql<{ event_id: string; status: string; attempts: number; last_error: string }>`
+        SELECT event_id::text, status, attempts, last_error FROM shardrelay.outbox
+         WHERE event_id::text = ANY(${[...refused, ...failing]}::text[])`.execute(t.db);
+      assert.equal(rows.length, refused.size + failing.size);
+      for (const row of rows) {
+        assert.equal(row.status, 'dead');
+        assert.equal(row.attempts, refused.has(row.event_id) ? 1 : MAX_ATTEMPTS);
+        assert.match(row.last_error, /\uFFFD/, 'the NUL is stored as U+FFFD');
+      }
+    },
+  );
+
+  it(
+    'a completion that fails for any reason on one row: that row dead with the reason, the rest once',
+    { timeout: 120_000, skip: rabbitDown },
+    async () => {
+      const ledger = new Ledger('completion fails on one row');
+      const consumer = await rabbitConsumer(ledger);
+      const ids = await good(600, 'orders.trigger', 20_000);
+      ledger.expect(ids);
+      const victim = ids[250] as string;
+      // Anything the completion does to this row raises, except recording it dead.
+      await sql`
+        CREATE FUNCTION public.refuse_victim() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.status <> 'dead' THEN RAISE EXCEPTION 'this row cannot be completed'; END IF;
+          RETURN NEW;
+        END $$`.execute(t.db);
+      await sql`
+        CREATE TRIGGER refuse_victim BEFORE UPDATE ON shardrelay.outbox FOR EACH ROW
+          WHEN (OLD.event_id::text = ${sql.lit(victim)}) EXECUTE FUNCTION public.refuse_victim()`.execute(
+        t.db,
+      );
+      const relay = await startRelay({
+        config: testConfig(t.url, {
+          sink: 'rabbitmq',
+          amqpExchange: consumer.exchange,
+          maxAttempts: MAX_ATTEMPTS,
+          batchBatchSize: 100,
+        }),
+      });
+      try {
+        // The victim was delivered (the broker confirmed it) but is recorded dead: counted received.
+        await ledger.check(t.db, { maxDuplicates: 0, boundWhy: 'no fault, so no re-send' });
+      } finally {
+        await relay.stop();
+        await consumer.close();
+      }
+      const { rows } = await sql<{ status: string; attempts: number; last_error: string }>`
+        SELECT status, attempts, last_error FROM shardrelay.outbox WHERE event_id::text = ${victim}`.execute(
+        t.db,
+      );
+      assert.equal(rows[0]?.status, 'dead');
+      assert.equal(rows[0]?.attempts, 1, 'recorded on its first claim');
+      assert.match(
+        rows[0]?.last_error ?? '',
+        /poison row: recording its outcome failed \(this row cannot be completed\); the broker confirmed it/,
+      );
+    },
+  );
+});
