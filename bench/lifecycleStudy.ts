@@ -12,7 +12,9 @@
  * - `delete`       the same table, DELETE at completion
  * - `delete+record` DELETE, and INSERT a slim sent record (event_id primary key, random v4 ids)
  * - `delete+record v7` the same with time-ordered (UUIDv7) event ids: the record's unique index appends
- * - `delete+record v7 brin` the same plus a BRIN index on sent_at for retention (what 0007 ships)
+ * - `delete+record v7 brin` the same plus a BRIN index on sent_at for retention
+ * - `delete+record v7 btree` the same with a btree on sent_at instead (what 0007 ships: the BRIN
+ *   lost its selectivity once vacuum let new records reuse pruned pages, see the migration)
  * - `narrow delete` the physical floor: (id, payload, status, created_at, sent_at), DELETE
  *
  * Talks to DATABASE_URL (a database `shardrelay_lifecycle_study` on it, created if missing).
@@ -28,7 +30,7 @@ interface Candidate {
   readonly name: string;
   readonly narrow?: boolean;
   readonly v7?: boolean;
-  readonly record?: 'none' | 'pk' | 'pk+brin';
+  readonly record?: 'none' | 'pk' | 'pk+brin' | 'pk+btree';
   readonly complete: 'update' | 'delete';
 }
 
@@ -38,6 +40,7 @@ const CANDIDATES: readonly Candidate[] = [
   { name: 'delete+record', complete: 'delete', record: 'pk' },
   { name: 'delete+record v7', complete: 'delete', record: 'pk', v7: true },
   { name: 'delete+record v7 brin', complete: 'delete', record: 'pk+brin', v7: true },
+  { name: 'delete+record v7 btree', complete: 'delete', record: 'pk+btree', v7: true },
   { name: 'narrow delete', complete: 'delete', narrow: true },
 ];
 
@@ -82,6 +85,7 @@ function schemaSql(c: Candidate): string[] {
       lane text NOT NULL, attempts integer NOT NULL, created_at timestamptz NOT NULL, sent_at timestamptz NOT NULL,
       replica text, sink text)`);
     if (c.record === 'pk+brin') out.push('CREATE INDEX ON study.sent_event USING brin (sent_at)');
+    if (c.record === 'pk+btree') out.push('CREATE INDEX ON study.sent_event (sent_at)');
   }
   return out;
 }
