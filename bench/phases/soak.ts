@@ -42,6 +42,12 @@ export async function runSoak(context: PhaseContext, minutes: number): Promise<R
     context.log('  soak: measuring the max sustainable rate first');
     const sustained = await runSustainable(context, 0, 3_000);
     maxSustainable = sustained.rowsPerSec;
+    if (!(maxSustainable >= 1_000)) {
+      throw new Error(
+        `the max sustainable rate measured ${Math.round(maxSustainable)} rows/s (its first step already fell ` +
+          'behind: other load on the machine?); give the soak its rate with --soak-rate <rows/s>',
+      );
+    }
     rate = Math.max(500, Math.round((maxSustainable * 0.8) / 100) * 100);
   }
   context.log(
