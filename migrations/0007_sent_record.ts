@@ -96,7 +96,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
   // prune step reads only the entries it deletes. A BRIN was tried first and measured in the
   // 30-minute soak: once vacuum lets new records reuse the pages of pruned ones, every block range
   // spans old and new times, so each 5,000-row prune step read 13,600 pages and rechecked 662,000
-  // rows (446 ms), and PostgreSQL's CPU per 1,000 rows sent rose 91 -> 173 ms in 20 minutes.
+  // rows (446 ms at minute 21, 1.2 million records). With this btree the same step took 10 ms.
   await sql`CREATE INDEX sent_event_sent_at ON shardrelay.sent_event (sent_at)`.execute(db);
 
   // Same arguments as 0005 (relay/claims.ts completeBatch and replicas of the previous release call
