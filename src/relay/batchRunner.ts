@@ -177,6 +177,8 @@ async function recoverElsewhere(
       rows: messages.length,
       recorded: recovery.recorded,
       leftAlone: recovery.leftAlone,
+      lockedElsewhere: recovery.lockedElsewhere,
+      waitedMs: recovery.waitedMs,
       err: cause instanceof Error ? cause.message : String(cause),
     },
     'the claim transaction was lost after the send; outcomes recorded through another connection',

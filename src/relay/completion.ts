@@ -116,11 +116,14 @@ export interface RecoveryResult {
   readonly recorded: number;
   /** Rows left alone: sent, deleted, completed or re-claimed by someone else meanwhile. */
   readonly leftAlone: number;
+  /** Of those, rows still locked by another transaction when the recovery gave up waiting. */
+  readonly lockedElsewhere: number;
+  readonly waitedMs: number;
   readonly poison: readonly PoisonRow[];
 }
 
 /** How long the recovery waits for the dead claim's locks to go (its backend exiting). */
-const RECOVERY_LOCK_WAIT_MS = 1_000;
+const RECOVERY_LOCK_WAIT_MS = 10_000;
 const RECOVERY_RETRY_MS = 25;
 
 /**
@@ -134,7 +137,9 @@ const RECOVERY_RETRY_MS = 25;
  * deleted or completed since (attempts moved), or that the dead transaction did commit after all
  * (a COMMIT whose answer was lost), is left alone. A row can still be locked by the dying backend
  * for a few milliseconds after the client saw the error (PostgreSQL releases locks as the backend
- * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS, after which a row still locked is
+ * exits); those are retried for up to RECOVERY_LOCK_WAIT_MS (10 s: at a load average of 20 on 2 cores
+ * recoveries took up to 5.5 s, pool waits included; only a real re-claim, a lease hand-off, waits
+ * it out), after which a row still locked is
  * taken to be someone else's claim and left alone (it may then be sent again: same event id).
  * The shard's loop runs nothing else meanwhile, and no other replica runs the shard, so nothing
  * else claims these rows in that window unless a lease hand-off is under way.
@@ -148,7 +153,8 @@ export async function recoverCompletion(
   let remaining = request.completions.filter((c) => attemptsOf.has(c.id));
   let recorded = 0;
   const poison: PoisonRow[] = [];
-  const deadline = Date.now() + RECOVERY_LOCK_WAIT_MS;
+  const started = Date.now();
+  const deadline = started + RECOVERY_LOCK_WAIT_MS;
   for (;;) {
     const round = await retryOnLostConnection(() =>
       db.transaction().execute(async (trx) => {
@@ -177,17 +183,29 @@ export async function recoverCompletion(
     if (remaining.length === 0 || Date.now() >= deadline) break;
     await new Promise((r) => setTimeout(r, RECOVERY_RETRY_MS));
   }
-  return { recorded: recorded - poison.length, leftAlone: claimed.length - recorded, poison };
+  return {
+    recorded: recorded - poison.length,
+    leftAlone: claimed.length - recorded,
+    lockedElsewhere: remaining.length,
+    waitedMs: Date.now() - started,
+    poison,
+  };
 }
 
-/** A pool may hand out an idle connection that was terminated too: try a fresh one, twice more. */
+/**
+ * After a `pg_terminate_backend` of every connection, the pool still holds idle connections that
+ * were terminated too and that it has not noticed yet: each fails at once. Measured with 4
+ * connections per lane: three tries 50–100 ms apart were not enough (3 batches of 6 kills were
+ * re-sent whole); fresh connections come within a few tries, so try up to 20 within 10 s.
+ */
 async function retryOnLostConnection<T>(work: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 10_000;
   for (let attempt = 1; ; attempt++) {
     try {
       return await work();
     } catch (error) {
-      if (attempt >= 3) throw error;
-      await new Promise((r) => setTimeout(r, 50 * attempt));
+      if (attempt >= 20 || Date.now() >= deadline) throw error;
+      await new Promise((r) => setTimeout(r, 20 * attempt));
     }
   }
 }
