@@ -11,7 +11,7 @@ const LAYERS = [
   { name: 'lanes and settings', path: '^src/(lanes/|config\\.ts$|enqueue\\.ts$|executor\\.ts$)' },
   { name: 'sinks', path: '^src/sinks/' },
   { name: 'relay and observability', path: '^src/(relay|observability)/' },
-  { name: 'wiring', path: '^src/(demo|status|replicaStatus|deadLetters|synthetic|index)\\.ts$' },
+  { name: 'wiring', path: '^src/(demo|status|replicaStatus|deadLetters|events|synthetic|index)\\.ts$' },
   { name: 'cli', path: '^src/cli/' },
 ];
 

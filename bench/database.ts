@@ -114,14 +114,33 @@ export class BenchDatabase {
    * from the previous phase landing in this one's checkpoint.
    */
   async reset(): Promise<void> {
-    await this.#pool.query('TRUNCATE shardrelay.outbox, shardrelay.shard_progress RESTART IDENTITY');
+    await this.#pool.query(
+      'TRUNCATE shardrelay.outbox, shardrelay.sent_event, shardrelay.shard_progress RESTART IDENTITY',
+    );
+    // The physical-limit floor's table (floorProcess.ts, mode narrow): the narrow shape of the
+    // issue that asked for it, with the same partial expression index as the outbox's claims.
+    await this.#pool.query(`
+      CREATE TABLE IF NOT EXISTS bench_narrow (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload jsonb NOT NULL,
+        status text NOT NULL DEFAULT 'pending', created_at timestamptz NOT NULL DEFAULT now(),
+        sent_at timestamptz)`);
+    const { rows: count } = await this.#pool.query<{ n: number }>(
+      'SELECT shard_count AS n FROM shardrelay.shard_config',
+    );
+    const n = count[0]?.n ?? 8;
+    await this.#pool.query(
+      `CREATE INDEX IF NOT EXISTS bench_narrow_pending_mod${n} ON bench_narrow ((id % ${n}), id) WHERE status = 'pending'`,
+    );
+    await this.#pool.query('TRUNCATE bench_narrow RESTART IDENTITY');
     const { rows } = await this.#pool.query<{ name: string }>(
       `SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables
         WHERE schemaname = 'pgboss' AND tablename IN ('job', 'archive')`,
     );
     // pg-boss's job table is partitioned by queue; truncating the parent empties every partition.
     if (rows.length > 0) await this.#pool.query(`TRUNCATE ${rows.map((r) => r.name).join(', ')}`);
-    await this.#pool.query('VACUUM (ANALYZE) shardrelay.outbox, shardrelay.shard_progress');
+    await this.#pool.query(
+      'VACUUM (ANALYZE) shardrelay.outbox, shardrelay.sent_event, shardrelay.shard_progress, bench_narrow',
+    );
     // Needs superuser or pg_checkpoint; without it phases are only a little noisier.
     await this.#pool.query('CHECKPOINT').catch(() => {});
   }
@@ -154,6 +173,42 @@ export class BenchDatabase {
     }
   }
 
+  /** The same backlog in the narrow table of the physical-limit floor. */
+  async loadNarrowBacklog(rows: number, payloadBytes: number): Promise<void> {
+    const client = await this.#pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(
+        `INSERT INTO bench_narrow (payload)
+         SELECT jsonb_build_object('n', g, 'padding', $2::text) FROM generate_series(1, $1::int) AS g`,
+        [rows, padding(payloadBytes)],
+      );
+      await client.query('ANALYZE bench_narrow');
+      await client.query('COMMIT');
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  async narrowPending(): Promise<number> {
+    const { rows } = await this.#pool.query<{ n: string }>(
+      `SELECT count(*) AS n FROM bench_narrow WHERE status = 'pending'`,
+    );
+    return Number(rows[0]?.n ?? 0);
+  }
+
+  /** pg_total_relation_size (heap, indexes, TOAST) of the outbox and of the sent record, bytes. */
+  async relationSizes(): Promise<{ outbox: number; sentEvent: number }> {
+    const { rows } = await this.#pool.query<{ outbox: string; sent_event: string }>(
+      `SELECT pg_total_relation_size('shardrelay.outbox') AS outbox,
+              pg_total_relation_size('shardrelay.sent_event') AS sent_event`,
+    );
+    return { outbox: Number(rows[0]?.outbox ?? 0), sentEvent: Number(rows[0]?.sent_event ?? 0) };
+  }
+
   /** created_at → sent_at of the sent rows with `fromId < id <= toId`, ms. */
   latencyOfIds(fromId: number, toId: number): Promise<Percentiles | null> {
     return this.#latency('id > $1 AND id <= $2', [fromId, toId]);
@@ -174,8 +229,8 @@ export class BenchDatabase {
     const { rows } = await this.#pool.query<{ p: number[] | null }>(
       `SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
                 (ORDER BY extract(epoch FROM sent_at - created_at) * 1000) AS p
-         FROM shardrelay.outbox
-        WHERE ${where} AND status = 'sent'`,
+         FROM shardrelay.sent_event
+        WHERE ${where}`,
       values,
     );
     const p = rows[0]?.p;
@@ -191,22 +246,6 @@ export class BenchDatabase {
       .groupBy('status')
       .execute();
     return Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
-  }
-
-  /**
-   * Deletes up to `chunk` sent rows older than `olderThanSeconds`, as a production pruner would
-   * (the soak runs for minutes and would otherwise grow the table by millions of rows). Returns
-   * how many it deleted; fewer than `chunk` means it has caught up.
-   */
-  async pruneSent(olderThanSeconds: number, chunk: number): Promise<number> {
-    const result = await this.#pool.query(
-      `DELETE FROM shardrelay.outbox WHERE id IN (
-         SELECT id FROM shardrelay.outbox
-          WHERE status = 'sent' AND sent_at < now() - make_interval(secs => $1)
-          LIMIT $2)`,
-      [olderThanSeconds, chunk],
-    );
-    return result.rowCount ?? 0;
   }
 
   /** A connection of its own, for a load generator. */

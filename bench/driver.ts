@@ -60,6 +60,8 @@ export async function runSchedule(
       8_000 + (options.rows / rowsPerSec) * 1000 + options.latencyWindowMs;
     switch (phase) {
       case 'sql-floor':
+      case 'sql-floor-narrow':
+      case 'pgboss-insert':
         return 5_000 + (options.rows / 20_000) * 1000;
       case 'relay-null':
         return drain(15_000);
@@ -76,7 +78,11 @@ export async function runSchedule(
   const run = async (phase: RoundPhase, round: number): Promise<RunResult> => {
     switch (phase) {
       case 'sql-floor':
-        return runFloor(context, round, options.rows);
+        return runFloor(context, round, options.rows, 'outbox');
+      case 'sql-floor-narrow':
+        return runFloor(context, round, options.rows, 'narrow');
+      case 'pgboss-insert':
+        return runFloor(context, round, options.rows, 'pgboss-insert');
       case 'relay-null':
       case 'relay-pgboss':
       case 'relay-rabbitmq':

@@ -22,13 +22,28 @@ export interface RelayStart {
   readonly connections: number;
   /** More relay settings by RelayConfig key (the broker sinks' addresses), as flags would give them. */
   readonly settings?: Readonly<Record<string, string>>;
+  /** SHARDRELAY_SENT_RETENTION of the relay; default the relay's own default. */
+  readonly sentRetention?: string;
 }
+
+/**
+ * What the floor process measures:
+ * - `outbox`: the same-schema floor, the relay's claim on shardrelay.outbox and one completion
+ *   statement with the relay's effect (DELETE, and the sent record);
+ * - `narrow`: the physical limit, the same claim on a narrow table (bench_narrow), DELETE;
+ * - `pgboss-insert`: pg-boss's own insert() of the same rows, the bound of the relay → pg-boss path.
+ */
+export type FloorMode = 'outbox' | 'narrow' | 'pgboss-insert';
 
 export interface FloorStart {
   readonly kind: 'startFloor';
   readonly databaseUrl: string;
   readonly batchSize: number;
   readonly connections: number;
+  readonly mode: FloorMode;
+  /** pgboss-insert: how many jobs and their payload size. */
+  readonly rows?: number;
+  readonly payloadBytes?: number;
 }
 
 export type BenchRequest =

@@ -51,7 +51,7 @@ async function until(check: () => Promise<boolean>, timeoutMs: number, what: str
 
 async function latency(db: Kysely<Database>, createdBefore: Date | null): Promise<LatencySummary> {
   const row = await db
-    .selectFrom('shardrelay.outbox')
+    .selectFrom('shardrelay.sent_event')
     .select([
       sql<number>`count(*)::int`.as('count'),
       sql<number[] | null>`percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
@@ -60,7 +60,6 @@ async function latency(db: Kysely<Database>, createdBefore: Date | null): Promis
     ])
     .where('lane', '=', 'realtime')
     .where('topic', '=', 'bench.realtime')
-    .where('status', '=', 'sent')
     .$if(createdBefore !== null, (q) => q.where('created_at', '<', createdBefore as Date))
     .executeTakeFirstOrThrow();
   const round = (v: unknown) => Math.round(Number(v ?? 0) * 10) / 10;
@@ -82,7 +81,7 @@ export async function runLaneScenario(options: LaneScenarioOptions): Promise<Lan
   const db = createDatabase(pool);
   let relay: ChildProcess | undefined;
   try {
-    await sql`TRUNCATE shardrelay.outbox, shardrelay.shard_progress`.execute(db);
+    await sql`TRUNCATE shardrelay.outbox, shardrelay.sent_event, shardrelay.shard_progress`.execute(db);
     const padding = 'x'.repeat(Math.max(0, (options.payloadBytes ?? 200) - 40));
     if (options.backlogRows > 0) {
       await sql`
@@ -162,8 +161,8 @@ export async function runLaneScenario(options: LaneScenarioOptions): Promise<Lan
     relay = undefined;
 
     const realtimeSent = (
-      await sql<{ n: number }>`SELECT count(*)::int AS n FROM shardrelay.outbox
-        WHERE topic = 'bench.realtime' AND status = 'sent'`.execute(db)
+      await sql<{ n: number }>`SELECT count(*)::int AS n FROM shardrelay.sent_event
+        WHERE topic = 'bench.realtime'`.execute(db)
     ).rows[0]?.n as number;
     const drainSeconds = batchDrainedAt === null ? null : (batchDrainedAt - started) / 1000;
     return {

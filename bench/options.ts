@@ -38,6 +38,10 @@ export interface BenchOptions {
   readonly requireRabbitMq: boolean;
   readonly phases: ReadonlySet<PhaseName>;
   readonly soakMinutes: number | undefined;
+  /** Offered load of the soak, rows/s; default 80% of the max sustainable rate measured first. */
+  readonly soakRowsPerSec: number | undefined;
+  /** The relay's sent-record retention during the soak (SHARDRELAY_SENT_RETENTION syntax). */
+  readonly soakSentRetention: string;
   readonly rssBacklogRows: number | undefined;
   /** Write a V8 CPU profile of every relay process here. */
   readonly cpuProfileDir: string | undefined;
@@ -97,7 +101,12 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     .option('--amqp-url <url>', 'RabbitMQ (default: AMQP_URL, else amqp://guest:guest@127.0.0.1:5672)')
     .option('--budget-minutes <n>', 'time budget (default 10, quick 2)', positiveInt)
     .option('--cpu-prof <dir>', 'write a V8 CPU profile of every relay process into this folder')
-    .option('--soak [minutes]', 'only a soak of the relay at saturation (default 10 minutes)')
+    .option(
+      '--soak [minutes]',
+      'only a soak of the relay at 80% of its max sustainable rate (default 30 minutes)',
+    )
+    .option('--soak-rate <rows/s>', 'offered load of the soak instead of 80% of max sustainable', positiveInt)
+    .option('--soak-retention <duration>', 'sent-record retention of the relay in the soak', '5m')
     .option('--rss-backlog [rows]', 'only the relay peak RSS while draining a backlog (default 1000000)')
     .exitOverride((error) => {
       process.exit(error.exitCode === 0 ? 0 : 2);
@@ -121,6 +130,8 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     budgetMinutes?: number;
     cpuProf?: string;
     soak?: boolean | string;
+    soakRate?: number;
+    soakRetention: string;
     rssBacklog?: boolean | string;
   }>();
   if (o.runs < 3) {
@@ -159,7 +170,9 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     amqpUrl: o.amqpUrl ?? (env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672'),
     requireRabbitMq: env.CI === 'true',
     phases: selected,
-    soakMinutes: optionalNumber(o.soak, 10),
+    soakMinutes: optionalNumber(o.soak, 30),
+    soakRowsPerSec: o.soakRate,
+    soakSentRetention: o.soakRetention,
     rssBacklogRows: optionalNumber(o.rssBacklog, 1_000_000),
     cpuProfileDir: o.cpuProf,
     command: ['npm run bench', ...(argv.length > 0 ? ['--', ...argv] : [])].join(' '),

@@ -83,6 +83,7 @@ async function start(request: RelayStart): Promise<BenchResponse> {
       // and are not part of the measured work.
       canaryIntervalSeconds: 0,
       ...request.settings,
+      ...(request.sentRetention ? { sentRetentionSeconds: request.sentRetention } : {}),
     },
     {},
   );

@@ -20,6 +20,12 @@ export interface PhaseSummary {
   readonly ratioToFloor: number | null;
   readonly ratioToFloorMin: number | null;
   readonly ratioToFloorMax: number | null;
+  /** The same against the physical-limit floor (sql-floor-narrow) of the same round. */
+  readonly ratioToNarrow: number | null;
+  readonly ratioToNarrowMin: number | null;
+  readonly ratioToNarrowMax: number | null;
+  /** relay-pgboss only: against pg-boss's own insert() of the same rows (pgboss-insert), same round. */
+  readonly ratioToPgBossInsert: number | null;
   /**
    * CPU per row of the floor (client + PostgreSQL) over this phase's (process + PostgreSQL + broker),
    * medians: the efficiency ratio that other processes' load on a shared machine does not move.
@@ -78,6 +84,15 @@ export function summarise(results: readonly RunResult[], order: readonly string[
     results.filter((r) => r.phase === 'sql-floor').map((r) => [r.round, r.rowsPerSec] as const),
   );
   const floorMedian = median([...floorByRound.values()]);
+  const byRound = (phase: string) => {
+    const rounds = new Map(
+      results.filter((r) => r.phase === phase).map((r) => [r.round, r.rowsPerSec] as const),
+    );
+    const fallback = median([...rounds.values()]);
+    return (round: number) => rounds.get(round) ?? fallback;
+  };
+  const narrowOf = byRound('sql-floor-narrow');
+  const pgBossInsertOf = byRound('pgboss-insert');
   const names = [...new Set([...order, ...results.map((r) => r.phase)])].filter((name) =>
     results.some((r) => r.phase === name),
   );
@@ -90,6 +105,8 @@ export function summarise(results: readonly RunResult[], order: readonly string[
     const runs = results.filter((r) => r.phase === name);
     const rates = runs.map((r) => r.rowsPerSec);
     const ratios = runs.map((r) => r.rowsPerSec / (floorByRound.get(r.round) ?? floorMedian));
+    const narrowRatios = runs.map((r) => r.rowsPerSec / narrowOf(r.round));
+    const pgBossRatios = runs.map((r) => r.rowsPerSec / pgBossInsertOf(r.round));
     const latencyAt = runs.map((r) => r.latencyAtRowsPerSec).filter((v): v is number => v !== null);
     return {
       name,
@@ -100,6 +117,10 @@ export function summarise(results: readonly RunResult[], order: readonly string[
       ratioToFloor: round(median(ratios)),
       ratioToFloorMin: round(min(ratios)),
       ratioToFloorMax: round(max(ratios)),
+      ratioToNarrow: round(median(narrowRatios)),
+      ratioToNarrowMin: round(min(narrowRatios)),
+      ratioToNarrowMax: round(max(narrowRatios)),
+      ratioToPgBossInsert: name === 'relay-pgboss' ? round(median(pgBossRatios)) : null,
       cpuRatioToFloor: round(floorCpu / median(runs.map(cpuPerRow))),
       latencyMs: percentilesOf(runs.map((r) => r.latencyMs)),
       latencyAtRowsPerSec: round(median(latencyAt)),
@@ -152,9 +173,9 @@ export function markdown(report: BenchReport): string {
   );
   lines.push('');
   lines.push(
-    '| phase | runs | rows/s | × floor | × floor by CPU | rows/batch | latency p50 / p95 / p99 ms | at rows/s | peak RSS MB | CPU ms/1k rows: process | PostgreSQL | broker | other load, cores |',
+    '| phase | runs | rows/s | × floor | × narrow floor | × floor by CPU | rows/batch | latency p50 / p95 / p99 ms | at rows/s | peak RSS MB | CPU ms/1k rows: process | PostgreSQL | broker | other load, cores |',
   );
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const p of report.phases) {
     const latency =
       p.latencyMs.p50 === null
@@ -163,6 +184,7 @@ export function markdown(report: BenchReport): string {
     lines.push(
       `| ${p.name} | ${p.runs} | ${spread(p.rowsPerSec, p.rowsPerSecMin, p.rowsPerSecMax)} | ` +
         `${p.name === 'sql-floor' ? '1' : spread(p.ratioToFloor, p.ratioToFloorMin, p.ratioToFloorMax, 2)} | ` +
+        `${p.name === 'sql-floor-narrow' ? '1' : spread(p.ratioToNarrow, p.ratioToNarrowMin, p.ratioToNarrowMax, 2)} | ` +
         `${num(p.cpuRatioToFloor, 2)} | ${num(p.rowsPerBatch)} | ` +
         `${latency} | ${num(p.latencyAtRowsPerSec)} | ${num(p.peakRssMb)} | ${num(p.cpuMsPer1kRows.process, 1)} | ` +
         `${num(p.cpuMsPer1kRows.postgres, 1)} | ${num(p.cpuMsPer1kRows.broker, 1)} | ${num(p.otherCpuCores, 2)} |`,
@@ -171,6 +193,10 @@ export function markdown(report: BenchReport): string {
   lines.push('');
   lines.push(
     [
+      "sql-floor: the relay's claim and one DELETE + sent-record statement on the outbox (the same-schema",
+      'floor); sql-floor-narrow: the same claim and DELETE on a narrow table (the physical limit);',
+      "pgboss-insert: pg-boss's own insert() of the same rows. × floor / × narrow floor: against the floor",
+      'of the same round.',
       'rows/s: drains from the commit of the backlog to the last committed batch; max-sustainable: the',
       'highest offered rate the relay kept up with (null sink); recovery: the rate sent from the spike until',
       'the lag was back to baseline. × floor by CPU: CPU per row of the floor (client + PostgreSQL) over the',

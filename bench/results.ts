@@ -2,7 +2,14 @@
 import type { CpuSpent } from './cpuWindow.js';
 import type { Percentiles } from './database.js';
 
-export const DRAIN_PHASES = ['sql-floor', 'relay-null', 'relay-pgboss', 'relay-rabbitmq'] as const;
+export const DRAIN_PHASES = [
+  'sql-floor-narrow',
+  'sql-floor',
+  'pgboss-insert',
+  'relay-null',
+  'relay-pgboss',
+  'relay-rabbitmq',
+] as const;
 export const LOAD_PHASES = ['max-sustainable', 'recovery'] as const;
 export const EXTERNAL_PHASES = ['lanes', 'confirm-pipelining', 'activemq', 'broker-sinks'] as const;
 export const PHASES = [...DRAIN_PHASES, ...LOAD_PHASES, ...EXTERNAL_PHASES] as const;

@@ -33,6 +33,22 @@ export function evaluateTargets(phases: readonly PhaseSummary[]): TargetResult[]
     });
   }
 
+  if (byName('sql-floor-narrow') && relayNull?.ratioToNarrow != null) {
+    targets.push({
+      target: 'relay (null sink) ≥ 0.8 × physical-limit floor (narrow table, DELETE)',
+      measured: `${fmt(relayNull.ratioToNarrow, 2)} × (${fmt(relayNull.ratioToNarrowMin ?? 0, 2)}–${fmt(relayNull.ratioToNarrowMax ?? 0, 2)})`,
+      met: relayNull.ratioToNarrow >= 0.8,
+    });
+  }
+  const relayPgBoss = byName('relay-pgboss');
+  if (byName('pgboss-insert') && relayPgBoss?.ratioToPgBossInsert != null) {
+    targets.push({
+      target: "relay → pg-boss ≥ 0.8 × pg-boss's own insert() of the same rows",
+      measured: `${fmt(relayPgBoss.ratioToPgBossInsert, 2)} × (${fmt(relayPgBoss.rowsPerSec ?? 0)} against ${fmt(byName('pgboss-insert')?.rowsPerSec ?? 0)} rows/s)`,
+      met: relayPgBoss.ratioToPgBossInsert >= 0.8,
+    });
+  }
+
   const rabbit = byName('relay-rabbitmq');
   // In the --soak / --rss-backlog runs no drain phase runs: no line for the RabbitMQ target there.
   if (rabbit || relayNull)
@@ -67,16 +83,22 @@ export function evaluateTargets(phases: readonly PhaseSummary[]): TargetResult[]
   }
 
   const soak = byName('soak');
-  const lastToFirst = detailNumbers(soak, 'lastToFirst');
-  if (lastToFirst.length > 0) {
-    const ratio = lastToFirst[0] as number;
-    const cpu = detailNumbers(soak, 'cpuPerRowLastToFirst')[0];
+  const steady = detailNumbers(soak, 'last5ToMinutes2to6')[0];
+  if (steady !== undefined) {
     targets.push({
-      target: 'no throughput decay over the soak (last minute within 10% of the first)',
+      target: 'soak: rate of the last 5 minutes ≥ 0.95 × minutes 2-6',
+      measured: `${fmt(steady, 3)} × (offered ${fmt(Number(soak?.results[0]?.detail?.offeredRowsPerSec ?? 0))} rows/s)`,
+      met: steady >= 0.95,
+    });
+  }
+  const growth = detailNumbers(soak, 'outboxGrowthLast10Min')[0];
+  if (growth !== undefined) {
+    const record = detailNumbers(soak, 'sentEventGrowthLast10Min')[0];
+    targets.push({
+      target: 'soak: outbox (pg_total_relation_size) grows ≤ 5% over the last 10 minutes',
       measured:
-        `rows/s last/first = ${fmt(ratio, 2)}` +
-        (cpu === undefined ? '' : `; CPU per row last/first = ${fmt(cpu, 2)}`),
-      met: Math.abs(ratio - 1) <= 0.1,
+        `${fmt(growth * 100, 1)}%` + (record === undefined ? '' : `; sent record ${fmt(record * 100, 1)}%`),
+      met: growth <= 0.05,
     });
   }
   return targets;

@@ -51,6 +51,8 @@ export interface RelayConfig {
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
   readonly canaryIntervalSeconds: number;
+  /** How long a sent event stays recorded (shardrelay.sent_event), in seconds; 0 = not recorded. */
+  readonly sentRetentionSeconds: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   readonly amqp10Url: string;
   readonly amqp10Address: string;
@@ -94,6 +96,17 @@ const url = (protocols: readonly string[]) =>
     const problem = urlProblem(value, protocols);
     if (problem) ctx.addIssue({ code: 'custom', message: problem });
   });
+
+const DURATION_UNITS: Readonly<Record<string, number>> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+/** `0`, or a whole number with a unit s, m, h or d (`90s`, `1h`, `7d`), in seconds. */
+export function parseDuration(text: string): number | undefined {
+  const match = /^(\d{1,9})(s|m|h|d)?$/.exec(text.trim());
+  if (!match) return undefined;
+  const n = Number(match[1]);
+  if (match[2] === undefined) return n === 0 ? 0 : undefined;
+  return n * (DURATION_UNITS[match[2]] ?? Number.NaN);
+}
 
 interface Setting<K extends keyof RelayConfig> {
   readonly env: string;
@@ -314,6 +327,20 @@ export const SETTINGS: Settings = {
     schema: z.coerce.number().int().min(0).max(86_400),
     default: () => 30,
     fix: 'use a whole number of seconds from 0 (no canaries) to 86400',
+  },
+  sentRetentionSeconds: {
+    env: 'SHARDRELAY_SENT_RETENTION',
+    flag: '--sent-retention',
+    schema: z.string().transform((value, ctx) => {
+      const seconds = parseDuration(value);
+      if (seconds === undefined || seconds > 366 * 86_400) {
+        ctx.addIssue({ code: 'custom', message: 'not a duration of at most 366d' });
+        return z.NEVER;
+      }
+      return seconds;
+    }),
+    default: () => 3600,
+    fix: 'use 0 (forget sent events at once) or a duration such as 90s, 30m, 1h, 7d (at most 366d)',
   },
   logLevel: {
     env: 'SHARDRELAY_LOG_LEVEL',

@@ -34,6 +34,36 @@ export async function listDeadLetters(
   }));
 }
 
+/** Which dead letters `replay` and `discard` act on: ids, a topic (both: the ids of that topic), or all. */
+export interface DeadLetterSelection {
+  readonly ids?: readonly string[];
+  readonly topic?: string;
+  readonly all?: boolean;
+}
+
+function assertSelected(selection: DeadLetterSelection, verb: string): void {
+  if (!selection.all && !selection.ids?.length && !selection.topic) {
+    throw new Error(`say which dead letters to ${verb}: ids, a topic, or all`);
+  }
+}
+
+/**
+ * Deletes dead rows for good (`shardrelay dead discard`): the operator has decided they will never
+ * be sent. Only rows still dead are touched (a row replayed meanwhile is pending and stays). They
+ * leave no sent record, so their event ids may be enqueued again.
+ */
+export async function discardDeadLetters(
+  db: Kysely<Database>,
+  selection: DeadLetterSelection,
+): Promise<number> {
+  assertSelected(selection, 'discard');
+  let query = db.deleteFrom('shardrelay.outbox').where('status', '=', 'dead').where('canary', '=', false);
+  if (selection.ids?.length) query = query.where('id', 'in', [...selection.ids]);
+  if (selection.topic) query = query.where('topic', '=', selection.topic);
+  const result = await query.executeTakeFirst();
+  return Number(result.numDeletedRows);
+}
+
 /**
  * Makes dead rows pending again with a fresh attempt budget; they keep their event id, so a
  * consumer that already saw one (e.g. a permanent failure the broker half-accepted) can still
@@ -41,11 +71,9 @@ export async function listDeadLetters(
  */
 export async function replayDeadLetters(
   db: Kysely<Database>,
-  selection: { ids?: readonly string[]; topic?: string; all?: boolean },
+  selection: DeadLetterSelection,
 ): Promise<number> {
-  if (!selection.all && !selection.ids?.length && !selection.topic) {
-    throw new Error('say which dead letters to replay: ids, a topic, or all');
-  }
+  assertSelected(selection, 'replay');
   let query = db
     .updateTable('shardrelay.outbox')
     .set({ status: 'pending', attempts: 0, available_at: sql<Date>`now()` })

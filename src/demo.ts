@@ -57,7 +57,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       const realtime = Math.round(options.count * options.realtimeShare);
       options.out(`Enqueuing ${options.count} events (${realtime} real-time) into shardrelay.outbox...`);
       const before = await db
-        .selectFrom('shardrelay.outbox')
+        .selectFrom('shardrelay.events')
         .select(sql<string>`coalesce(max(id), 0)`.as('max'))
         .executeTakeFirstOrThrow();
       await enqueue(db, [
@@ -88,11 +88,12 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
           .selectFrom('shardrelay.outbox')
           .select(sql<string>`count(*)`.as('n'))
           .where('id', '>', before.max)
-          .where('status', '<>', 'pending')
+          .where('status', '=', 'pending')
           .where('canary', '=', false)
           .executeTakeFirstOrThrow()
           .then((r) => {
-            sentSoFar = Number(r.n);
+            // Sent rows leave the outbox: what is done is what is no longer pending.
+            sentSoFar = options.count - Number(r.n);
             const seconds = (performance.now() - started) / 1000;
             bar?.update(sentSoFar, { rate: Math.round(sentSoFar / Math.max(seconds, 0.001)) });
           })
@@ -105,8 +106,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       bar?.stop();
       await relay.stop();
 
+      // Sent rows leave the outbox; the sent record (kept for the retention window) has them.
       const summary = await db
-        .selectFrom('shardrelay.outbox')
+        .selectFrom('shardrelay.events')
         .select([
           sql<string>`count(*) FILTER (WHERE status = 'sent')`.as('sent'),
           sql<string>`count(*) FILTER (WHERE status = 'dead')`.as('dead'),
@@ -114,7 +116,6 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
             ORDER BY extract(epoch FROM sent_at - created_at) * 1000)`.as('p'),
         ])
         .where('id', '>', before.max)
-        .where('canary', '=', false)
         .executeTakeFirstOrThrow();
       const sent = Number(summary.sent);
       return {

@@ -1,4 +1,4 @@
-import type { CompiledQuery } from 'kysely';
+import { sql, type CompiledQuery } from 'kysely';
 import { z } from 'zod';
 import { queryCompiler } from './db/queryCompiler.js';
 import { InvalidEventError } from './errors.js';
@@ -36,6 +36,14 @@ export interface EnqueuedEvent {
 }
 
 export type { Executor } from './executor.js';
+
+/**
+ * The events written, in order, plus `skipped`: the event ids given by the caller that were not
+ * written because the database already knows them (see `enqueue`).
+ */
+export interface EnqueueResult extends Array<EnqueuedEvent> {
+  readonly skipped: readonly string[];
+}
 
 const TOPIC = /^[A-Za-z0-9_.-]{1,200}$/;
 const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
@@ -118,12 +126,19 @@ function validate(events: readonly OutboxEvent[], maxPayloadBytes: number) {
  * transaction the events exist if and only if the business change commits. Every event is validated
  * before anything is written: one bad event rejects the whole call with an InvalidEventError and
  * writes nothing.
+ *
+ * Idempotent by `eventId`: an event whose id is already in the outbox (pending, dead, or sent by an
+ * earlier release) or in the sent record (sent within the retention window,
+ * SHARDRELAY_SENT_RETENTION) is skipped, not an error, so a retried business transaction does not
+ * abort on a unique violation; its id is listed in the result's `skipped`. (Outside the window an
+ * id is not remembered; a row being completed at the very moment it is enqueued again can slip
+ * through, and is then delivered a second time with the same event id, which consumers de-duplicate.)
  */
 export async function enqueue(
   executor: Executor,
   events: readonly OutboxEvent[],
   options: EnqueueOptions = {},
-): Promise<EnqueuedEvent[]> {
+): Promise<EnqueueResult> {
   const rows = validate(events, options.maxPayloadBytes ?? 1024 * 1024);
   // Recognised by shape, not `instanceof`: the application's Kysely or pg may be another copy
   // (another version, or a second install) than shardrelay's own (src/executor.ts).
@@ -148,6 +163,7 @@ export async function enqueue(
     }
   }
   const result: EnqueuedEvent[] = [];
+  const skipped: string[] = [];
   // Compiled by shardrelay's own compiler, run through the caller's handle.
   const run = async (query: CompiledQuery): Promise<Record<string, unknown>[]> =>
     [
@@ -156,14 +172,44 @@ export async function enqueue(
         : (await kind.executor.query(query.sql, [...query.parameters])).rows),
     ] as Record<string, unknown>[];
   for (let start = 0; start < rows.length; start += BATCH_ROWS) {
-    const inserted = await run(
-      queryCompiler
-        .insertInto('shardrelay.outbox')
-        .values(rows.slice(start, start + BATCH_ROWS))
-        .returning(['id', 'event_id'])
-        .compile(),
-    );
-    for (const r of inserted) result.push({ id: String(r.id), eventId: String(r.event_id) });
+    let chunk = rows.slice(start, start + BATCH_ROWS);
+    // PostgreSQL returns uuids in lower case; compare in lower case.
+    const given = chunk.flatMap((r) => (r.event_id ? [r.event_id.toLowerCase()] : []));
+    if (given.length > 0) {
+      // Ids sent within the retention window live in the sent record, not the outbox.
+      const sent = await run(
+        queryCompiler
+          .selectFrom('shardrelay.sent_event')
+          .select('event_id')
+          .where(sql<boolean>`event_id = ANY(${given}::uuid[])`)
+          .compile(),
+      );
+      const known = new Set(sent.map((r) => String(r.event_id)));
+      if (known.size > 0) chunk = chunk.filter((r) => !r.event_id || !known.has(r.event_id.toLowerCase()));
+    }
+    // Ids in the outbox (and repeats within the call) are skipped by the unique index.
+    const inserted =
+      chunk.length === 0
+        ? []
+        : await run(
+            queryCompiler
+              .insertInto('shardrelay.outbox')
+              .values(chunk)
+              .onConflict((oc) => oc.column('event_id').doNothing())
+              .returning(['id', 'event_id'])
+              .compile(),
+          );
+    const written = new Map<string, number>();
+    for (const r of inserted) {
+      const eventId = String(r.event_id);
+      result.push({ id: String(r.id), eventId });
+      written.set(eventId, (written.get(eventId) ?? 0) + 1);
+    }
+    for (const eventId of given) {
+      const left = written.get(eventId) ?? 0;
+      if (left > 0) written.set(eventId, left - 1);
+      else skipped.push(eventId);
+    }
   }
-  return result;
+  return Object.assign(result, { skipped });
 }

@@ -11,6 +11,7 @@ export {
   enqueue,
   type EnqueueOptions,
   type EnqueuedEvent,
+  type EnqueueResult,
   type Executor,
   type OutboxEvent,
 } from './enqueue.js';

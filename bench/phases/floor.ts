@@ -1,7 +1,9 @@
 /**
- * Phase 1, `sql-floor`: the physical limit. A backlog of `rows` rows is loaded and committed, then
- * the floor process (floorProcess.ts) drains it with the relay's claim SQL and one UPDATE per
- * batch, on the same shards, batch size and number of connections as the relay.
+ * Phases 1-3, the floors (floorProcess.ts): a backlog of `rows` rows is loaded and committed, then
+ * drained by a bare loop on the same shards, batch size and number of connections as the relay:
+ * `sql-floor` on shardrelay.outbox with the relay's completion effect (the same-schema floor),
+ * `sql-floor-narrow` on a narrow table with DELETE (the physical limit of the machine);
+ * `pgboss-insert` inserts the same number of jobs with pg-boss's own insert().
  *
  * Both sides first drain a small warm-up backlog, untimed (see warmupRows): the relay in
  * production is a long-running process, and a cold one spends its first batches compiling.
@@ -9,41 +11,77 @@
 import { BenchChild } from '../child.js';
 import { CpuWindow } from '../cpuWindow.js';
 import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../results.js';
+import type { FloorMode } from '../ipc.js';
 import type { PhaseContext } from './context.js';
 
-export async function runFloor(context: PhaseContext, round: number, rows: number): Promise<RunResult> {
+const PHASE_OF: Readonly<Record<FloorMode, string>> = {
+  outbox: 'sql-floor',
+  narrow: 'sql-floor-narrow',
+  'pgboss-insert': 'pgboss-insert',
+};
+
+export async function runFloor(
+  context: PhaseContext,
+  round: number,
+  rows: number,
+  mode: FloorMode = 'outbox',
+): Promise<RunResult> {
   const { options, database } = context;
   const child = BenchChild.spawn('floor');
+  const warmup = warmupRows(rows);
+  const load = (n: number) =>
+    mode === 'narrow'
+      ? database.loadNarrowBacklog(n, options.payloadBytes)
+      : mode === 'outbox'
+        ? database.loadBacklog(n, options.payloadBytes)
+        : Promise.resolve();
   try {
     await database.reset();
-    await child.request({
-      kind: 'startFloor',
-      databaseUrl: database.url,
-      batchSize: options.batchSize,
-      connections: options.connections,
-    });
-    const warmup = warmupRows(rows);
-    await database.loadBacklog(warmup, options.payloadBytes);
+    await child.request(
+      {
+        kind: 'startFloor',
+        databaseUrl: database.url,
+        batchSize: options.batchSize,
+        connections: options.connections,
+        mode,
+        rows: warmup,
+        payloadBytes: options.payloadBytes,
+      },
+      120_000,
+    );
+    await load(warmup);
     await child.runFloor(drainTimeoutMs(warmup));
+    if (mode === 'pgboss-insert') {
+      // The measured run inserts `rows` jobs: tell the child the new count.
+      await child.request({
+        kind: 'startFloor',
+        databaseUrl: database.url,
+        batchSize: options.batchSize,
+        connections: options.connections,
+        mode,
+        rows,
+        payloadBytes: options.payloadBytes,
+      });
+    }
 
-    await database.loadBacklog(rows, options.payloadBytes);
+    await load(rows);
     const window = await CpuWindow.open(child, database);
     const run = await child.runFloor(drainTimeoutMs(rows));
     const cpu = await window.close();
     const usage = await child.usage();
-    const counts = await database.statusCounts();
-    const problems =
-      (counts.pending ?? 0) > 0 ? [`${counts.pending} rows still pending after the drain`] : [];
+    const pending =
+      mode === 'narrow' ? await database.narrowPending() : ((await database.statusCounts()).pending ?? 0);
+    const problems = pending > 0 ? [`${pending} rows still pending after the drain`] : [];
     const seconds = (run.finishedAt - run.startedAt) / 1000;
     return {
-      phase: 'sql-floor',
+      phase: PHASE_OF[mode],
       round,
       rows: run.rows,
       seconds,
       rowsPerSec: run.rows / seconds,
       latencyMs: null,
       latencyAtRowsPerSec: null,
-      drainLatencyMs: await database.latencyOfIds(warmup, warmup + rows),
+      drainLatencyMs: mode === 'outbox' ? await database.latencyOfIds(warmup, warmup + rows) : null,
       peakRssMb: mb(usage.maxRssBytes),
       cpuMsPer1kRows: cpuPer1k(cpu, run.rows),
       rowsPerBatch: rowsPerBatch(cpu),

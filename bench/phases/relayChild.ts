@@ -7,7 +7,9 @@ import type { PhaseContext } from './context.js';
 export async function startRelayChild(
   context: PhaseContext,
   sink: SinkKind,
-  extra: Partial<Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize' | 'settings'>> = {},
+  extra: Partial<
+    Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize' | 'settings' | 'sentRetention'>
+  > = {},
 ): Promise<BenchChild> {
   const { options, database, amqp } = context;
   if (sink === 'rabbitmq' && !amqp) throw new Error('RabbitMQ is not reachable');

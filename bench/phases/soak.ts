@@ -1,102 +1,111 @@
 /**
- * `--soak`: the relay (null sink) at saturation for `minutes`: the driver keeps a backlog of
- * 50,000–150,000 pending rows (topping it up in 50,000-row statements) and prunes sent rows older
- * than 30 s, as a production pruner would, so that minutes of throughput do not grow the table
- * by millions of rows. Throughput per minute shows decay: table or index bloat, vacuum falling
- * behind, a leak in the relay. Target: the last minute within 10% of the first. On a shared
- * machine other load moves throughput from minute to minute, so the CPU per row of each minute is
- * reported too: decay (bloat, a leak) shows there as well, and other load does not.
+ * `--soak [minutes]`: the relay (null sink) under a steady offered load of 80% of its max
+ * sustainable rate (measured first, or `--soak-rate`) for `minutes` (default 30), with its own
+ * retention pruner (`--soak-retention`, default 5m) and nothing else maintaining the tables: what a
+ * production deployment looks like after half an hour. Per minute: rows sent per second, the size
+ * of the outbox and of the sent record (pg_total_relation_size: heap, indexes, TOAST), CPU per row.
+ *
+ * Targets (issue "the outbox's storage"): the rate of the last 5 minutes ≥ 0.95 × that of minutes
+ * 2-6, and the outbox grows ≤ 5% over the last 10 minutes. The sent record grows until the
+ * retention window is full, then stays flat; it is reported beside the outbox.
  */
 import { CpuWindow } from '../cpuWindow.js';
-import { insertSpike } from '../loadGenerator.js';
+import { LoadGenerator } from '../loadGenerator.js';
 import { cpuPer1k, mb, otherCores, rowsPerBatch, per1k, type RunResult } from '../results.js';
 import { Sampler } from '../sampler.js';
+import { median } from '../stats.js';
 import { sleep, type PhaseContext } from './context.js';
 import { problemsOf, startRelayChild } from './relayChild.js';
-
-const LOW_WATER = 50_000;
-const TOP_UP = 100_000;
-const PRUNE_AFTER_SECONDS = 30;
-const PRUNE_CHUNK = 20_000;
+import { runSustainable } from './sustainable.js';
 
 export interface SoakMinute {
   readonly minute: number;
+  readonly offeredRowsPerSec: number;
   readonly sentRowsPerSec: number;
+  /** Rows committed but not yet sent at the end of the minute. */
+  readonly lag: number;
+  readonly outboxBytes: number;
+  readonly sentEventBytes: number;
   readonly rssMb: number;
   readonly relayCpuMsPer1kRows: number | null;
   readonly postgresCpuMsPer1kRows: number | null;
   readonly otherCores: number | null;
-  readonly prunedRows: number;
 }
 
-function cpuPerRow(minute: SoakMinute): number {
-  return (minute.relayCpuMsPer1kRows ?? Number.NaN) + (minute.postgresCpuMsPer1kRows ?? Number.NaN);
-}
+const mean = (values: readonly number[]) => values.reduce((a, b) => a + b, 0) / Math.max(values.length, 1);
 
 export async function runSoak(context: PhaseContext, minutes: number): Promise<RunResult> {
   const { options, database } = context;
+  let rate = options.soakRowsPerSec;
+  let maxSustainable: number | null = null;
+  if (rate === undefined) {
+    context.log('  soak: measuring the max sustainable rate first');
+    const sustained = await runSustainable(context, 0, 3_000);
+    maxSustainable = sustained.rowsPerSec;
+    if (!(maxSustainable >= 1_000)) {
+      throw new Error(
+        `the max sustainable rate measured ${Math.round(maxSustainable)} rows/s (its first step already fell ` +
+          'behind: other load on the machine?); give the soak its rate with --soak-rate <rows/s>',
+      );
+    }
+    rate = Math.max(500, Math.round((maxSustainable * 0.8) / 100) * 100);
+  }
+  context.log(
+    `  soak: ${rate} rows/s for ${minutes} min, sent-record retention ${options.soakSentRetention}`,
+  );
   await database.reset();
-  const child = await startRelayChild(context, 'null');
-  const topUpClient = await database.newClient();
-  let inserted = 0;
-  let pruned = 0;
-  let stopping = false;
-  const sampler = new Sampler(child, () => inserted, 1_000);
-  // Background loops keep their failure for the end: a rejection nobody awaits yet would end the driver.
-  const failures: unknown[] = [];
-  // Keeps the relay saturated: whenever the lag falls under the low-water mark, add a top-up.
-  const topUp = (async () => {
-    while (!stopping) {
-      const lag = inserted - (sampler.latest?.sent ?? 0);
-      if (lag < LOW_WATER) {
-        await insertSpike(topUpClient, TOP_UP, options.payloadBytes);
-        inserted += TOP_UP;
-      } else await sleep(100);
-    }
-  })().catch((error: unknown) => void failures.push(error));
-  const pruner = (async () => {
-    while (!stopping) {
-      const deleted = await database.pruneSent(PRUNE_AFTER_SECONDS, PRUNE_CHUNK);
-      pruned += deleted;
-      if (deleted < PRUNE_CHUNK) await sleep(2_000);
-    }
-  })().catch((error: unknown) => void failures.push(error));
+  const child = await startRelayChild(context, 'null', {
+    ...(options.soakSentRetention ? { sentRetention: options.soakSentRetention } : {}),
+  });
+  const client = await database.newClient();
+  const load = new LoadGenerator(client, options.payloadBytes);
+  const sampler = new Sampler(child, () => load.inserted, 1_000);
   const perMinute: SoakMinute[] = [];
   try {
+    load.start(rate);
     sampler.start();
     const whole = await CpuWindow.open(child, database);
     for (let minute = 1; minute <= minutes; minute++) {
       const window = await CpuWindow.open(child, database);
       const sentBefore = (await child.usage()).sent;
-      const prunedBefore = pruned;
+      const insertedBefore = load.inserted;
       await sleep(60_000);
       const cpu = await window.close();
       const usage = await child.usage();
       const sent = usage.sent - sentBefore;
-      perMinute.push({
+      const sizes = await database.relationSizes();
+      const seconds = cpu.wallMs / 1000;
+      const row: SoakMinute = {
         minute,
-        sentRowsPerSec: sent / (cpu.wallMs / 1000),
+        offeredRowsPerSec: Math.round((load.inserted - insertedBefore) / seconds),
+        sentRowsPerSec: Math.round(sent / seconds),
+        lag: load.inserted - usage.sent,
+        outboxBytes: sizes.outbox,
+        sentEventBytes: sizes.sentEvent,
         rssMb: mb(usage.rssBytes),
         relayCpuMsPer1kRows: per1k(cpu.childMs, sent),
         postgresCpuMsPer1kRows: per1k(cpu.postgresMs, sent),
         otherCores: Number.isFinite(cpu.otherCores) ? cpu.otherCores : null,
-        prunedRows: pruned - prunedBefore,
-      });
+      };
+      perMinute.push(row);
       context.log(
-        `  soak minute ${minute}: ${Math.round(sent / 60)} rows/s, RSS ${mb(usage.rssBytes)} MB, ` +
-          `other load ${cpu.otherCores.toFixed(2)} cores`,
+        `  soak minute ${minute}: offered ${row.offeredRowsPerSec}, sent ${row.sentRowsPerSec} rows/s, lag ${row.lag}, ` +
+          `outbox ${mb(row.outboxBytes)} MB, sent record ${mb(row.sentEventBytes)} MB, ` +
+          `PostgreSQL ${row.postgresCpuMsPer1kRows ?? '?'} ms/1k rows, other load ${cpu.otherCores.toFixed(2)} cores`,
       );
     }
     const cpu = await whole.close();
-    stopping = true;
-    await Promise.all([topUp, pruner]);
-    if (failures.length > 0) throw failures[0];
+    await load.stop();
     await sampler.stop();
-    await child.waitForSent(inserted, 120_000);
+    await child.waitForSent(load.inserted, 120_000);
     const usage = await child.usage();
-    const first = perMinute[0];
-    const last = perMinute.at(-1);
     const total = perMinute.reduce((a, m) => a + m.sentRowsPerSec * 60, 0);
+    const early = perMinute.filter((m) => m.minute >= 2 && m.minute <= 6).map((m) => m.sentRowsPerSec);
+    const late = perMinute.slice(-5).map((m) => m.sentRowsPerSec);
+    const tenBack = perMinute.at(-11);
+    const last = perMinute.at(-1);
+    const outboxGrowth = tenBack && last ? last.outboxBytes / tenBack.outboxBytes - 1 : null;
+    const sentEventGrowth = tenBack && last ? last.sentEventBytes / tenBack.sentEventBytes - 1 : null;
     return {
       phase: 'soak',
       round: 1,
@@ -104,7 +113,7 @@ export async function runSoak(context: PhaseContext, minutes: number): Promise<R
       seconds: minutes * 60,
       rowsPerSec: total / (minutes * 60),
       latencyMs: null,
-      latencyAtRowsPerSec: null,
+      latencyAtRowsPerSec: rate,
       drainLatencyMs: null,
       peakRssMb: mb(usage.maxRssBytes),
       cpuMsPer1kRows: cpuPer1k(cpu, total),
@@ -112,18 +121,21 @@ export async function runSoak(context: PhaseContext, minutes: number): Promise<R
       otherCpuCores: otherCores(cpu),
       problems: problemsOf(usage, await database.statusCounts()),
       detail: {
+        offeredRowsPerSec: rate,
+        maxSustainableRowsPerSec: maxSustainable,
+        sentRetention: options.soakSentRetention,
         minutes: perMinute,
-        lastToFirst: first && last ? last.sentRowsPerSec / first.sentRowsPerSec : null,
-        // CPU per row (relay + PostgreSQL), last minute over first: decay that other load cannot fake.
-        cpuPerRowLastToFirst: first && last ? cpuPerRow(last) / cpuPerRow(first) : null,
-        prunedRows: pruned,
+        // The issue's two soak targets.
+        last5ToMinutes2to6: early.length > 0 && late.length > 0 ? mean(late) / mean(early) : null,
+        outboxGrowthLast10Min: outboxGrowth,
+        sentEventGrowthLast10Min: sentEventGrowth,
+        medianOtherCores: median(perMinute.map((m) => m.otherCores ?? Number.NaN).filter(Number.isFinite)),
       },
     };
   } finally {
-    stopping = true;
-    await Promise.all([topUp, pruner]);
+    await load.stop().catch(() => {});
     await sampler.stop().catch(() => {});
-    await topUpClient.end().catch(() => {});
+    await client.end().catch(() => {});
     await child.stop();
   }
 }

@@ -8,10 +8,16 @@ import { assertReachable, createDatabase, createPool } from '../db/connection.js
 import { grantStatements } from '../db/privileges.js';
 import { DEFAULT_MIGRATIONS_DIR, assertSchemaCurrent, migrateToLatest } from '../db/migrate.js';
 import type { Database } from '../db/schema.js';
-import { listDeadLetters, replayDeadLetters } from '../deadLetters.js';
+import {
+  discardDeadLetters,
+  listDeadLetters,
+  replayDeadLetters,
+  type DeadLetterSelection,
+} from '../deadLetters.js';
 import { runDemo } from '../demo.js';
 import { enqueue } from '../enqueue.js';
 import { ConfigError, ShardRelayError, toError, type ErrorCode } from '../errors.js';
+import { findEvent, isEventId } from '../events.js';
 import { createLogger } from '../logger.js';
 import { redact } from '../redact.js';
 import { assertPortFree, portError } from '../observability/portCheck.js';
@@ -260,6 +266,28 @@ export function buildProgram(): Command {
       for (const r of rows)
         console.log(`${r.id}\t${r.eventId}\t${r.topic}\tattempts=${r.attempts}\t${r.lastError ?? ''}`);
     });
+  const deadSelection = (verb: string, opts: { id?: string[]; topic?: string; all?: boolean }) => {
+    if (!opts.id && !opts.topic && !opts.all) {
+      throw new ConfigError(
+        `dead ${verb}`,
+        'nothing selected',
+        'pass --id <id...>, --topic <topic> or --all',
+      );
+    }
+    if (opts.id?.some((id) => !/^\d+$/.test(id))) {
+      throw new ConfigError(
+        '--id',
+        `${opts.id.join(' ')} (ids are whole numbers)`,
+        'pass outbox ids as printed by `dead list`',
+      );
+    }
+    const selection: DeadLetterSelection = {
+      ...(opts.id ? { ids: opts.id } : {}),
+      ...(opts.topic ? { topic: opts.topic } : {}),
+      ...(opts.all ? { all: true } : {}),
+    };
+    return selection;
+  };
   dead
     .command('replay')
     .description('make dead rows pending again (fresh attempts, same event id)')
@@ -268,28 +296,62 @@ export function buildProgram(): Command {
     .option('--all', 'every dead row')
     .action(async (opts: { id?: string[]; topic?: string; all?: boolean }, command: Command) => {
       const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
-      if (!opts.id && !opts.topic && !opts.all) {
-        throw new ConfigError(
-          'dead replay',
-          'nothing selected',
-          'pass --id <id...>, --topic <topic> or --all',
-        );
-      }
-      if (opts.id?.some((id) => !/^\d+$/.test(id))) {
-        throw new ConfigError(
-          '--id',
-          `${opts.id.join(' ')} (ids are whole numbers)`,
-          'pass outbox ids as printed by `dead list`',
-        );
-      }
-      const n = await withDatabase(config, (db) =>
-        replayDeadLetters(db, {
-          ...(opts.id ? { ids: opts.id } : {}),
-          ...(opts.topic ? { topic: opts.topic } : {}),
-          ...(opts.all ? { all: true } : {}),
-        }),
-      );
+      const selection = deadSelection('replay', opts);
+      const n = await withDatabase(config, (db) => replayDeadLetters(db, selection));
       console.log(`replayed ${n} dead letters`);
+    });
+  dead
+    .command('discard')
+    .description('delete dead rows for good (they are never sent); same selectors as replay')
+    .option('--id <id...>', 'outbox ids to discard')
+    .option('--topic <topic>', 'every dead row of this topic')
+    .option('--all', 'every dead row')
+    .action(async (opts: { id?: string[]; topic?: string; all?: boolean }, command: Command) => {
+      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+      const selection = deadSelection('discard', opts);
+      const n = await withDatabase(config, (db) => discardDeadLetters(db, selection));
+      console.log(`discarded ${n} dead letters`);
+    });
+
+  program
+    .command('event')
+    .description('was this event sent, when, by which replica, to which sink? (within the retention window)')
+    .argument('<event-id>', 'the event id (uuid)')
+    .option('--json', 'print JSON')
+    .action(async (eventId: string, opts: { json?: boolean }, command: Command) => {
+      const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+      if (!isEventId(eventId)) {
+        throw new ConfigError(
+          '<event-id>',
+          `${eventId} (not a uuid)`,
+          'pass an event id such as 0190a5c4-...',
+        );
+      }
+      const event = await withDatabase(config, (db) => findEvent(db, eventId));
+      if (!event) {
+        console.log(
+          `event ${eventId} is not known: never enqueued, sent before the retention window (SHARDRELAY_SENT_RETENTION), or a discarded dead letter`,
+        );
+        process.exitCode = 1;
+        return;
+      }
+      if (opts.json) return console.log(JSON.stringify(event, null, 2));
+      const lines = [
+        `event     ${event.eventId}`,
+        `status    ${event.status}`,
+        `topic     ${event.topic}${event.key ? ` (key ${event.key})` : ''}`,
+        `outbox id ${event.id} (shard ${event.shard}, lane ${event.lane})`,
+        `created   ${event.createdAt.toISOString()}`,
+        `attempts  ${event.attempts}`,
+      ];
+      if (event.sentAt) {
+        lines.push(`sent      ${event.sentAt.toISOString()}`);
+        lines.push(
+          `by        ${event.replica ?? '(not recorded)'} to sink ${event.sink ?? '(not recorded)'}`,
+        );
+      }
+      if (event.lastError) lines.push(`error     ${event.lastError}`);
+      console.log(lines.join('\n'));
     });
 
   const shards = program.command('shards').description('the shard count');

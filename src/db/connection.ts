@@ -34,7 +34,8 @@ export function createPool(options: PoolOptions): pg.Pool {
     ...(options.settings && Object.keys(options.settings).length > 0
       ? {
           options: Object.entries(options.settings)
-            .map(([name, value]) => `-c ${name}=${value}`)
+            // libpq splits `options` at spaces; a backslash keeps one (a replica id may have them).
+            .map(([name, value]) => `-c ${name}=${String(value).replace(/[\\ ]/g, '\\$&')}`)
             .join(' '),
         }
       : {}),

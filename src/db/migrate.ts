@@ -23,7 +23,7 @@ const USER_SQL_NAME = /^\d+_[A-Za-z0-9_-]+\.sql$/;
  * (for example those written by `shardrelay shards new-migration`). Names sort globally; user
  * migrations are named with a timestamp, so they sort after the built-in ones they depend on.
  */
-class ShardRelayMigrationProvider implements MigrationProvider {
+export class ShardRelayMigrationProvider implements MigrationProvider {
   constructor(private readonly userDir: string | undefined) {}
 
   async getMigrations(): Promise<Record<string, Migration>> {

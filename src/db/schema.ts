@@ -120,8 +120,36 @@ export interface ShardsView {
   oldest_pending_age_seconds: string | null;
 }
 
+/**
+ * shardrelay.sent_event: one row per event sent within the retention window (migrations/0007).
+ * Written by shardrelay.complete_batch when a row leaves the outbox as sent; deleted by the
+ * retention pruner (relay/sentPruner.ts).
+ */
+export interface SentEventTable {
+  event_id: string;
+  id: BigIntColumn;
+  topic: string;
+  key: string | null;
+  shard: number;
+  lane: Lane;
+  attempts: number;
+  created_at: Timestamp;
+  sent_at: Timestamp;
+  replica: string | null;
+  sink: string | null;
+}
+
+/** shardrelay.events (sql/events.sql): what the database still knows of each event. */
+export interface EventsView extends Omit<SentEventTable, 'sent_at'> {
+  sent_at: ColumnType<Date | null, never, never>;
+  status: OutboxStatus;
+  last_error: string | null;
+}
+
 export interface Database {
   'shardrelay.outbox': OutboxTable;
+  'shardrelay.sent_event': SentEventTable;
+  'shardrelay.events': EventsView;
   'shardrelay.shard_config': ShardConfigTable;
   'shardrelay.shard_progress': ShardProgressTable;
   'shardrelay.replica': ReplicaTable;

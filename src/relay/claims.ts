@@ -57,8 +57,9 @@ export interface ClaimedMessage extends OutboxMessage {
  *   being sent by its holder or will be pending again when the holder's transaction ends, and the
  *   next claim picks it up.
  * - The `status = 'pending'` filter is re-checked by PostgreSQL on the newest row version when the
- *   lock is taken (READ COMMITTED re-evaluation), so a row another claimer marked `sent` and
- *   committed between our snapshot and our lock is not returned: no double send.
+ *   lock is taken (READ COMMITTED re-evaluation), so a row another claimer completed (deleted as
+ *   sent, or marked dead or retried) and committed between our snapshot and our lock is not
+ *   returned: no double send.
  * - `id % N` uses N as a literal so the planner can use the expression index `((id % N), id)`
  *   (see db/shardIndex.ts); a bound parameter would never match it.
  */
@@ -128,9 +129,9 @@ export interface CompleteRequest {
 
 /**
  * Records the outcome of a claimed batch, in the claim's transaction (the rows are still locked by
- * it), with one call of `shardrelay.complete_batch` (migrations/0005_complete_batch_function.ts):
- * rows confirmed by the broker become `sent` (sent_at = the moment of this call, after the
- * confirm); retried rows get a later `available_at`; given-up rows become `dead` with their error.
+ * it), with one call of `shardrelay.complete_batch` (migrations/0007_sent_record.ts, first 0005):
+ * rows confirmed by the broker leave the outbox and, unless the retention is 0, leave a sent record
+ * (sent_at = the moment of this call, after the confirm); retried rows get a later `available_at`; given-up rows become `dead` with their error.
  * The same call adds the batch to the shard's progress row and the minute's rollup row, so
  * progress, rollups and row states can never disagree. It locks the progress row, then the rollup
  * row, always in that order. Times come from shardrelay.clock(): clock_timestamp(), unless a test

@@ -17,6 +17,7 @@ import { OutboxListener } from './outboxListener.js';
 import { isPoolCheckoutTimeout, poolWaitReporter } from './poolWait.js';
 import { logBatchProblems } from './problemLog.js';
 import { Scheduler, type LaneRunner } from './scheduler.js';
+import { SentPruner } from './sentPruner.js';
 import { ShardLeases } from './shardLeases.js';
 import type { ShardOwnership } from './shardOwnership.js';
 
@@ -114,7 +115,12 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const vacuumProblem =
     options.observe === false ? undefined : await outboxVacuumProblem(controlDb).catch(() => undefined);
   if (vacuumProblem)
-    logger.warn({ fix: 'turn autovacuum on (or vacuum shardrelay.outbox on a schedule)' }, vacuumProblem);
+    logger.warn(
+      {
+        fix: 'turn autovacuum on; meanwhile the relay vacuums shardrelay.outbox and shardrelay.sent_event itself every 10 s',
+      },
+      vacuumProblem,
+    );
 
   const sink = options.sink ?? (await createSink(config, logger));
   try {
@@ -157,6 +163,11 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       newPool(config.connectionsPerLane, lane, {
         ...CLAIM_SESSION_SETTINGS,
         ...(lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
+        // Read by shardrelay.complete_batch (migrations/0007_sent_record.ts): whether to keep a
+        // record of each sent event, and who sent it.
+        'shardrelay.sent_record': config.sentRetentionSeconds > 0 ? 'on' : 'off',
+        'shardrelay.replica': config.replicaId,
+        'shardrelay.sink': sink.name,
       }),
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
@@ -232,14 +243,29 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     onRows: (shards) => scheduler.wake(shards),
     onConfigChange: () => void scheduler.tick(),
   });
+  // Retention of sent events: one process per replica prunes (the real-time worker thread's relay
+  // does not), and one replica at a time across all of them (relay/sentPruner.ts).
+  const pruner =
+    options.observe === false
+      ? undefined
+      : new SentPruner({
+          db: createDatabase(newPool(1, 'pruner')),
+          retentionSeconds: config.sentRetentionSeconds,
+          logger,
+          // Autovacuum off: a queue table that is never vacuumed decays within minutes (measured in
+          // db/vacuumCheck.ts); vacuuming it ourselves keeps it flat (bench/RESULTS.md, soak).
+          ...(vacuumProblem ? { selfVacuumIntervalMs: 10_000 } : {}),
+        });
   await scheduler.start();
   listener.start();
+  pruner?.start();
   logger.info({ sink: sink.name, lanes }, 'relay started');
 
   let stopping: Promise<{ clean: boolean }> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       await observer.stop();
+      await pruner?.stop();
       await listener.stop();
       const clean = await scheduler.stop(config.shutdownTimeoutMs);
       if (!clean) {

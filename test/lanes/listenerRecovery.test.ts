@@ -27,7 +27,7 @@ describe('the LISTEN connection', () => {
       'the row to be sent',
       async () => {
         const r = await t.db
-          .selectFrom('shardrelay.outbox')
+          .selectFrom('shardrelay.events')
           .select('status')
           .where('id', '=', id)
           .executeTakeFirstOrThrow();
@@ -37,7 +37,7 @@ describe('the LISTEN connection', () => {
       10,
     );
     const r = await t.db
-      .selectFrom('shardrelay.outbox')
+      .selectFrom('shardrelay.events')
       .select(sql<number>`extract(epoch FROM sent_at - created_at) * 1000`.as('ms'))
       .where('id', '=', id)
       .executeTakeFirstOrThrow();

@@ -33,7 +33,7 @@ async function rowsInFlight(db: Kysely<Database>): Promise<number> {
 
 async function sentCount(db: Kysely<Database>): Promise<number> {
   const { rows } = await sql<{ n: number }>`
-    SELECT count(*)::int AS n FROM shardrelay.outbox WHERE status <> 'pending'`.execute(db);
+    SELECT count(*)::int AS n FROM shardrelay.events WHERE status <> 'pending'`.execute(db);
   return rows[0]?.n ?? 0;
 }
 
@@ -153,7 +153,7 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
           maxDuplicates: async () =>
             (
               await sql<{ n: number }>`
-                SELECT count(*)::int AS n FROM shardrelay.outbox
+                SELECT count(*)::int AS n FROM shardrelay.events
                  WHERE topic = 'orders.cut' AND attempts > 1`.execute(t.db)
             ).rows[0]?.n ?? 0,
           boundWhy: `rows retried after a failed or unknown attempt (${inFlight} rows were in flight at the 3 faults)`,

@@ -39,7 +39,7 @@ describe('ledger: poison rows', () => {
   const retriedRows = (db: Kysely<Database>, topics: readonly string[]) => async () =>
     (
       await sql<{ n: number }>`
-      SELECT count(*)::int AS n FROM shardrelay.outbox
+      SELECT count(*)::int AS n FROM shardrelay.events
        WHERE topic = ANY(${[...topics]}::text[]) AND status = 'sent' AND attempts > 1`.execute(db)
     ).rows[0]?.n ?? 0;
   const NO_FAULT = 'rows re-sent after a recorded failed attempt (send timeouts under load)';
@@ -185,11 +185,12 @@ describe('ledger: poison rows', () => {
       await sql`
         CREATE FUNCTION public.refuse_victim() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-          IF NEW.status <> 'dead' THEN RAISE EXCEPTION 'this row cannot be completed'; END IF;
+          -- A confirmed row is deleted at completion (migration 0007): refuse that too.
+          IF TG_OP = 'DELETE' OR NEW.status <> 'dead' THEN RAISE EXCEPTION 'this row cannot be completed'; END IF;
           RETURN NEW;
         END $$`.execute(t.db);
       await sql`
-        CREATE TRIGGER refuse_victim BEFORE UPDATE ON shardrelay.outbox FOR EACH ROW
+        CREATE TRIGGER refuse_victim BEFORE UPDATE OR DELETE ON shardrelay.outbox FOR EACH ROW
           WHEN (OLD.event_id::text = ${sql.lit(victim)}) EXECUTE FUNCTION public.refuse_victim()`.execute(
         t.db,
       );

@@ -29,14 +29,14 @@ const SEND_TIMEOUT_MS = 2_000;
 
 const countWhere = async (db: Kysely<Database>, where: string) =>
   Number(
-    (await sql.raw<{ n: string }>(`SELECT count(*) AS n FROM shardrelay.outbox WHERE ${where}`).execute(db))
+    (await sql.raw<{ n: string }>(`SELECT count(*) AS n FROM shardrelay.events WHERE ${where}`).execute(db))
       .rows[0]?.n,
   );
 
 const eventIdsOf = async (db: Kysely<Database>, ids: readonly string[]) =>
   (
     await sql<{ event_id: string }>`
-      SELECT event_id::text FROM shardrelay.outbox WHERE id = ANY(${[...ids]}::bigint[])`.execute(db)
+      SELECT event_id::text FROM shardrelay.events WHERE id = ANY(${[...ids]}::bigint[])`.execute(db)
   ).rows.map((r) => r.event_id);
 
 describe('ledger: process faults', { skip: rabbitDown }, () => {

@@ -28,7 +28,7 @@ describe('a relay process killed with SIGKILL', () => {
       const firstDone = collect(first);
       await waitFor(
         'the first relay sends some rows',
-        async () => (await count(`shardrelay.outbox WHERE status = 'sent'`)) > 2_000,
+        async () => (await count(`shardrelay.events WHERE status = 'sent'`)) > 2_000,
       );
       // Evidence that the kill lands mid-batch: a batch transaction of the relay is open right now.
       await waitFor('a batch transaction is open', async () => {
@@ -41,7 +41,7 @@ describe('a relay process killed with SIGKILL', () => {
       const killed = await firstDone;
       assert.equal(killed.signal, 'SIGKILL');
 
-      const sentAtKill = await count(`shardrelay.outbox WHERE status = 'sent'`);
+      const sentAtKill = await count(`shardrelay.events WHERE status = 'sent'`);
       assert.ok(sentAtKill < total, `the kill came before the end (${sentAtKill} of ${total} sent)`);
       // The dead process's transactions roll back; its rows are pending again, none half-recorded.
       await waitFor(
@@ -52,17 +52,17 @@ describe('a relay process killed with SIGKILL', () => {
           )) === 0,
       );
       const sentWithoutJob = await count(
-        `shardrelay.outbox o WHERE o.status = 'sent' AND NOT EXISTS (SELECT 1 FROM pgboss.job j WHERE j.id = o.event_id)`,
+        `shardrelay.events o WHERE o.status = 'sent' AND NOT EXISTS (SELECT 1 FROM pgboss.job j WHERE j.id = o.event_id)`,
       );
       assert.equal(sentWithoutJob, 0, 'every row recorded as sent has its pg-boss job');
       const jobsWithoutSent = await count(
-        `pgboss.job j WHERE NOT EXISTS (SELECT 1 FROM shardrelay.outbox o WHERE o.event_id = j.id AND o.status = 'sent')`,
+        `pgboss.job j WHERE NOT EXISTS (SELECT 1 FROM shardrelay.events o WHERE o.event_id = j.id AND o.status = 'sent')`,
       );
       assert.equal(jobsWithoutSent, 0, 'no job exists for a row that is still pending (same transaction)');
 
       const second = await runCli(['run', '--sink', 'pgboss', '--until-drained'], env);
       assert.equal(second.code, 0, second.stderr);
-      assert.equal(await count(`shardrelay.outbox WHERE status = 'sent'`), total);
+      assert.equal(await count(`shardrelay.events WHERE status = 'sent'`), total);
       const jobs = await sql<{ total: number; distinct: number }>`
       SELECT count(*)::int AS total, count(DISTINCT id)::int AS distinct FROM pgboss.job`.execute(t.db);
       assert.deepEqual(jobs.rows[0], { total, distinct: total });

@@ -53,14 +53,14 @@ describe('relay into pg-boss', () => {
     assert.deepEqual(jobs.rows[0], { total: 20_000, distinct: 20_000 });
 
     const notSent = await t.db
-      .selectFrom('shardrelay.outbox')
+      .selectFrom('shardrelay.events')
       .select(sql<number>`count(*)::int`.as('n'))
       .where('status', '<>', 'sent')
       .executeTakeFirstOrThrow();
     assert.equal(notSent.n, 0);
 
     const joined = await sql<{ n: number }>`
-      SELECT count(*)::int AS n FROM shardrelay.outbox o JOIN pgboss.job j ON j.id = o.event_id AND j.name = o.topic`.execute(
+      SELECT count(*)::int AS n FROM shardrelay.events o JOIN pgboss.job j ON j.id = o.event_id AND j.name = o.topic`.execute(
       t.db,
     );
     assert.equal(joined.rows[0]?.n, 20_000, 'every outbox row has its own job (same id, queue = topic)');

@@ -95,7 +95,7 @@ describe('retries and dead letters', () => {
     );
 
     const other = await t.db
-      .selectFrom('shardrelay.outbox')
+      .selectFrom('shardrelay.events')
       .select(['status'])
       .where('id', '=', (rows[15] as { id: string }).id)
       .executeTakeFirstOrThrow();
@@ -104,6 +104,7 @@ describe('retries and dead letters', () => {
 
   it('dead rows stay dead through the relay, and a replay delivers them', { timeout: 60_000 }, async () => {
     await t.db.deleteFrom('shardrelay.outbox').execute();
+    await t.db.deleteFrom('shardrelay.sent_event').execute();
     await enqueue(
       t.db,
       Array.from({ length: 200 }, (_, i) => ({ topic: 't', payload: { fail: i % 50 === 0 } })),
@@ -113,7 +114,7 @@ describe('retries and dead letters', () => {
     const relay = await startRelay({ config, sink });
     await relay.whenDrained();
     const counts = await t.db
-      .selectFrom('shardrelay.outbox')
+      .selectFrom('shardrelay.events')
       .select(['status', sql<number>`count(*)::int`.as('n')])
       .groupBy('status')
       .orderBy('status')
@@ -131,7 +132,7 @@ describe('retries and dead letters', () => {
     await relay.whenDrained();
     await relay.stop();
     const dead = await t.db
-      .selectFrom('shardrelay.outbox')
+      .selectFrom('shardrelay.events')
       .select(sql<number>`count(*)::int`.as('n'))
       .where('status', '<>', 'sent')
       .executeTakeFirstOrThrow();

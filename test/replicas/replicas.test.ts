@@ -275,7 +275,7 @@ describe('a replica killed with SIGKILL mid-run', () => {
         SELECT count(*) FILTER (WHERE status = 'sent')::int AS sent,
                (SELECT count(*) FROM (SELECT id FROM public.send_audit WHERE id = ANY(${inFlight}::bigint[])
                                         GROUP BY id HAVING count(*) > 1) AS d)::int AS twice
-          FROM shardrelay.outbox WHERE id = ANY(${inFlight}::bigint[])`.execute(t.db);
+          FROM shardrelay.events WHERE id = ANY(${inFlight}::bigint[])`.execute(t.db);
       console.log(
         `# ${counts.sent} of ${total} delivered; in flight at the kill: ${inFlight.length} rows ` +
           `(re-sent by the new owner: ${replayed[0]?.sent}); delivered twice: ${counts.deliveredTwice}; ` +
@@ -457,7 +457,7 @@ describe('changing the shard count by migration while replicas run', () => {
                                     AND sent_at < ${change.at}::timestamptz)::int AS before,
                  count(*) FILTER (WHERE sent_at >= ${change.at}::timestamptz
                                     AND sent_at < ${change.at}::timestamptz + interval '2 s')::int AS after
-            FROM shardrelay.outbox`.execute(t.db);
+            FROM shardrelay.events`.execute(t.db);
         console.log(
           `# change to ${change.count}: ${rows[0]?.before} rows sent in the 2 s before, ${rows[0]?.after} after`,
         );

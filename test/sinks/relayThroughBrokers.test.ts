@@ -26,7 +26,7 @@ const EVENTS = 20_000;
 
 /**
  * The whole relay (claims, sink, completion) into each real broker: every event id reaches a
- * consumer, the outbox says `sent` for exactly those rows, and nothing arrives twice.
+ * consumer, shardrelay.events says `sent` for exactly those rows, and nothing arrives twice.
  */
 describe('the relay through real brokers', () => {
   let t: TestDatabase;
@@ -37,6 +37,7 @@ describe('the relay through real brokers', () => {
 
   async function relayAll(sink: Sink, received: ReceivedIds, batchSize = 1000): Promise<void> {
     await t.db.deleteFrom('shardrelay.outbox').execute();
+    await t.db.deleteFrom('shardrelay.sent_event').execute();
     await enqueue(t.db, syntheticEvents(EVENTS, { topic: 'orders.created' }));
     const relay = await startRelay({
       config: testConfig(t.url, { sendTimeoutMs: 60_000, batchBatchSize: batchSize }),
@@ -44,7 +45,7 @@ describe('the relay through real brokers', () => {
     });
     await relay.whenDrained();
     await relay.stop();
-    const rows = await t.db.selectFrom('shardrelay.outbox').select(['event_id', 'status']).execute();
+    const rows = await t.db.selectFrom('shardrelay.events').select(['event_id', 'status']).execute();
     assert.equal(rows.length, EVENTS);
     assert.deepEqual(
       rows.filter((r) => r.status !== 'sent'),

@@ -166,8 +166,8 @@ export function isDivided(picture: LeasePicture, expected: readonly number[]): b
 export const secondsSince = (start: number) => Math.round(performance.now() - start) / 1000;
 
 /**
- * Records every transition of a row from `pending` to `sent` (so a row recorded as sent twice shows
- * up twice), which relay process made it (the `shardrelay.pid`
+ * Records every completion of a row as sent (a pending row deleted from the outbox, so a row
+ * recorded as sent twice shows up twice), which relay process made it (the `shardrelay.pid`
  * session setting of relay connections), when its transaction began (= just before the claim) and
  * whether that process held the shard's lease at completion.
  */
@@ -185,14 +185,14 @@ export async function installSendAudit(db: Kysely<Database>): Promise<void> {
     BEGIN
       SELECT shard_count, generation INTO cfg FROM shardrelay.shard_config;
       INSERT INTO public.send_audit VALUES (
-        NEW.id, (NEW.id % cfg.shard_count)::integer, NEW.lane, sender, now(), clock_timestamp(),
+        OLD.id, (OLD.id % cfg.shard_count)::integer, OLD.lane, sender, now(), clock_timestamp(),
         EXISTS (SELECT 1 FROM shardrelay.shard_lease l JOIN shardrelay.replica r ON r.instance = l.owner_instance
-                 WHERE l.generation = cfg.generation AND l.shard = NEW.id % cfg.shard_count AND r.pid = sender));
-      RETURN NEW;
+                 WHERE l.generation = cfg.generation AND l.shard = OLD.id % cfg.shard_count AND r.pid = sender));
+      RETURN OLD;
     END $$`.execute(db);
   await sql`
-    CREATE TRIGGER audit_send AFTER UPDATE OF status ON shardrelay.outbox FOR EACH ROW
-      WHEN (OLD.status = 'pending' AND NEW.status = 'sent') EXECUTE FUNCTION public.audit_send()`.execute(db);
+    CREATE TRIGGER audit_send AFTER DELETE ON shardrelay.outbox FOR EACH ROW
+      WHEN (OLD.status = 'pending') EXECUTE FUNCTION public.audit_send()`.execute(db);
 }
 
 /** How rows were delivered: duplicates are rows whose delivery was recorded more than once. */
@@ -220,7 +220,7 @@ export async function deliveryCounts(db: Kysely<Database>): Promise<{
            count(*) FILTER (WHERE status = 'dead')::int AS dead,
            count(*) FILTER (WHERE attempts > 1)::int AS retried,
            (SELECT count(*) FROM (SELECT id FROM public.send_audit GROUP BY id HAVING count(*) > 1) AS d)::int AS twice
-      FROM shardrelay.outbox`.execute(db);
+      FROM shardrelay.events`.execute(db);
   const r = rows[0];
   if (!r) throw new Error('no counts');
   return {
