@@ -3,7 +3,16 @@ import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
 
-export const SINK_NAMES = ['pgboss', 'null', 'rabbitmq', 'jetstream', 'http'] as const;
+export const SINK_NAMES = [
+  'pgboss',
+  'null',
+  'rabbitmq',
+  'jetstream',
+  'http',
+  'amqp10',
+  'kafka',
+  'kinesis',
+] as const;
 export type SinkName = (typeof SINK_NAMES)[number];
 
 /**
@@ -37,6 +46,17 @@ export interface RelayConfig {
   readonly metricsHost: string;
   readonly canaryIntervalSeconds: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  readonly amqp10Url: string;
+  readonly amqp10Address: string;
+  readonly kafkaBrokers: string;
+  readonly kafkaTopic: string;
+  readonly kafkaCompression: 'none' | 'gzip' | 'snappy' | 'lz4' | 'zstd';
+  readonly kafkaSaslMechanism: 'PLAIN' | 'SCRAM-SHA-256' | 'SCRAM-SHA-512' | undefined;
+  readonly kafkaSaslUsername: string | undefined;
+  readonly kafkaSaslPassword: string | undefined;
+  readonly kinesisStream: string;
+  readonly kinesisRegion: string | undefined;
+  readonly kinesisEndpoint: string | undefined;
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
@@ -250,12 +270,88 @@ export const SETTINGS: Settings = {
     default: () => 'info',
     fix: 'use one of: fatal, error, warn, info, debug, trace, silent',
   },
+  amqp10Url: {
+    env: 'AMQP10_URL',
+    flag: '--amqp10-url',
+    schema: url(['amqp', 'amqps']),
+    default: () => 'amqp://127.0.0.1:5672',
+    fix: 'set AMQP10_URL to amqp://user:password@host:5672 (amqps:// for TLS; no user: SASL ANONYMOUS)',
+  },
+  amqp10Address: {
+    env: 'SHARDRELAY_AMQP10_ADDRESS',
+    flag: '--amqp10-address',
+    schema: z.string().min(1).max(1000),
+    default: () => '{topic}',
+    fix: 'give the target address, {topic} standing for the event topic, e.g. {topic}, /queue/{topic} or /exchange/events/{topic}',
+  },
+  kafkaBrokers: {
+    env: 'KAFKA_BROKERS',
+    flag: '--kafka-brokers',
+    schema: z.string().regex(/^\s*[A-Za-z0-9.[\]:_-]+:\d{1,5}\s*(,\s*[A-Za-z0-9.[\]:_-]+:\d{1,5}\s*)*$/),
+    default: () => '127.0.0.1:9092',
+    fix: 'give bootstrap brokers as host:port separated by commas, e.g. kafka-1:9092,kafka-2:9092',
+  },
+  kafkaTopic: {
+    env: 'SHARDRELAY_KAFKA_TOPIC',
+    flag: '--kafka-topic',
+    schema: z.string().regex(/^([A-Za-z0-9._-]|\{topic\})+$/),
+    default: () => '{topic}',
+    fix: 'give a Kafka topic name (letters, digits, . _ -), {topic} standing for the event topic',
+  },
+  kafkaCompression: {
+    env: 'SHARDRELAY_KAFKA_COMPRESSION',
+    flag: '--kafka-compression',
+    schema: z.enum(['none', 'gzip', 'snappy', 'lz4', 'zstd']),
+    default: () => 'none',
+    fix: 'use one of: none, gzip, snappy, lz4, zstd',
+  },
+  kafkaSaslMechanism: {
+    env: 'KAFKA_SASL_MECHANISM',
+    flag: '--kafka-sasl-mechanism',
+    schema: z.enum(['PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512']).optional(),
+    fix: 'use one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD; SASL always runs over TLS)',
+  },
+  kafkaSaslUsername: {
+    env: 'KAFKA_SASL_USERNAME',
+    flag: '--kafka-sasl-username',
+    schema: z.string().min(1).optional(),
+    fix: 'give the SASL user name (with KAFKA_SASL_MECHANISM and KAFKA_SASL_PASSWORD)',
+  },
+  kafkaSaslPassword: {
+    env: 'KAFKA_SASL_PASSWORD',
+    flag: '--kafka-sasl-password',
+    schema: z.string().min(1).optional(),
+    fix: 'give the SASL password (with KAFKA_SASL_MECHANISM and KAFKA_SASL_USERNAME); prefer the environment variable to the flag',
+  },
+  kinesisStream: {
+    env: 'KINESIS_STREAM',
+    flag: '--kinesis-stream',
+    schema: z.string().regex(/^([A-Za-z0-9._-]|\{topic\}){1,128}$/),
+    default: () => 'shardrelay',
+    fix: 'give a stream name (letters, digits, . _ -, at most 128), {topic} standing for the event topic',
+  },
+  kinesisRegion: {
+    env: 'AWS_REGION',
+    flag: '--kinesis-region',
+    schema: z
+      .string()
+      .regex(/^[a-z]{2}(-[a-z]+)+-\d+$/)
+      .optional(),
+    fix: 'give an AWS region such as eu-west-1; leave unset for the SDK default (profile, else us-east-1)',
+  },
+  kinesisEndpoint: {
+    env: 'KINESIS_ENDPOINT',
+    flag: '--kinesis-endpoint',
+    schema: url(['http', 'https']).optional(),
+    fix: "set KINESIS_ENDPOINT to http(s)://host:port, or leave it unset for the region's endpoint",
+  },
 };
 
 /** Values given on the command line, by setting name; undefined when not given. */
 export type ConfigOverrides = { readonly [K in keyof RelayConfig]?: unknown };
 
 function redactForMessage(key: keyof RelayConfig, value: unknown): string {
+  if (/password/i.test(key)) return '***';
   const text = typeof value === 'string' ? value : JSON.stringify(value);
   return /url/i.test(key) ? text.replace(/\/\/([^:/@]+):[^@]*@/, '//$1:***@') : text;
 }
@@ -291,6 +387,14 @@ export function loadConfig(
       '--webhook-url / WEBHOOK_URL',
       'is required by the http sink',
       SETTINGS.webhookUrl.fix,
+    );
+  }
+  const sasl = [result.kafkaSaslMechanism, result.kafkaSaslUsername, result.kafkaSaslPassword];
+  if (sasl.some((v) => v !== undefined) && sasl.some((v) => v === undefined)) {
+    throw new ConfigError(
+      '--kafka-sasl-mechanism / KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD',
+      'only some of the three are set',
+      'set all three for SASL, or none for a plain connection',
     );
   }
   return Object.freeze(result as RelayConfig);

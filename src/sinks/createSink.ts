@@ -35,5 +35,36 @@ export async function createSink(config: RelayConfig, logger: Logger): Promise<S
         url: config.webhookUrl as string,
         timeoutMs: config.sendTimeoutMs,
       });
+    case 'amqp10':
+      return (await import('./amqp10Sink.js')).createAmqp10Sink({
+        url: config.amqp10Url,
+        address: config.amqp10Address,
+        log: logger,
+      });
+    case 'kafka':
+      return (await import('./kafkaSink.js')).createKafkaSink({
+        brokers: config.kafkaBrokers,
+        topic: config.kafkaTopic,
+        compression: config.kafkaCompression,
+        // A record's delivery report then comes before its batch's deadline.
+        deliveryTimeoutMs: config.sendTimeoutMs,
+        ...(config.kafkaSaslMechanism && config.kafkaSaslUsername && config.kafkaSaslPassword
+          ? {
+              sasl: {
+                mechanism: config.kafkaSaslMechanism,
+                username: config.kafkaSaslUsername,
+                password: config.kafkaSaslPassword,
+              },
+            }
+          : {}),
+        log: logger,
+      });
+    case 'kinesis':
+      return (await import('./kinesisSink.js')).createKinesisSink({
+        stream: config.kinesisStream,
+        ...(config.kinesisRegion ? { region: config.kinesisRegion } : {}),
+        ...(config.kinesisEndpoint ? { endpoint: config.kinesisEndpoint } : {}),
+        log: logger,
+      });
   }
 }

@@ -1,0 +1,4 @@
+import { runConformance } from './suite.js';
+import { httpTarget } from './targets/http.js';
+
+await runConformance(httpTarget);

@@ -1,0 +1,4 @@
+import { runConformance } from './suite.js';
+import { jetstreamTarget } from './targets/jetstream.js';
+
+await runConformance(jetstreamTarget);

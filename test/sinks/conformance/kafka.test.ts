@@ -1,0 +1,4 @@
+import { runConformance } from './suite.js';
+import { kafkaTarget } from './targets/kafka.js';
+
+await runConformance(kafkaTarget);

@@ -1,0 +1,4 @@
+import { runConformance } from './suite.js';
+import { pgbossTarget } from './targets/pgboss.js';
+
+await runConformance(pgbossTarget);
