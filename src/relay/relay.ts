@@ -7,6 +7,7 @@ import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { createObserver, type Observer } from '../observability/observer.js';
+import { isRoutingSink } from '../routing/routingSink.js';
 import { createSink } from '../sinks/createSink.js';
 import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
@@ -136,6 +137,10 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     observe: options.observe,
     intervalMs: options.observeIntervalMs,
   });
+  if (observer.metrics && isRoutingSink(sink)) {
+    const { observeRoutes } = await import('../routing/routeMetrics.js');
+    observeRoutes(sink, observer.metrics);
+  }
   const deliverySink = observer.trackInflight(sink);
 
   const retry = { maxAttempts: config.maxAttempts, baseMs: config.retryBaseMs, capMs: config.retryCapMs };
