@@ -15,6 +15,7 @@ import { startReplica } from '../relay/replica.js';
 import { readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
+import { addRoutesCommand } from './routesCommand.js';
 import { watch } from './watch.js';
 
 /** Exit codes: 0 done, 1 failure while running, 2 bad configuration or input (nothing was done). */
@@ -315,6 +316,7 @@ export function buildProgram(): Command {
         if (summary.sent !== summary.enqueued) process.exitCode = 1;
       },
     );
+  addRoutesCommand(program);
   return program;
 }
 

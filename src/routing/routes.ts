@@ -194,7 +194,11 @@ function parseSink(
     const setting = settings[key];
     if (setting.default) result[key] = setting.default();
     else if (REQUIRED_SETTINGS[sinkType]?.includes(key)) {
-      refuse(`${place}.${key}`, `is required by the ${sinkType} sink but not set`, setting.fix);
+      refuse(
+        `${place}.${key}`,
+        `is required by the ${sinkType} sink but not set`,
+        `add "${key}" to ${place} (the value as for ${setting.env}: ${setting.fix})`,
+      );
     }
   }
   if (sinkType === 'kafka') {
