@@ -15,6 +15,7 @@ import { startReplica } from '../relay/replica.js';
 import { readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
+import { formatRouteStatus, readRouteStatus } from '../routing/routeStatus.js';
 import { addRoutesCommand } from './routesCommand.js';
 import { watch } from './watch.js';
 
@@ -161,13 +162,16 @@ export function buildProgram(): Command {
       .description('per shard and lane: owner, backlog, lag, health class and trend; totals')
       .option('--json', 'print one JSON object')
       .option('--watch [seconds]', 'redraw in place every few seconds (default 2)'),
-    [],
+    ['routes', 'routesFile'],
   ).action(async (opts: { json?: boolean; watch?: string | boolean }, command: Command) => {
-    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'routes', 'routesFile']));
     await withDatabase(config, async (db) => {
       const show = async () => {
         const status = await readStatus(db);
-        return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
+        // With routes configured: per-route throughput, failures and lag (src/routing/routeStatus.ts).
+        const routes = config.routes ? await readRouteStatus(db, config.routes) : undefined;
+        if (opts.json) return JSON.stringify(routes ? { ...status, routes } : status, null, 2);
+        return routes ? `${formatStatus(status)}\n\n${formatRouteStatus(routes)}` : formatStatus(status);
       };
       if (!opts.watch) return console.log(await show());
       const seconds = typeof opts.watch === 'string' ? Number(opts.watch) || 2 : 2;
