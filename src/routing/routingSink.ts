@@ -166,7 +166,11 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
     const confirmedAny = sent.some((o) => o.status === 'confirmed');
     const transient = sent.some((o) => o.status === 'unknown' || (o.status === 'failed' && o.retryable));
     if (confirmedAny) state.down = false;
-    else if (transient) state.down = true;
+    else if (transient && !state.down) {
+      // The failed send counts as the last probe: the next one comes PROBE_INTERVAL_MS later.
+      state.down = true;
+      state.lastProbeAt = now();
+    }
     const rest = part
       .slice(toSend.length)
       .map(() => retryable(`route ${route} is down (its broker failed or stalled); retried`));
