@@ -7,7 +7,7 @@ import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { createObserver, type Observer } from '../observability/observer.js';
-import { isRoutingSink } from '../routing/routingSink.js';
+import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import { createSink } from '../sinks/createSink.js';
 import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
@@ -23,6 +23,11 @@ export interface RelayHooks {
   readonly onBatch?: (shard: number, lane: Lane, result: BatchResult) => void;
   /** Shard ownership may have changed: after every tick, and between ticks (a lost liveness lock). */
   readonly onOwnershipChange?: () => void;
+  /**
+   * Routing only: each route's part of a batch, for a relay that exports no metrics itself (the
+   * real-time worker thread forwards them to the main thread's per-route metrics).
+   */
+  readonly onRoutePart?: (report: RoutePartReport) => void;
 }
 
 export interface StartRelayOptions {
@@ -140,6 +145,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   if (observer.metrics && isRoutingSink(sink)) {
     const { observeRoutes } = await import('../routing/routeMetrics.js');
     observeRoutes(sink, observer.metrics);
+  } else if (isRoutingSink(sink) && options.hooks?.onRoutePart) {
+    sink.onPart = options.hooks.onRoutePart;
   }
   const deliverySink = observer.trackInflight(sink);
 

@@ -14,7 +14,7 @@ import amqp from 'amqplib';
 import { enqueue } from '../../src/enqueue.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { AMQP_URL, ReceivedIds, hostAndPort, requireBroker, uniqueName } from '../support/brokers.js';
-import { runCli } from '../support/cli.js';
+import { collect, spawnCli, waitFor } from '../support/cli.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 describe('shardrelay run with routes', () => {
@@ -91,15 +91,39 @@ describe('shardrelay run with routes', () => {
           }
         }
         const [stray] = await enqueue(t.db, syntheticEvents(1, { topic: 'stray.event' }));
-        const run = await runCli(['run', '--routes-file', file, '--until-drained'], {
+        // Kept running until the consumers have everything, so its /metrics can be read.
+        const metricsPort = 20_000 + Math.floor(Math.random() * 20_000);
+        const child = spawnCli(['run', '--routes-file', file], {
           DATABASE_URL: t.url,
           TEST_AMQP_URL: AMQP_URL,
+          SHARDRELAY_METRICS_PORT: String(metricsPort),
         });
-        assert.equal(run.code, 0, run.stderr);
-        for (const route of ['orders', 'emails', 'hooks'] as const) {
-          await received[route].waitForAll(ids[route], 30_000);
-          assert.equal(received[route].counts.size, 1000, `${route} received exactly its 1,000 events`);
+        const exited = collect(child);
+        let metrics = '';
+        try {
+          for (const route of ['orders', 'emails', 'hooks'] as const) {
+            await received[route].waitForAll(ids[route], 60_000);
+            assert.equal(received[route].counts.size, 1000, `${route} received exactly its 1,000 events`);
+          }
+          // Per-route counters of both lanes: the real-time worker thread forwards its parts.
+          const confirmedOf = (route: string) =>
+            Number(
+              new RegExp(
+                `shardrelay_route_events_total\\{[^}]*route="${route}",outcome="confirmed"\\} (\\d+)`,
+              ).exec(metrics)?.[1] ?? -1,
+            );
+          await waitFor('per-route counters of both lanes', async () => {
+            metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`)
+              .then((r) => r.text())
+              .catch(() => '');
+            return ['orders', 'emails', 'hooks'].every((r) => confirmedOf(r) >= 1000);
+          });
+          for (const route of ['orders', 'emails', 'hooks']) assert.equal(confirmedOf(route), 1000, route);
+        } finally {
+          child.kill('SIGTERM');
         }
+        const run = await exited;
+        assert.equal(run.code, 0, run.stderr);
         const dead = await t.db
           .selectFrom('shardrelay.outbox')
           .select(['event_id', 'last_error'])
