@@ -10,10 +10,26 @@ const LAYERS = [
   { name: 'db', path: '^src/db/' },
   { name: 'lanes and settings', path: '^src/(lanes/|config\\.ts$|enqueue\\.ts$|executor\\.ts$)' },
   { name: 'sinks', path: '^src/sinks/' },
+  { name: 'routing', path: '^src/routing/' },
   { name: 'relay and observability', path: '^src/(relay|observability)/' },
   { name: 'wiring', path: '^src/(demo|status|replicaStatus|deadLetters|events|synthetic|index)\\.ts$' },
   { name: 'cli', path: '^src/cli/' },
 ];
+
+/**
+ * KNOWN EXCEPTIONS, to remove (they came with routing, merged after the layers were drawn):
+ * - config.ts parses the routes (routing/loadRoutes.ts) inside loadConfig, and routing/routes.ts
+ *   reads the settings table of config.ts: a cycle. The fix is to parse routes where the sink is
+ *   built, not in loadConfig.
+ * - sinks/createSink.ts builds the routing sink (routing/buildRoutingSink.ts).
+ * - routing/routeMetrics.ts registers its metrics in observability/metrics.ts.
+ */
+const KNOWN_UPWARD = {
+  'lanes and settings': '^src/routing/(loadRoutes|routes|topicPattern)\\.ts$',
+  sinks: '^src/routing/buildRoutingSink\\.ts$',
+  routing: '^src/observability/metrics\\.ts$',
+};
+const CYCLE_EXCEPTIONS = '^src/(config\\.ts|routing/(loadRoutes|routes)\\.ts)$';
 
 const upward = LAYERS.slice(0, -1).map((layer, i) => ({
   name: `no-import-up-from-${layer.name.replace(/\W+/g, '-')}`,
@@ -22,7 +38,10 @@ const upward = LAYERS.slice(0, -1).map((layer, i) => ({
     .join(', ')})`,
   severity: 'error',
   from: { path: layer.path },
-  to: { path: LAYERS.slice(i + 1).map((l) => l.path) },
+  to: {
+    path: LAYERS.slice(i + 1).map((l) => l.path),
+    ...(KNOWN_UPWARD[layer.name] ? { pathNot: KNOWN_UPWARD[layer.name] } : {}),
+  },
 }));
 
 /** @type {import('dependency-cruiser').IConfiguration} */
@@ -58,7 +77,7 @@ export default {
       name: 'no-circular',
       comment: 'modules import each other in a cycle',
       severity: 'error',
-      from: { path: '^src/' },
+      from: { path: '^src/', pathNot: CYCLE_EXCEPTIONS },
       to: { circular: true },
     },
   ],

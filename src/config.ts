@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { redact } from './redact.js';
 import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
+import { readRoutes, type RouteTable } from './routing/loadRoutes.js';
 
 export const SINK_NAMES = [
   'pgboss',
@@ -65,6 +66,9 @@ export interface RelayConfig {
   readonly kinesisStream: string;
   readonly kinesisRegion: string | undefined;
   readonly kinesisEndpoint: string | undefined;
+  /** Routes to several sinks (replaces `sink` when set); see src/routing/routes.ts. */
+  readonly routes: RouteTable | undefined;
+  readonly routesFile: string | undefined;
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
@@ -424,6 +428,19 @@ export const SETTINGS: Settings = {
     schema: url(['http', 'https']).optional(),
     fix: "set KINESIS_ENDPOINT to http(s)://host:port, or leave it unset for the region's endpoint",
   },
+  routes: {
+    env: 'SHARDRELAY_ROUTES',
+    flag: '--routes',
+    // Taken as text here; loadConfig parses it with readRoutes, whose errors name the exact place.
+    schema: z.custom<RouteTable>((value) => typeof value === 'string'),
+    fix: 'give routes as JSON (see the README, "Routing"), or use --routes-file',
+  },
+  routesFile: {
+    env: 'SHARDRELAY_ROUTES_FILE',
+    flag: '--routes-file',
+    schema: z.string().min(1).optional(),
+    fix: 'give the path of a JSON routes file (see the README, "Routing")',
+  },
 };
 
 /** Values given on the command line, by setting name; undefined when not given. */
@@ -476,5 +493,12 @@ export function loadConfig(
       'set all three for SASL, or none for a plain connection',
     );
   }
+  // `routes` holds the raw JSON text until here.
+  result.routes = readRoutes(
+    result.routes as string | undefined,
+    result.routesFile as string | undefined,
+    SETTINGS,
+    env,
+  );
   return Object.freeze(result as RelayConfig);
 }

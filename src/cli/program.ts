@@ -25,6 +25,8 @@ import { startReplica } from '../relay/replica.js';
 import { DEFAULT_HIDE_GONE_AFTER_SECONDS, readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
+import { formatRouteStatus, readRouteStatus } from '../routing/routeStatus.js';
+import { addRoutesCommand } from './routesCommand.js';
 import { watch } from './watch.js';
 
 /**
@@ -236,13 +238,16 @@ export function buildProgram(): Command {
         wholeNumber('--hide-gone-after', 0, 31_536_000),
         DEFAULT_HIDE_GONE_AFTER_SECONDS,
       ),
-    [],
+    ['routes', 'routesFile'],
   ).action(async (opts: StatusOptions, command: Command) => {
-    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel']));
+    const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'routes', 'routesFile']));
     await withDatabase(config, async (db) => {
       const show = async () => {
         const status = await readStatus(db, { hideGoneAfterSeconds: opts.hideGoneAfter });
-        return opts.json ? JSON.stringify(status, null, 2) : formatStatus(status);
+        // With routes configured: per-route throughput, failures and lag (src/routing/routeStatus.ts).
+        const routes = config.routes ? await readRouteStatus(db, config.routes) : undefined;
+        if (opts.json) return JSON.stringify(routes ? { ...status, routes } : status, null, 2);
+        return routes ? `${formatStatus(status)}\n\n${formatRouteStatus(routes)}` : formatStatus(status);
       };
       if (!opts.watch) return console.log(await show());
       const seconds = typeof opts.watch === 'string' ? Number(opts.watch) || 2 : 2;
@@ -453,6 +458,7 @@ export function buildProgram(): Command {
         if (summary.sent !== summary.enqueued) process.exitCode = 1;
       },
     );
+  addRoutesCommand(program);
   return program;
 }
 

@@ -1,5 +1,6 @@
 import type { Lane } from '../db/schema.js';
 import type { ErrorCode } from '../errors.js';
+import type { RoutePartReport } from '../routing/routingSink.js';
 import type { BatchResult } from './batchRunner.js';
 import type { HeldShards } from './shardOwnership.js';
 
@@ -18,4 +19,6 @@ export type FromRealtimeWorker =
       readonly fix: string | undefined;
     }
   | { readonly type: 'batch'; readonly shard: number; readonly lane: Lane; readonly result: BatchResult }
-  | { readonly type: 'stopped'; readonly clean: boolean };
+  | { readonly type: 'stopped'; readonly clean: boolean }
+  /** Routing only: one route's part of a batch, for the main thread's per-route metrics. */
+  | { readonly type: 'routePart'; readonly report: RoutePartReport };

@@ -32,7 +32,10 @@ try {
     // The main thread's relay observes the views and exports metrics for both lanes.
     observe: false,
     logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),
-    hooks: { onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }) },
+    hooks: {
+      onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }),
+      onRoutePart: (report) => post({ type: 'routePart', report }),
+    },
   });
 } catch (thrown) {
   const error = toError(thrown);

@@ -9,6 +9,7 @@ import { ShardRelayError, toError } from '../errors.js';
 import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { createObserver, type Observer } from '../observability/observer.js';
+import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import { createSink } from '../sinks/createSink.js';
 import type { Sink } from '../sinks/sink.js';
 import { runBatch, type BatchResult } from './batchRunner.js';
@@ -26,6 +27,11 @@ export interface RelayHooks {
   readonly onBatch?: (shard: number, lane: Lane, result: BatchResult) => void;
   /** Shard ownership may have changed: after every tick, and between ticks (a lost liveness lock). */
   readonly onOwnershipChange?: () => void;
+  /**
+   * Routing only: each route's part of a batch, for a relay that exports no metrics itself (the
+   * real-time worker thread forwards them to the main thread's per-route metrics).
+   */
+  readonly onRoutePart?: (report: RoutePartReport) => void;
 }
 
 export interface StartRelayOptions {
@@ -150,6 +156,12 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     observe: options.observe,
     intervalMs: options.observeIntervalMs,
   });
+  if (observer.metrics && isRoutingSink(sink)) {
+    const { observeRoutes } = await import('../routing/routeMetrics.js');
+    observeRoutes(sink, observer.metrics);
+  } else if (isRoutingSink(sink) && options.hooks?.onRoutePart) {
+    sink.onPart = options.hooks.onRoutePart;
+  }
   const deliverySink = observer.trackInflight(sink);
 
   const retry = { maxAttempts: config.maxAttempts, baseMs: config.retryBaseMs, capMs: config.retryCapMs };

@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Lane } from '../db/schema.js';
 import { ShardRelayError } from '../errors.js';
+import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import type { BatchResult } from './batchRunner.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
 import type { FromRealtimeWorker, ToRealtimeWorker } from './realtimeThreadMessages.js';
@@ -45,6 +46,7 @@ export async function startReplica(
   // The worker has no metrics of its own: the main relay's observer counts its batches too.
   let onOwnershipChange = () => {};
   let recordWorkerBatch: ((shard: number, lane: Lane, result: BatchResult) => void) | undefined;
+  let recordWorkerRoutePart: ((report: RoutePartReport) => void) | undefined;
   const send = (message: ToRealtimeWorker) => worker.postMessage(message);
   let workerFailed: Error | undefined;
   const ready = new Promise<void>((resolve, reject) => {
@@ -59,6 +61,8 @@ export async function startReplica(
       } else if (message.type === 'batch') {
         recordWorkerBatch?.(message.shard, message.lane, message.result);
         options.hooks?.onBatch?.(message.shard, message.lane, message.result);
+      } else if (message.type === 'routePart') {
+        recordWorkerRoutePart?.(message.report);
       }
     });
     worker.on('error', (error) => {
@@ -79,6 +83,11 @@ export async function startReplica(
     });
     const observer = main.observer;
     recordWorkerBatch = (shard, lane, result) => observer.recordBatch(shard, lane, result);
+    const mainSink = main.sink;
+    // The main thread's routing sink carries the per-route metrics of both lanes.
+    recordWorkerRoutePart = (report) => {
+      if (isRoutingSink(mainSink)) mainSink.onPart?.(report);
+    };
   } catch (error) {
     await worker.terminate();
     throw error;

@@ -8,6 +8,10 @@ import type { Sink } from './sink.js';
  * worker thread would otherwise load all of them at start.
  */
 export async function createSink(config: RelayConfig, logger: Logger): Promise<Sink> {
+  if (config.routes) {
+    const { buildRoutingSink } = await import('../routing/buildRoutingSink.js');
+    return buildRoutingSink(config, config.routes, logger, createSink);
+  }
   switch (config.sink) {
     case 'null':
       return (await import('./nullSink.js')).createNullSink();

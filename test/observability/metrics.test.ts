@@ -9,6 +9,11 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { startObservabilityServer, type ObservabilityServer } from '../../src/observability/httpServer.js';
 import { createMetrics, type RelayMetrics } from '../../src/observability/metrics.js';
+import { SETTINGS } from '../../src/config.js';
+import { observeRoutes } from '../../src/routing/routeMetrics.js';
+import { parseRoutes } from '../../src/routing/routes.js';
+import { createRoutingSink } from '../../src/routing/routingSink.js';
+import { createNullSink } from '../../src/sinks/nullSink.js';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const ALERTS = 'deploy/prometheus/alerts.yml';
@@ -487,6 +492,12 @@ describe('dashboards and alert rules', () => {
   before(async () => {
     metrics = createMetrics({ replica: 'relay-names', sink: 'null' });
     exerciseEveryMetric(metrics);
+    // The per-route metrics exist when routes are configured (ShardRelayRouteDown reads them).
+    const routes = parseRoutes({ sinks: { main: { type: 'null' } }, default: 'main' }, SETTINGS, {});
+    observeRoutes(
+      createRoutingSink({ table: routes, sinks: new Map([['main', createNullSink()]]) }),
+      metrics,
+    );
     server = await startObservabilityServer({
       port: 0,
       registry: metrics.registry,
@@ -516,6 +527,7 @@ describe('dashboards and alert rules', () => {
       'ShardRelayCanaryMissing',
       'ShardRelayCanarySlow',
       'ShardRelayNoLiveReplica',
+      'ShardRelayRouteDown',
     ]) {
       assert.ok(rules.alerts.includes(alert), `alert ${alert} missing from ${ALERTS}`);
     }

@@ -1,0 +1,40 @@
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../errors.js';
+import { parseRoutes, parseRoutesJson, type RouteTable } from './routes.js';
+
+export type { RouteTable } from './routes.js';
+
+type SettingsTable = Parameters<typeof parseRoutes>[1];
+
+/**
+ * The routes of `--routes` / SHARDRELAY_ROUTES (JSON text) or `--routes-file` /
+ * SHARDRELAY_ROUTES_FILE (a JSON file), validated; undefined when neither is set (one sink, as
+ * `--sink` says). Both at once are refused: which one wins would be a guess.
+ */
+export function readRoutes(
+  text: string | undefined,
+  file: string | undefined,
+  settings: SettingsTable,
+  env: NodeJS.ProcessEnv,
+): RouteTable | undefined {
+  if (text !== undefined && file !== undefined) {
+    throw new ConfigError(
+      '--routes / SHARDRELAY_ROUTES and --routes-file / SHARDRELAY_ROUTES_FILE',
+      'both are set',
+      'give the routes one way only',
+    );
+  }
+  if (text !== undefined) return parseRoutesJson(text, '--routes / SHARDRELAY_ROUTES', settings, env);
+  if (file === undefined) return undefined;
+  let content: string;
+  try {
+    content = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(
+      '--routes-file / SHARDRELAY_ROUTES_FILE',
+      `cannot read ${file} (${error instanceof Error ? error.message : String(error)})`,
+      'give the path of a readable JSON routes file',
+    );
+  }
+  return parseRoutesJson(content, `routes file ${file}`, settings, env);
+}

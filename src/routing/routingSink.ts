@@ -1,0 +1,214 @@
+/**
+ * The routing sink: one Sink in front of several, chosen per row by the routes (routes.ts).
+ *
+ * A claimed batch is split by route; each part goes to its sink concurrently under the batch's
+ * own deadline; the outcomes are merged back per row, in order, so the batch still ends in one
+ * completion. A row no route takes fails `permanent` with a reason naming the missing route
+ * (dead at once: retrying cannot route it).
+ *
+ * ## A down broker must not hold the other routes' rows
+ *
+ * Each part's outcomes settle by the deadline (settleByDeadline; unsettled → `unknown`, re-sent
+ * later with the same event id). That alone bounds the harm to one deadline per batch, but every
+ * batch that holds a row of the down route would wait that long, and with rows spread over all
+ * shards that is every batch: the healthy routes' throughput would fall to one batch per deadline
+ * per connection. So each route has a breaker:
+ *
+ * - `up`: parts are sent as they come.
+ * - a part that settles with no confirm and at least one `unknown` or retryable outcome (a
+ *   stall, a refused connection, a nack storm) turns the route `down`.
+ * - `down`: the route's rows fail `retryable` at once ("route down"), without touching its sink
+ *   (they go back with backoff, like any retry), except one probe: at most every
+ *   PROBE_INTERVAL_MS and never two at a time, the first row of a part is sent with a deadline of
+ *   at most PROBE_BUDGET_MS. A probe confirmed turns the route `up`.
+ *
+ * So while a route is down the other routes' batches wait at most PROBE_BUDGET_MS, once per
+ * PROBE_INTERVAL_MS per sink instance, instead of the whole send timeout on every batch.
+ *
+ * A sink that writes through the claim transaction (pg-boss) is never abandoned at the deadline
+ * (the transaction must not be committed while it still writes) and never runs beside another
+ * such sink (their savepoints would interleave on the one connection): those parts run one after
+ * the other, each awaited to the end, concurrently with the broker parts.
+ */
+import { settleByDeadline } from '../sinks/deadline.js';
+import {
+  permanent,
+  retryable,
+  unknown,
+  type OutboxMessage,
+  type SendContext,
+  type SendOutcome,
+  type Sink,
+} from '../sinks/sink.js';
+import { noRouteReason, routeOf, type RouteTable } from './routes.js';
+
+/** A probe of a down route gives other routes' rows at most this long to wait. */
+export const PROBE_BUDGET_MS = 1_000;
+/** A down route is probed at most this often per sink instance. */
+export const PROBE_INTERVAL_MS = 2_000;
+
+/** Per-route figures, for metrics: one call per part sent (or failed fast). */
+export interface RoutePartReport {
+  readonly route: string;
+  readonly outcomes: readonly SendOutcome[];
+  /** Seconds the part took; 0 when failed fast. */
+  readonly seconds: number;
+  readonly down: boolean;
+}
+
+export interface RoutingSinkOptions {
+  readonly table: RouteTable;
+  /** One started-or-not sink per route name of `table.sinks`. */
+  readonly sinks: ReadonlyMap<string, Sink>;
+  /** Sinks that write through the claim transaction (see above), by route name. */
+  readonly transactional?: ReadonlySet<string>;
+  readonly now?: () => number;
+}
+
+export interface RoutingSink extends Sink {
+  readonly routes: readonly string[];
+  /** Called after every part; the relay points it at its metrics. */
+  onPart: ((report: RoutePartReport) => void) | undefined;
+  /** Whether a route is down (its breaker open). */
+  isDown(route: string): boolean;
+}
+
+interface RouteState {
+  down: boolean;
+  probing: boolean;
+  lastProbeAt: number;
+}
+
+export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
+  const { table, sinks } = options;
+  const now = options.now ?? Date.now;
+  const transactional = options.transactional ?? new Set<string>();
+  const states = new Map<string, RouteState>();
+  for (const name of Object.keys(table.sinks)) {
+    if (!sinks.has(name)) throw new Error(`routing sink: no sink built for route ${name}`);
+    states.set(name, { down: false, probing: false, lastProbeAt: 0 });
+  }
+  // Parts of transactional sinks run one after the other on this chain.
+  let transactionChain: Promise<unknown> = Promise.resolve();
+
+  const self: RoutingSink = {
+    name: 'routes',
+    routes: [...states.keys()],
+    onPart: undefined,
+    isDown: (route) => states.get(route)?.down ?? false,
+
+    async start() {
+      // All at once; a sink that cannot start fails the relay's start, naming its route.
+      await Promise.all(
+        [...sinks].map(([route, sink]) =>
+          sink.start().catch((error: unknown) => {
+            throw new Error(`route ${route}: ${error instanceof Error ? error.message : String(error)}`, {
+              cause: error,
+            });
+          }),
+        ),
+      );
+    },
+
+    async close() {
+      await Promise.allSettled([...sinks.values()].map((sink) => sink.close()));
+    },
+
+    async sendBatch(messages, context) {
+      const outcomes: (SendOutcome | undefined)[] = new Array(messages.length).fill(undefined);
+      const parts = new Map<string, number[]>();
+      messages.forEach((message, i) => {
+        const route = routeOf(table, message);
+        if (route === undefined) outcomes[i] = permanent(noRouteReason(message));
+        else parts.set(route, [...(parts.get(route) ?? []), i]);
+      });
+      await Promise.all(
+        [...parts].map(async ([route, indexes]) => {
+          const part = indexes.map((i) => messages[i] as OutboxMessage);
+          const results = await sendPart(route, part, context);
+          indexes.forEach((i, k) => (outcomes[i] = results[k]));
+        }),
+      );
+      return outcomes.map((o) => o ?? unknown('routing: no outcome'));
+    },
+  };
+
+  async function sendPart(
+    route: string,
+    part: readonly OutboxMessage[],
+    context: SendContext,
+  ): Promise<SendOutcome[]> {
+    const state = states.get(route) as RouteState;
+    const sink = sinks.get(route) as Sink;
+    let toSend = part;
+    let deadline = context.deadline;
+    const started = now();
+    if (state.down) {
+      const probe = !state.probing && started - state.lastProbeAt >= PROBE_INTERVAL_MS;
+      if (!probe) {
+        const outcomes = part.map(() =>
+          retryable(`route ${route} is down (its broker failed or stalled); retried`),
+        );
+        self.onPart?.({ route, outcomes, seconds: 0, down: true });
+        return outcomes;
+      }
+      state.probing = true;
+      state.lastProbeAt = started;
+      toSend = part.slice(0, 1);
+      deadline = Math.min(deadline, started + PROBE_BUDGET_MS);
+    }
+    let sent: SendOutcome[];
+    try {
+      sent = await sendWithin(route, sink, toSend, context, deadline);
+    } finally {
+      state.probing = false;
+    }
+    const confirmedAny = sent.some((o) => o.status === 'confirmed');
+    const transient = sent.some((o) => o.status === 'unknown' || (o.status === 'failed' && o.retryable));
+    if (confirmedAny) state.down = false;
+    else if (transient && !state.down) {
+      // The failed send counts as the last probe: the next one comes PROBE_INTERVAL_MS later.
+      state.down = true;
+      state.lastProbeAt = now();
+    }
+    const rest = part
+      .slice(toSend.length)
+      .map(() => retryable(`route ${route} is down (its broker failed or stalled); retried`));
+    const outcomes = [...sent, ...rest];
+    self.onPart?.({ route, outcomes, seconds: (now() - started) / 1000, down: state.down });
+    return outcomes;
+  }
+
+  async function sendWithin(
+    route: string,
+    sink: Sink,
+    part: readonly OutboxMessage[],
+    context: SendContext,
+    deadline: number,
+  ): Promise<SendOutcome[]> {
+    const label = (outcome: SendOutcome): SendOutcome =>
+      outcome.status === 'confirmed' ? outcome : { ...outcome, error: `route ${route}: ${outcome.error}` };
+    if (transactional.has(route)) {
+      // Awaited to the end and one at a time: see the comment at the top.
+      const run = transactionChain.then(() => sink.sendBatch(part, context));
+      transactionChain = run.catch(() => undefined);
+      try {
+        const results = await run;
+        return part.map((_, k) => label(results[k] ?? unknown('the sink returned too few outcomes')));
+      } catch (error) {
+        return part.map(() => label(unknown(error instanceof Error ? error.message : String(error))));
+      }
+    }
+    const whole = sink.sendBatch(part, { ...context, deadline });
+    const each = part.map((_, k) =>
+      whole.then((results) => results[k] ?? unknown('the sink returned too few outcomes')),
+    );
+    return (await settleByDeadline(each, deadline)).map(label);
+  }
+
+  return self;
+}
+
+export function isRoutingSink(sink: Sink): sink is RoutingSink {
+  return 'routes' in sink && 'onPart' in sink;
+}

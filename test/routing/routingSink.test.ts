@@ -1,0 +1,129 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { Transaction } from 'kysely';
+import { SETTINGS } from '../../src/config.js';
+import type { Database } from '../../src/db/schema.js';
+import { parseRoutes } from '../../src/routing/routes.js';
+import { createRoutingSink, PROBE_BUDGET_MS, PROBE_INTERVAL_MS } from '../../src/routing/routingSink.js';
+import { confirmed, type OutboxMessage, type SendOutcome, type Sink } from '../../src/sinks/sink.js';
+
+const table = parseRoutes(
+  {
+    sinks: { a: { type: 'null' }, b: { type: 'null' } },
+    rules: [
+      { match: { topic: 'a.#' }, sink: 'a' },
+      { match: { topic: 'b.#' }, sink: 'b' },
+    ],
+  },
+  SETTINGS,
+  {},
+);
+
+function message(i: number, topic: string): OutboxMessage {
+  return {
+    id: String(i),
+    eventId: `e${i}`,
+    topic,
+    key: null,
+    payload: {},
+    headers: {},
+    correlationId: null,
+    traceparent: null,
+    lane: 'batch',
+    createdAt: new Date(),
+    attempts: 0,
+  };
+}
+
+/** A sink that confirms, or hangs until released (a stalled broker), recording what it was sent. */
+function fakeSink() {
+  const sent: string[][] = [];
+  let hang = false;
+  const sink: Sink & { sent: string[][]; hang(on: boolean): void } = {
+    name: 'fake',
+    sent,
+    hang: (on) => (hang = on),
+    start: async () => {},
+    close: async () => {},
+    sendBatch: (messages) => {
+      sent.push(messages.map((m) => m.eventId));
+      return hang ? new Promise<SendOutcome[]>(() => {}) : Promise.resolve(messages.map(() => confirmed));
+    },
+  };
+  return sink;
+}
+
+const context = (deadlineMs: number) => ({
+  transaction: undefined as unknown as Transaction<Database>, // not used by these sinks
+  deadline: Date.now() + deadlineMs,
+});
+
+describe('routing sink', () => {
+  it('splits by route, merges outcomes in order, and fails a row without a route as permanent', async () => {
+    const a = fakeSink();
+    const b = fakeSink();
+    const sink = createRoutingSink({
+      table,
+      sinks: new Map([
+        ['a', a],
+        ['b', b],
+      ]),
+    });
+    const messages = [message(1, 'a.x'), message(2, 'b.x'), message(3, 'c.x'), message(4, 'a.y')];
+    const outcomes = await sink.sendBatch(messages, context(1000));
+    assert.deepEqual(a.sent, [['e1', 'e4']]);
+    assert.deepEqual(b.sent, [['e2']]);
+    assert.deepEqual(
+      outcomes.map((o) => o.status),
+      ['confirmed', 'confirmed', 'failed', 'confirmed'],
+    );
+    assert.match((outcomes[2] as { error: string }).error, /no route: no rule matches topic "c\.x"/);
+    assert.equal((outcomes[2] as { retryable: boolean }).retryable, false);
+  });
+
+  it('a stalled route settles unknown by the deadline, does not hold the other, then fails fast and is probed', async () => {
+    let now = 1_000_000;
+    const a = fakeSink();
+    const b = fakeSink();
+    b.hang(true);
+    const sink = createRoutingSink({
+      table,
+      sinks: new Map([
+        ['a', a],
+        ['b', b],
+      ]),
+      now: () => now,
+    });
+    const started = Date.now();
+    const first = await sink.sendBatch([message(1, 'a.x'), message(2, 'b.x')], context(300));
+    assert.deepEqual(
+      first.map((o) => o.status),
+      ['confirmed', 'unknown'],
+    );
+    assert.ok(Date.now() - started < 300 + 500, 'settled by the deadline');
+    assert.ok(sink.isDown('b'));
+
+    // Down: b's rows fail at once; its sink is not called (no probe: the interval has not passed).
+    now += 10;
+    const fast = Date.now();
+    const second = await sink.sendBatch([message(3, 'a.x'), message(4, 'b.x')], context(5_000));
+    assert.ok(Date.now() - fast < 200, 'no wait on the down route');
+    assert.deepEqual(
+      second.map((o) => o.status),
+      ['confirmed', 'failed'],
+    );
+    assert.equal(b.sent.length, 1);
+
+    // After the interval one row probes, with at most the probe budget; the rest fail fast.
+    now += PROBE_INTERVAL_MS;
+    b.hang(false);
+    const third = await sink.sendBatch([message(5, 'b.x'), message(6, 'b.y')], context(60_000));
+    assert.deepEqual(b.sent.at(-1), ['e5']);
+    assert.deepEqual(
+      third.map((o) => o.status),
+      ['confirmed', 'failed'],
+    );
+    assert.ok(!sink.isDown('b'), 'a confirmed probe takes the route back up');
+    assert.ok(PROBE_BUDGET_MS <= 1_000);
+  });
+});
