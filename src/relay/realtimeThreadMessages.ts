@@ -1,12 +1,16 @@
 import type { Lane } from '../db/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { BatchResult } from './batchRunner.js';
+import type { ForwardedOutcomes, ForwardedSend } from '../sinks/forwardingSink.js';
 import type { HeldShards } from './shardOwnership.js';
 
 /** Messages between the main thread and the real-time lane's worker thread. */
 export type ToRealtimeWorker =
   /** The shards the main thread holds, their generation and until when they stay held. */
-  ({ readonly type: 'shards' } & HeldShards) | { readonly type: 'stop' };
+  | ({ readonly type: 'shards' } & HeldShards)
+  | { readonly type: 'stop' }
+  /** The outcomes of a send the worker forwarded to the main thread's sink. */
+  | ({ readonly type: 'sent' } & ForwardedOutcomes);
 
 export type FromRealtimeWorker =
   | { readonly type: 'ready' }
@@ -18,4 +22,6 @@ export type FromRealtimeWorker =
       readonly fix: string | undefined;
     }
   | { readonly type: 'batch'; readonly shard: number; readonly lane: Lane; readonly result: BatchResult }
-  | { readonly type: 'stopped'; readonly clean: boolean };
+  | { readonly type: 'stopped'; readonly clean: boolean }
+  /** A send for the main thread's sink (a sink whose client loads in one thread only). */
+  | ({ readonly type: 'send' } & ForwardedSend);

@@ -1,6 +1,9 @@
 import { Worker } from 'node:worker_threads';
 import type { Lane } from '../db/schema.js';
 import { ShardRelayError } from '../errors.js';
+import { sinkLoadsInOneThreadOnly } from '../sinks/createSink.js';
+import { answerForwardedSend } from '../sinks/forwardingSink.js';
+import type { Sink } from '../sinks/sink.js';
 import type { BatchResult } from './batchRunner.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
 import type { FromRealtimeWorker, ToRealtimeWorker } from './realtimeThreadMessages.js';
@@ -41,7 +44,11 @@ export async function startReplica(
     (options.realtimeThread ?? true) && !options.sink && lanes.includes('realtime') && lanes.length > 1;
   if (!thread) return startRelay(options);
 
-  const worker = startWorker({ ...options.config, metricsPort: undefined });
+  // A sink whose client loads in one thread only (Kafka) runs in this thread alone; the worker
+  // forwards its sends to it (sinks/forwardingSink.ts).
+  const forwardSends = sinkLoadsInOneThreadOnly(options.config.sink);
+  let mainSink: Sink | null = null;
+  const worker = startWorker({ ...options.config, metricsPort: undefined, forwardSends });
   // The worker has no metrics of its own: the main relay's observer counts its batches too.
   let onOwnershipChange = () => {};
   let recordWorkerBatch: ((shard: number, lane: Lane, result: BatchResult) => void) | undefined;
@@ -56,6 +63,8 @@ export async function startReplica(
             ? new ShardRelayError(message.code, message.message, message.fix ? { fix: message.fix } : {})
             : new Error(`the real-time lane could not start: ${message.message}`),
         );
+      } else if (message.type === 'send') {
+        void answerForwardedSend(mainSink, message).then((answer) => send({ type: 'sent', ...answer }));
       } else if (message.type === 'batch') {
         recordWorkerBatch?.(message.shard, message.lane, message.result);
         options.hooks?.onBatch?.(message.shard, message.lane, message.result);
@@ -77,6 +86,7 @@ export async function startReplica(
       // Told at once, not at the next 100 ms check: e.g. a lost liveness lock stops the worker too.
       hooks: { ...options.hooks, onOwnershipChange: () => onOwnershipChange() },
     });
+    mainSink = main.sink;
     const observer = main.observer;
     recordWorkerBatch = (shard, lane, result) => observer.recordBatch(shard, lane, result);
   } catch (error) {
@@ -112,6 +122,8 @@ export async function startReplica(
           worker.on('exit', () => resolve(false));
         });
         if (!workerFailed) send({ type: 'stop' });
+        // A worker forwarding its sends finishes them before this thread's sink closes.
+        if (forwardSends) await workerStopped;
         const [workerClean, mainResult] = await Promise.all([workerStopped, main.stop()]);
         await worker.terminate();
         return { clean: workerClean && mainResult.clean };
