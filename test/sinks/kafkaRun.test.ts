@@ -19,6 +19,16 @@ import { consumeTopic, createTopic } from './conformance/targets/kafka.js';
 const BATCH_ROWS = 5_000;
 const REALTIME_ROWS = 500;
 
+/** The sum of `shardrelay_events_sent_total` over the series of one lane. */
+function sentOnLane(metrics: string, lane: string): number {
+  let total = 0;
+  for (const line of metrics.split('\n')) {
+    if (line.startsWith('shardrelay_events_sent_total{') && line.includes(`lane="${lane}"`))
+      total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}
+
 const problem = kafkaMockProblem();
 if (problem && process.env.CI === 'true')
   throw new Error(`CI must provide the Kafka mock cluster: ${problem}`);
@@ -65,9 +75,14 @@ describe('shardrelay run --sink kafka (one producer per process)', { skip: probl
             // Real-time rows are picked by topic here, so the lane a row takes is known.
             '--lane-predicate',
             '{"column":"topic","op":"=","value":"orders.urgent"}',
+            '--metrics-port',
+            '0',
           ],
           { DATABASE_URL: t.url, SHARDRELAY_LOG_LEVEL: 'info' },
         );
+        let logs = '';
+        child.stdout?.on('data', (d: Buffer) => (logs += d.toString()));
+        child.stderr?.on('data', (d: Buffer) => (logs += d.toString()));
         const done = collect(child);
         let exited = false;
         void done.then(() => (exited = true));
@@ -90,11 +105,24 @@ describe('shardrelay run --sink kafka (one producer per process)', { skip: probl
             },
             120_000,
           );
+          // The main thread runs the batch lane only, so rows counted for the real-time lane were
+          // sent by the worker thread, which has no Kafka client: through the forwarding sink.
+          const url = /"url":"(http:\/\/[^"]+)"/.exec(logs)?.[1];
+          assert.ok(url, 'the metrics server logged its address');
+          // Counted after each batch's completion, which the worker reports just after committing.
+          let metrics = '';
+          await waitFor('both lanes counted', async () => {
+            metrics = await (await fetch(`${url}/metrics`)).text();
+            return (
+              sentOnLane(metrics, 'realtime') + sentOnLane(metrics, 'batch') >= BATCH_ROWS + REALTIME_ROWS
+            );
+          });
+          assert.equal(sentOnLane(metrics, 'realtime'), REALTIME_ROWS, 'real-time rows sent by the worker');
+          assert.equal(sentOnLane(metrics, 'batch'), BATCH_ROWS, 'batch rows sent by the main thread');
         } finally {
           child.kill('SIGTERM');
         }
         const result = await done;
-        const logs = result.stdout + result.stderr;
         assert.equal(result.signal, null, `no abort at exit: ${result.stderr.slice(-2000)}`);
         assert.equal(result.code, 0, `exit 0 after SIGTERM: ${result.stderr.slice(-2000)}`);
         assert.doesNotMatch(logs, /self-register/);
