@@ -28,9 +28,11 @@ export interface ForwardingLink {
  * whose client loads in one thread only (createSink.ts, `sinkLoadsInOneThreadOnly`): the
  * real-time lane's worker thread forwards its sends to the main thread's single producer.
  *
- * Cost to real-time latency: one structured clone and one message each way between threads,
- * about 0.1 ms for a real-time batch (tens of rows of a few hundred bytes), small beside a broker
- * round trip. The send is then started by the main thread's event loop, so it also waits for the
+ * Cost to real-time latency: one structured clone and one message each way between threads.
+ * Measured (a worker echoing plain outcomes, 2,000 round trips of rows with a 200-byte payload, on
+ * a 2-core machine at load average 14): p50 0.03 ms for 1 row, 0.05 ms for 10, 0.16 ms for 100
+ * (the default real-time batch size); p99 0.3-1.7 ms, the load's scheduling noise. Small beside a
+ * broker round trip. The send is then started by the main thread's event loop, so it also waits for the
  * task that loop is running (one batch's step, not the whole batch: a batch awaits its database
  * and broker between steps); the worker's own claims, LISTEN wake-ups and completions stay on its
  * own loop.
