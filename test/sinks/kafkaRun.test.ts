@@ -146,4 +146,19 @@ describe('shardrelay run --sink kafka (one producer per process)', { skip: probl
       }
     },
   );
+
+  it(
+    'exits 2 with the Kafka error, not an abort, when no broker answers at start',
+    { timeout: 120_000 },
+    async () => {
+      // Port 1 on loopback: nothing listens there.
+      const result = await collect(
+        spawnCli(['run', '--sink', 'kafka', '--kafka-brokers', '127.0.0.1:1'], { DATABASE_URL: t.url }),
+      );
+      assert.equal(result.signal, null, `no abort at exit: ${result.stderr.slice(-2000)}`);
+      assert.equal(result.code, 2, result.stderr.slice(-2000));
+      assert.match(result.stderr, /cannot connect to Kafka at 127\.0\.0\.1:1/);
+      assert.doesNotMatch(result.stdout + result.stderr, /self-register/);
+    },
+  );
 });
