@@ -2,12 +2,16 @@ import type { Lane } from '../db/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { RoutePartReport } from '../routing/routingSink.js';
 import type { BatchResult } from './batchRunner.js';
+import type { ForwardedOutcomes, ForwardedSend } from '../sinks/forwardingSink.js';
 import type { HeldShards } from './shardOwnership.js';
 
 /** Messages between the main thread and the real-time lane's worker thread. */
 export type ToRealtimeWorker =
   /** The shards the main thread holds, their generation and until when they stay held. */
-  ({ readonly type: 'shards' } & HeldShards) | { readonly type: 'stop' };
+  | ({ readonly type: 'shards' } & HeldShards)
+  | { readonly type: 'stop' }
+  /** The outcomes of a send the worker forwarded to the main thread's sink. */
+  | ({ readonly type: 'sent' } & ForwardedOutcomes);
 
 export type FromRealtimeWorker =
   | { readonly type: 'ready' }
@@ -21,4 +25,6 @@ export type FromRealtimeWorker =
   | { readonly type: 'batch'; readonly shard: number; readonly lane: Lane; readonly result: BatchResult }
   | { readonly type: 'stopped'; readonly clean: boolean }
   /** Routing only: one route's part of a batch, for the main thread's per-route metrics. */
-  | { readonly type: 'routePart'; readonly report: RoutePartReport };
+  | { readonly type: 'routePart'; readonly report: RoutePartReport }
+  /** A send for the main thread's sink (a sink whose client loads in one thread only). */
+  | ({ readonly type: 'send' } & ForwardedSend);

@@ -9,6 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { RelayConfig } from '../config.js';
 import { createLogger } from '../logger.js';
 import { ShardRelayError, toError } from '../errors.js';
+import { createForwardingSink } from '../sinks/forwardingSink.js';
 import { startRelay, type Relay } from './relay.js';
 import { RealtimeOwnership } from './realtimeOwnership.js';
 import type { ToRealtimeWorker, FromRealtimeWorker } from './realtimeThreadMessages.js';
@@ -17,11 +18,23 @@ const port = parentPort;
 if (!port) throw new Error('realtimeWorker.ts must run as a worker thread');
 
 // The real-time lane polls on its own tick (its wake-ups come from NOTIFY).
-const given = workerData as RelayConfig;
+const { forwardSends, ...given } = workerData as RelayConfig & { readonly forwardSends: boolean };
 const config: RelayConfig = Object.freeze({ ...given, tickSeconds: given.realtimeTickSeconds });
 const post = (message: FromRealtimeWorker) => port.postMessage(message);
 
 const ownership = new RealtimeOwnership();
+
+// A sink whose client loads in one thread only: this thread's sends go to the main thread's sink.
+const sink = forwardSends
+  ? createForwardingSink(config.sink, {
+      post: (send) => post({ type: 'send', ...send }),
+      onOutcomes: (handler) =>
+        port.on('message', (message: ToRealtimeWorker) => {
+          if (message.type === 'sent') handler(message);
+        }),
+      onClose: (handler) => port.on('close', handler),
+    })
+  : undefined;
 
 let relay: Relay;
 try {
@@ -29,6 +42,7 @@ try {
     config,
     lanes: ['realtime'],
     ownership,
+    ...(sink ? { sink } : {}),
     // The main thread's relay observes the views and exports metrics for both lanes.
     observe: false,
     logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),

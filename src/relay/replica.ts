@@ -2,6 +2,9 @@ import { Worker } from 'node:worker_threads';
 import type { Lane } from '../db/schema.js';
 import { ShardRelayError } from '../errors.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
+import { sinkLoadsInOneThreadOnly } from '../sinks/createSink.js';
+import { answerForwardedSend } from '../sinks/forwardingSink.js';
+import type { Sink } from '../sinks/sink.js';
 import type { BatchResult } from './batchRunner.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
 import type { FromRealtimeWorker, ToRealtimeWorker } from './realtimeThreadMessages.js';
@@ -42,7 +45,11 @@ export async function startReplica(
     (options.realtimeThread ?? true) && !options.sink && lanes.includes('realtime') && lanes.length > 1;
   if (!thread) return startRelay(options);
 
-  const worker = startWorker({ ...options.config, metricsPort: undefined });
+  // A sink whose client loads in one thread only (Kafka) runs in this thread alone; the worker
+  // forwards its sends to it (sinks/forwardingSink.ts).
+  const forwardSends = sinkLoadsInOneThreadOnly(options.config.sink);
+  let mainSink: Sink | null = null;
+  const worker = startWorker({ ...options.config, metricsPort: undefined, forwardSends });
   // The worker has no metrics of its own: the main relay's observer counts its batches too.
   let onOwnershipChange = () => {};
   let recordWorkerBatch: ((shard: number, lane: Lane, result: BatchResult) => void) | undefined;
@@ -58,6 +65,8 @@ export async function startReplica(
             ? new ShardRelayError(message.code, message.message, message.fix ? { fix: message.fix } : {})
             : new Error(`the real-time lane could not start: ${message.message}`),
         );
+      } else if (message.type === 'send') {
+        void answerForwardedSend(mainSink, message).then((answer) => send({ type: 'sent', ...answer }));
       } else if (message.type === 'batch') {
         recordWorkerBatch?.(message.shard, message.lane, message.result);
         options.hooks?.onBatch?.(message.shard, message.lane, message.result);
@@ -81,12 +90,13 @@ export async function startReplica(
       // Told at once, not at the next 100 ms check: e.g. a lost liveness lock stops the worker too.
       hooks: { ...options.hooks, onOwnershipChange: () => onOwnershipChange() },
     });
+    mainSink = main.sink;
     const observer = main.observer;
     recordWorkerBatch = (shard, lane, result) => observer.recordBatch(shard, lane, result);
-    const mainSink = main.sink;
     // The main thread's routing sink carries the per-route metrics of both lanes.
     recordWorkerRoutePart = (report) => {
-      if (isRoutingSink(mainSink)) mainSink.onPart?.(report);
+      const sink = main.sink;
+      if (isRoutingSink(sink)) sink.onPart?.(report);
     };
   } catch (error) {
     await worker.terminate();
@@ -121,6 +131,8 @@ export async function startReplica(
           worker.on('exit', () => resolve(false));
         });
         if (!workerFailed) send({ type: 'stop' });
+        // A worker forwarding its sends finishes them before this thread's sink closes.
+        if (forwardSends) await workerStopped;
         const [workerClean, mainResult] = await Promise.all([workerStopped, main.stop()]);
         await worker.terminate();
         return { clean: workerClean && mainResult.clean };

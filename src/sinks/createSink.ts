@@ -3,6 +3,29 @@ import type { Logger } from '../logger.js';
 import type { Sink } from './sink.js';
 
 /**
+ * Sinks whose client can be loaded by one thread of a process only. Kafka: the native addon of
+ * @confluentinc/kafka-javascript is not context-aware, so a second thread's load fails ("Module
+ * did not self-register"). For these, the real-time worker thread forwards its sends to the main
+ * thread's sink (forwardingSink.ts) instead of creating its own. Such a sink must not write
+ * through the claim transaction, which cannot cross threads.
+ */
+const LOADS_IN_ONE_THREAD_ONLY: Readonly<Record<RelayConfig['sink'], boolean>> = {
+  null: false,
+  pgboss: false,
+  rabbitmq: false,
+  jetstream: false,
+  stomp: false,
+  http: false,
+  amqp10: false,
+  kafka: true,
+  kinesis: false,
+};
+
+export function sinkLoadsInOneThreadOnly(sink: RelayConfig['sink']): boolean {
+  return LOADS_IN_ONE_THREAD_ONLY[sink];
+}
+
+/**
  * The sink named by the configuration, not yet started (each lane thread creates its own). Each
  * sink module is imported only when chosen: broker clients are large, and every CLI command and
  * worker thread would otherwise load all of them at start.

@@ -221,7 +221,7 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
           'the Kafka client is already loaded by another thread of this process (its native addon loads in one thread only)',
           {
             context: { sink: 'kafka' },
-            fix: 'known limitation: the kafka sink cannot yet run in both the relay thread and the real-time worker thread; see the README (Kafka)',
+            fix: "create one Kafka sink per process: `shardrelay run` forwards the real-time thread's sends to the main thread's producer, and an embedding application must do the same; see the README (Kafka)",
           },
         );
       }
