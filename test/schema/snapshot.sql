@@ -4,6 +4,7 @@
 -- relations
 canaries (view)
 dead_letters (view)
+events (view)
 health (view)
 lag (view)
 lag_minute (table)
@@ -34,6 +35,9 @@ rollup_hour (table)
 rollup_hour_pkey (index)
 rollup_minute (table)
 rollup_minute_pkey (index)
+sent_event (table)
+sent_event_pkey (index)
+sent_event_sent_at (index)
 shard_config (table)
 shard_config_pkey (index)
 shard_lease (table)
@@ -62,6 +66,19 @@ dead_letters.newest_created_at timestamp with time zone
 dead_letters.oldest_seconds double precision
 dead_letters.sample_id bigint
 dead_letters.sample_error text
+events.event_id uuid
+events.id bigint
+events.topic text
+events.key text
+events.shard integer
+events.lane text
+events.status text
+events.attempts integer
+events.created_at timestamp with time zone
+events.sent_at timestamp with time zone
+events.replica text
+events.sink text
+events.last_error text
 health.shard integer
 health.lane text
 health.status text
@@ -102,7 +119,7 @@ migration.timestamp character varying(255) NOT NULL
 migration_lock.id character varying(255) NOT NULL
 migration_lock.is_locked integer NOT NULL DEFAULT 0
 outbox.id bigint NOT NULL IDENTITY a
-outbox.event_id uuid NOT NULL DEFAULT gen_random_uuid()
+outbox.event_id uuid NOT NULL DEFAULT shardrelay.uuid_v7()
 outbox.topic text NOT NULL
 outbox.key text
 outbox.payload jsonb NOT NULL
@@ -170,6 +187,17 @@ rollup_minute.dead bigint NOT NULL DEFAULT 0
 rollup_minute.latency_ms_sum double precision NOT NULL DEFAULT 0
 rollup_minute.latency_ms_max double precision
 rollup_minute.latency_buckets bigint[] NOT NULL
+sent_event.event_id uuid NOT NULL
+sent_event.id bigint NOT NULL
+sent_event.topic text NOT NULL
+sent_event.key text
+sent_event.shard integer NOT NULL
+sent_event.lane text NOT NULL
+sent_event.attempts integer NOT NULL
+sent_event.created_at timestamp with time zone NOT NULL
+sent_event.sent_at timestamp with time zone NOT NULL
+sent_event.replica text
+sent_event.sink text
 shard_config.singleton boolean NOT NULL DEFAULT true
 shard_config.shard_count integer NOT NULL
 shard_config.generation bigint NOT NULL
@@ -225,6 +253,7 @@ outbox outbox_lane_check: CHECK (lane = ANY (ARRAY['realtime'::text, 'batch'::te
 outbox outbox_max_attempts_check: CHECK (max_attempts > 0)
 outbox outbox_pkey: PRIMARY KEY (id)
 outbox outbox_status_check: CHECK (status = ANY (ARRAY['pending'::text, 'sent'::text, 'dead'::text]))
+outbox outbox_timestamps_finite: CHECK (isfinite(created_at) AND isfinite(available_at)) NOT VALID
 outbox outbox_topic_check: CHECK (topic <> ''::text)
 produced_hour produced_hour_pkey: PRIMARY KEY (hour)
 produced_minute produced_minute_pkey: PRIMARY KEY (minute)
@@ -232,6 +261,7 @@ replica replica_lease_timeout_seconds_check: CHECK (lease_timeout_seconds > 0)
 replica replica_pkey: PRIMARY KEY (instance)
 rollup_hour rollup_hour_pkey: PRIMARY KEY (hour, shard, lane)
 rollup_minute rollup_minute_pkey: PRIMARY KEY (minute, shard, lane)
+sent_event sent_event_pkey: PRIMARY KEY (event_id)
 shard_config shard_config_pkey: PRIMARY KEY (singleton)
 shard_config shard_config_shard_count_check: CHECK (shard_count >= 1 AND shard_count <= 1024)
 shard_config shard_config_singleton_check: CHECK (singleton)
@@ -256,6 +286,8 @@ CREATE UNIQUE INDEX replica_pkey ON shardrelay.replica USING btree (instance)
 CREATE INDEX replica_replica_id ON shardrelay.replica USING btree (replica_id)
 CREATE UNIQUE INDEX rollup_hour_pkey ON shardrelay.rollup_hour USING btree (hour, shard, lane)
 CREATE UNIQUE INDEX rollup_minute_pkey ON shardrelay.rollup_minute USING btree (minute, shard, lane)
+CREATE UNIQUE INDEX sent_event_pkey ON shardrelay.sent_event USING btree (event_id)
+CREATE INDEX sent_event_sent_at ON shardrelay.sent_event USING btree (sent_at)
 CREATE UNIQUE INDEX shard_config_pkey ON shardrelay.shard_config USING btree (singleton)
 CREATE INDEX shard_lease_owner ON shardrelay.shard_lease USING btree (owner_instance)
 CREATE UNIQUE INDEX shard_lease_pkey ON shardrelay.shard_lease USING btree (generation, shard)
@@ -338,6 +370,38 @@ dead_letters AS
    FROM grouped g
      JOIN shardrelay.outbox o ON o.id = g.sample_id
   ORDER BY g.dead_rows DESC, g.topic, g.reason;
+events AS
+ SELECT o.event_id,
+    o.id,
+    o.topic,
+    o.key,
+    (o.id % (( SELECT shard_config.shard_count
+           FROM shardrelay.shard_config))::bigint)::integer AS shard,
+    o.lane,
+    o.status,
+    o.attempts,
+    o.created_at,
+    o.sent_at,
+    NULL::text AS replica,
+    NULL::text AS sink,
+    o.last_error
+   FROM shardrelay.outbox o
+  WHERE NOT o.canary
+UNION ALL
+ SELECT s.event_id,
+    s.id,
+    s.topic,
+    s.key,
+    s.shard,
+    s.lane,
+    'sent'::text AS status,
+    s.attempts,
+    s.created_at,
+    s.sent_at,
+    s.replica,
+    s.sink,
+    NULL::text AS last_error
+   FROM shardrelay.sent_event s;
 health AS
  WITH settings AS (
          SELECT shardrelay.now() AS now,
@@ -711,42 +775,68 @@ CREATE OR REPLACE FUNCTION shardrelay.complete_batch(shard integer, lane text, i
 AS $function$
     DECLARE
       completed_at constant timestamptz := shardrelay.clock();
+      record_sent constant boolean :=
+        coalesce(nullif(current_setting('shardrelay.sent_record', true), ''), 'on')::boolean;
+      sender constant text := nullif(current_setting('shardrelay.replica', true), '');
+      sink_name constant text := nullif(current_setting('shardrelay.sink', true), '');
       sent_count bigint;
-      failed_count bigint;
-      dead_count bigint;
       last_sent bigint;
       latency_sum float8;
       latency_max float8;
       latencies float8[];
+      rest_failed bigint := 0;
+      rest_dead bigint := 0;
+      rest_last_sent bigint;
     BEGIN
-      WITH outcome AS (
-        SELECT * FROM unnest(ids, statuses, delays_ms, errors) AS v(id, status, delay_ms, error)
-      ), updated AS (
-        UPDATE shardrelay.outbox o SET
-          status       = outcome.status,
-          attempts     = o.attempts + 1,
-          sent_at      = CASE WHEN outcome.status = 'sent' THEN completed_at END,
-          available_at = CASE WHEN outcome.status = 'pending'
-                              THEN completed_at + outcome.delay_ms * interval '1 millisecond'
-                              ELSE o.available_at END,
-          last_error   = outcome.error
-        FROM outcome
-        WHERE o.id = outcome.id
-        RETURNING o.id, o.status, o.canary, extract(epoch FROM completed_at - o.created_at) * 1000 AS latency_ms
+      WITH gone AS (
+        DELETE FROM shardrelay.outbox o
+         USING unnest(ids, statuses) AS v(id, status)
+         WHERE o.id = v.id AND v.status = 'sent' AND NOT o.canary
+        RETURNING o.id, o.event_id, o.topic, o.key, o.lane, o.attempts, o.created_at,
+                  extract(epoch FROM completed_at - o.created_at) * 1000 AS latency_ms
+      ), recorded AS (
+        INSERT INTO shardrelay.sent_event
+          (event_id, id, topic, key, shard, lane, attempts, created_at, sent_at, replica, sink)
+        SELECT g.event_id, g.id, g.topic, g.key, complete_batch.shard, g.lane, g.attempts + 1, g.created_at,
+               completed_at, sender, sink_name
+          FROM gone AS g
+         WHERE record_sent
+        -- A duplicate of an already-recorded event (enqueued again while its first copy was being
+        -- completed) was delivered with the same event id; keep the first record.
+        ON CONFLICT ON CONSTRAINT sent_event_pkey DO NOTHING
       )
-      SELECT count(*) FILTER (WHERE status = 'sent' AND NOT canary),
-             count(*) FILTER (WHERE status = 'pending' AND NOT canary),
-             count(*) FILTER (WHERE status = 'dead' AND NOT canary),
-             max(id) FILTER (WHERE status = 'sent'),
-             coalesce(sum(latency_ms) FILTER (WHERE status = 'sent' AND NOT canary), 0),
-             max(latency_ms) FILTER (WHERE status = 'sent' AND NOT canary),
-             array_agg(latency_ms) FILTER (WHERE status = 'sent' AND NOT canary)
-        INTO sent_count, failed_count, dead_count, last_sent, latency_sum, latency_max, latencies
-        FROM updated;
+      SELECT count(*), max(id), coalesce(sum(latency_ms), 0), max(latency_ms), array_agg(latency_ms)
+        INTO sent_count, last_sent, latency_sum, latency_max, latencies
+        FROM gone;
+
+      -- Everything else (retries, dead letters, canaries): only when the batch had any.
+      IF sent_count < cardinality(ids) THEN
+        WITH outcome AS (
+          SELECT * FROM unnest(ids, statuses, delays_ms, errors) AS v(id, status, delay_ms, error)
+        ), updated AS (
+          UPDATE shardrelay.outbox o SET
+            status       = outcome.status,
+            attempts     = o.attempts + 1,
+            sent_at      = CASE WHEN outcome.status = 'sent' THEN completed_at END,
+            available_at = CASE WHEN outcome.status = 'pending'
+                                THEN completed_at + outcome.delay_ms * interval '1 millisecond'
+                                ELSE o.available_at END,
+            last_error   = outcome.error
+          FROM outcome
+          WHERE o.id = outcome.id AND o.status = 'pending'
+          RETURNING o.id, o.status, o.canary
+        )
+        SELECT count(*) FILTER (WHERE status = 'pending' AND NOT canary),
+               count(*) FILTER (WHERE status = 'dead' AND NOT canary),
+               max(id) FILTER (WHERE status = 'sent')
+          INTO rest_failed, rest_dead, rest_last_sent
+          FROM updated;
+      END IF;
+      last_sent := GREATEST(last_sent, rest_last_sent);
 
       INSERT INTO shardrelay.shard_progress AS p
         (shard, lane, last_sent_id, sent_total, failed_total, dead_total, last_batch_at, last_batch_ms)
-      VALUES (complete_batch.shard, complete_batch.lane, last_sent, sent_count, failed_count, dead_count,
+      VALUES (complete_batch.shard, complete_batch.lane, last_sent, sent_count, rest_failed, rest_dead,
               completed_at, batch_ms)
       ON CONFLICT ON CONSTRAINT shard_progress_pkey DO UPDATE SET
         last_sent_id  = GREATEST(p.last_sent_id, EXCLUDED.last_sent_id),
@@ -759,7 +849,7 @@ AS $function$
       INSERT INTO shardrelay.rollup_minute AS r
         (minute, shard, lane, batches, sent, failed, dead, latency_ms_sum, latency_ms_max, latency_buckets)
       VALUES (date_trunc('minute', completed_at), complete_batch.shard, complete_batch.lane, 1,
-              sent_count, failed_count, dead_count, latency_sum, latency_max,
+              sent_count, rest_failed, rest_dead, latency_sum, latency_max,
               shardrelay.latency_histogram(latencies))
       ON CONFLICT ON CONSTRAINT rollup_minute_pkey DO UPDATE SET
         batches         = r.batches + 1,
@@ -896,6 +986,31 @@ AS $function$
        WHERE o.status = 'pending' AND NOT o.canary
        GROUP BY 1, 2
     $function$
+CREATE OR REPLACE FUNCTION shardrelay.prune_sent(retention interval, max_rows integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+    DECLARE
+      cutoff constant timestamptz := shardrelay.clock() - retention;
+      records bigint;
+      legacy bigint := 0;
+    BEGIN
+      IF NOT pg_try_advisory_xact_lock(hashtext('shardrelay.prune_sent')) THEN
+        RETURN -1;
+      END IF;
+      DELETE FROM shardrelay.sent_event
+       WHERE ctid = ANY(ARRAY(SELECT ctid FROM shardrelay.sent_event WHERE sent_at < cutoff
+                               ORDER BY sent_at LIMIT max_rows));
+      GET DIAGNOSTICS records = ROW_COUNT;
+      IF records < max_rows THEN
+        DELETE FROM shardrelay.outbox
+         WHERE id = ANY(ARRAY(SELECT id FROM shardrelay.outbox
+                               WHERE status = 'sent' AND NOT canary AND sent_at < cutoff
+                               LIMIT max_rows - records));
+        GET DIAGNOSTICS legacy = ROW_COUNT;
+      END IF;
+      RETURN records + legacy;
+    END $function$
 CREATE OR REPLACE FUNCTION shardrelay.set_shard_count(new_count integer, lock_timeout_ms integer DEFAULT 5000)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -930,6 +1045,21 @@ CREATE OR REPLACE FUNCTION shardrelay.setting(name text, fallback double precisi
 AS $function$
       SELECT coalesce(nullif(current_setting(name, true), '')::float8, fallback)
     $function$
+CREATE OR REPLACE FUNCTION shardrelay.uuid_v7()
+ RETURNS uuid
+ LANGUAGE sql
+ PARALLEL SAFE
+AS $function$
+      SELECT encode(
+               set_byte(
+                 set_byte(
+                   overlay(uuid_send(gen_random_uuid())
+                           PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                           FROM 1 FOR 6),
+                   6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
+                 8, (get_byte(uuid_send(gen_random_uuid()), 8) & 63) | 128),
+               'hex')::uuid
+    $function$
 
 -- triggers
 CREATE TRIGGER outbox_notify_insert AFTER INSERT ON shardrelay.outbox REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION shardrelay.notify_outbox_insert()
@@ -940,4 +1070,6 @@ CREATE TRIGGER outbox_notify_insert AFTER INSERT ON shardrelay.outbox REFERENCIN
 0003_replicas_and_leases
 0004_observability
 0005_complete_batch_function
+0006_finite_timestamps
+0007_sent_record
 0008_replica_liveness_lock
