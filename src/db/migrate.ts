@@ -72,6 +72,19 @@ function newMigrator(db: Kysely<unknown>, userDir: string | undefined): Migrator
  * Read-only: it lists the migration table, which it does not create.
  */
 export async function assertSchemaCurrent<DB>(db: Kysely<DB>): Promise<void> {
+  // A role without privileges on an existing schema sees no migration table (the migrator reads
+  // the catalogs through what the role may see): that is a privilege problem, which the privilege
+  // check of `run` (db/privileges.ts) and the permission-denied handler of the CLI explain with the
+  // GRANTs to run. Telling such a role to run `migrate` would send the operator the wrong way.
+  const { rows } = await sql<{ exists: boolean; readable: boolean }>`
+    SELECT n.oid IS NOT NULL AS exists,
+           coalesce(has_schema_privilege(n.oid, 'USAGE')
+                    AND (c.oid IS NULL OR has_table_privilege(c.oid, 'SELECT')), false) AS readable
+      FROM (SELECT 1) AS one
+      LEFT JOIN pg_namespace n ON n.nspname = 'shardrelay'
+      LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'migration'`.execute(db);
+  const schema = rows[0];
+  if (schema?.exists && !schema.readable) return;
   const migrations = await newMigrator(db as unknown as Kysely<unknown>, undefined).getMigrations();
   const pending = migrations.filter((m) => m.executedAt === undefined).map((m) => m.name);
   if (pending.length === 0) return;
