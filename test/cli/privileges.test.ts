@@ -136,10 +136,7 @@ describe('a relay role without privileges', () => {
       await sql`DROP SCHEMA shardrelay CASCADE`.execute(empty.db);
       const result = await runCli(['run', '--sink', 'null'], { DATABASE_URL: empty.url });
       assert.equal(result.code, 2, result.stderr);
-      assert.match(
-        result.stderr,
-        /this database has no shardrelay schema\n\s+fix: run `shardrelay migrate`/,
-      );
+      assert.match(result.stderr, /this database has no shardrelay schema\n\s+fix: run `shardrelay migrate`/);
     } finally {
       await empty.close();
     }

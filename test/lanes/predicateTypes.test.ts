@@ -89,7 +89,7 @@ describe('lane predicate values are checked against the column types at start', 
     );
     assert.equal(result.code, 0, result.stderr);
     const { rows } = await sql<{ n: string }>`
-      SELECT count(*) AS n FROM shardrelay.outbox WHERE status = 'sent'`.execute(t.db);
+      SELECT count(*) AS n FROM shardrelay.events WHERE status = 'sent'`.execute(t.db);
     assert.equal(Number(rows[0]?.n), 20);
     // Priorities 10-19 went through the real-time lane, 0-9 through batch.
     const lanes = await sql<{ lane: string; n: string }>`

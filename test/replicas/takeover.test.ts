@@ -86,7 +86,7 @@ async function waits(t: TestDatabase, shards: readonly number[], from: Date, to:
            percentile_cont(0.5) WITHIN GROUP (ORDER BY w)::float8 AS p50,
            percentile_cont(0.99) WITHIN GROUP (ORDER BY w)::float8 AS p99,
            max(w)::float8 AS max
-      FROM (SELECT extract(epoch FROM sent_at - created_at) AS w FROM shardrelay.outbox
+      FROM (SELECT extract(epoch FROM sent_at - created_at) AS w FROM shardrelay.events
              WHERE id % ${sql.lit(SHARDS)} = ANY(${[...shards]}::int[])
                AND created_at >= ${from}::timestamptz AND created_at < ${to}::timestamptz) AS r`.execute(
     t.db,

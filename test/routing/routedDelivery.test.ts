@@ -130,7 +130,7 @@ describe('routing: one outbox, four brokers', () => {
   }
 
   async function outboxIdsByRoute(): Promise<Map<Route, string[]>> {
-    const rows = await t.db.selectFrom('shardrelay.outbox').select(['event_id', 'topic', 'status']).execute();
+    const rows = await t.db.selectFrom('shardrelay.events').select(['event_id', 'topic', 'status']).execute();
     const result = new Map<Route, string[]>(ROUTES.map((r) => [r, []]));
     for (const row of rows) {
       const route = ROUTES.find((r) => topicOf(r) === row.topic);
@@ -197,6 +197,7 @@ describe('routing: one outbox, four brokers', () => {
     async (ctx) => {
       if (skip) return ctx.skip(skip);
       await t.db.deleteFrom('shardrelay.outbox').execute();
+      await t.db.deleteFrom('shardrelay.sent_event').execute();
       for (const route of ROUTES) await freshDestination(route);
       const rabbit = (routes.orders.broker as RunningBroker).endpoint;
       const proxy = await startTcpProxy(rabbit.host, rabbit.port);

@@ -245,7 +245,7 @@ describe(
           await relay.whenDrained();
           await relay.stop();
           context.diagnostic(`relay drained ${EVENTS} rows in ${Date.now() - started} ms`);
-          const rows = await t.db.selectFrom('shardrelay.outbox').select(['event_id', 'status']).execute();
+          const rows = await t.db.selectFrom('shardrelay.events').select(['event_id', 'status']).execute();
           assert.equal(rows.length, EVENTS);
           assert.deepEqual(
             rows.filter((r) => r.status !== 'sent'),

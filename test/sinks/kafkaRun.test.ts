@@ -57,7 +57,7 @@ describe('shardrelay run --sink kafka (one producer per process)', { skip: probl
         Number(
           (
             await sql
-              .raw<{ n: string }>(`SELECT count(*) AS n FROM shardrelay.outbox WHERE ${where}`)
+              .raw<{ n: string }>(`SELECT count(*) AS n FROM shardrelay.events WHERE ${where}`)
               .execute(t.db)
           ).rows[0]?.n,
         );
@@ -130,7 +130,7 @@ describe('shardrelay run --sink kafka (one producer per process)', { skip: probl
         assert.match(logs, /"thread":"realtime"[^\n]*relay started|relay started[^\n]*"thread":"realtime"/);
 
         const rows = await t.db
-          .selectFrom('shardrelay.outbox')
+          .selectFrom('shardrelay.events')
           .select(['event_id', 'topic', 'status'])
           .execute();
         assert.equal(rows.length, BATCH_ROWS + REALTIME_ROWS);

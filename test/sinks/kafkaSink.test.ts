@@ -111,7 +111,7 @@ describe('Kafka sink (librdkafka mock cluster)', { skip: problem ?? false }, () 
         await relay.whenDrained();
         await relay.stop();
         context.diagnostic(`relay drained ${EVENTS} rows in ${Date.now() - started} ms`);
-        const rows = await t.db.selectFrom('shardrelay.outbox').select(['event_id', 'status']).execute();
+        const rows = await t.db.selectFrom('shardrelay.events').select(['event_id', 'status']).execute();
         assert.equal(rows.length, EVENTS);
         assert.deepEqual(
           rows.filter((r) => r.status !== 'sent'),
@@ -127,6 +127,7 @@ describe('Kafka sink (librdkafka mock cluster)', { skip: problem ?? false }, () 
       } finally {
         await consumer.close();
         await t.db.deleteFrom('shardrelay.outbox').execute();
+        await t.db.deleteFrom('shardrelay.sent_event').execute();
       }
     },
   );

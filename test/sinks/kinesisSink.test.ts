@@ -70,7 +70,7 @@ describe('Kinesis sink (kinesalite)', () => {
         await relay.whenDrained();
         await relay.stop();
         context.diagnostic(`relay drained ${EVENTS} rows in ${Date.now() - started} ms`);
-        const rows = await t.db.selectFrom('shardrelay.outbox').select(['event_id', 'status']).execute();
+        const rows = await t.db.selectFrom('shardrelay.events').select(['event_id', 'status']).execute();
         assert.equal(rows.length, EVENTS);
         assert.deepEqual(
           rows.filter((r) => r.status !== 'sent'),
@@ -86,6 +86,7 @@ describe('Kinesis sink (kinesalite)', () => {
       } finally {
         await poller.close();
         await t.db.deleteFrom('shardrelay.outbox').execute();
+        await t.db.deleteFrom('shardrelay.sent_event').execute();
       }
     },
   );

@@ -249,7 +249,7 @@ describe('STOMP sink (ActiveMQ 5.17)', { skip }, () => {
       });
       await relay.whenDrained();
       await relay.stop();
-      const rows = await t.db.selectFrom('shardrelay.outbox').select(['event_id', 'status']).execute();
+      const rows = await t.db.selectFrom('shardrelay.events').select(['event_id', 'status']).execute();
       assert.equal(rows.length, EVENTS);
       assert.deepEqual(
         rows.filter((r) => r.status !== 'sent'),
