@@ -110,7 +110,12 @@ async function observeHealth(
         sampled_at   = EXCLUDED.sampled_at
     ), produced_sample AS (
       INSERT INTO shardrelay.produced_minute AS p (minute, max_id, sampled_at)
-      SELECT date_trunc('minute', shardrelay.now()), coalesce(max(id), 0), shardrelay.now() FROM shardrelay.outbox
+      -- The identity sequence, not max(id): sent rows leave the outbox at completion, so max(id)
+      -- falls back once the newest rows are sent. An id drawn by a rolled-back insert counts as
+      -- produced here (as it did below max(id) before). USAGE on the sequence is enough.
+      SELECT date_trunc('minute', shardrelay.now()),
+             coalesce(pg_sequence_last_value(pg_get_serial_sequence('shardrelay.outbox', 'id')::regclass), 0),
+             shardrelay.now()
       ON CONFLICT (minute) DO UPDATE SET max_id = GREATEST(p.max_id, EXCLUDED.max_id), sampled_at = EXCLUDED.sampled_at
       RETURNING max_id
     )

@@ -236,7 +236,11 @@ describe('relay metrics agree with the SQL views', { timeout: 120_000 }, () => {
     }
     assert.equal(sum(samples, 'shardrelay_shards_owned'), 8);
     assert.equal(sum(samples, 'shardrelay_unowned_shards'), 0);
-    const maxId = await sql<{ id: string }>`SELECT max(id) AS id FROM shardrelay.outbox`.execute(t.db);
+    const maxId = await sql<{
+      id: string;
+    }>`SELECT pg_sequence_last_value(pg_get_serial_sequence('shardrelay.outbox', 'id')::regclass) AS id`.execute(
+      t.db,
+    );
     assert.equal(sum(samples, 'shardrelay_outbox_max_id'), Number(maxId.rows[0]?.id));
 
     scripted.release();
