@@ -140,7 +140,11 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
           ? unknown(`no answer from ${where} before the batch deadline`)
           : retryable(`no answer from ${where} within ${timeoutMs} ms`);
       }
-      return retryable(`request to ${where} failed: ${networkReason(error)}`);
+      // Refused or unresolvable before a connection existed: the receiver cannot have the event.
+      // Any other failure (a reset or close mid-request) may come after the receiver took it.
+      return neverConnected(error)
+        ? retryable(`request to ${where} failed: ${networkReason(error)}`)
+        : unknown(`request to ${where} failed mid-request: ${networkReason(error)}`);
     } finally {
       clearTimeout(timer);
     }
@@ -197,6 +201,21 @@ async function bodyExcerpt(response: Response): Promise<string> {
 }
 
 /** fetch reports every network failure as "fetch failed"; the useful part is in `cause`. */
+/** Error codes of a request that failed before any connection to the receiver existed. */
+const NEVER_CONNECTED = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+function neverConnected(error: unknown): boolean {
+  const code = (toError(error).cause as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && NEVER_CONNECTED.has(code);
+}
+
 function networkReason(error: unknown): string {
   const outer = toError(error);
   const cause = outer.cause === undefined ? undefined : toError(outer.cause);
