@@ -50,7 +50,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
   await sql`CREATE INDEX shard_lease_owner ON shardrelay.shard_lease (owner_instance)`.execute(db);
 
   await runSqlFile(db, 'replicas.sql');
-  await runSqlFile(db, 'shards.sql');
+  // The view as of this release; migration 0012 replaced sql/shards.sql (see sql/frozen/).
+  await runSqlFile(db, 'frozen/shards_0003.sql');
 
   // Same behaviour as 0002, but a lock timeout becomes an error that says what happened and that
   // retrying is safe (nothing was changed), instead of PostgreSQL's bare "canceling statement".

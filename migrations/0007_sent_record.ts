@@ -231,5 +231,6 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     END $$`.execute(db);
 
   // shardrelay.events: every event the database still knows, from the outbox or the sent record.
-  await sql.raw(await readFile(new URL('events.sql', SQL_DIR), 'utf8')).execute(db);
+  // The view as of this release; migration 0012 replaced sql/events.sql (see sql/frozen/).
+  await sql.raw(await readFile(new URL('frozen/events_0007.sql', SQL_DIR), 'utf8')).execute(db);
 }

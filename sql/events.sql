@@ -6,7 +6,9 @@
 --   SELECT status, sent_at, replica, sink FROM shardrelay.events WHERE event_id = '...';
 --
 --   status     pending | dead | sent
---   shard      id % shard count (for sent events: the shard that sent it)
+--   shard      the shard the row is claimed in: shardrelay.shard_of(...) under the ordering mode
+--              the replicas run (id % N; with ordering 'key' a keyed row in key_hash(key) % N);
+--              for sent events, the shard that sent it
 --   attempts   delivery attempts so far (for sent events: including the one confirmed)
 --   replica, sink  who sent it (NULL for pending and dead rows, and for rows sent by a release
 --                  that did not record them)
@@ -14,7 +16,8 @@
 -- Cost: by event_id, two unique-index probes. Canary rows are left out.
 CREATE OR REPLACE VIEW shardrelay.events AS
 SELECT o.event_id, o.id, o.topic, o.key,
-       (o.id % (SELECT shard_count FROM shardrelay.shard_config))::integer AS shard,
+       shardrelay.shard_of(o.id, o.key, (SELECT shard_count FROM shardrelay.shard_config),
+                           (SELECT mode FROM shardrelay.ordering_mode)) AS shard,
        o.lane, o.status, o.attempts, o.created_at, o.sent_at,
        NULL::text AS replica, NULL::text AS sink, o.last_error
   FROM shardrelay.outbox AS o

@@ -9,6 +9,8 @@
 --   on_current_generation  false while it still finishes batches of an older shard count
 --   duplicate_id           another live process uses the same replica id (each still gets its
 --                          own share, but logs and metrics of the two are hard to tell apart)
+-- The time: written clock_timestamp() here, since migration 0003 installs this file before
+-- shardrelay.clock() exists; migration 0011 installs it again reading shardrelay.clock() (the one clock).
 CREATE OR REPLACE VIEW shardrelay.replicas AS
 WITH config AS (
   SELECT generation FROM shardrelay.shard_config

@@ -16,7 +16,17 @@ export function backoffDelayMs(
   attempt: number,
   random: () => number = Math.random,
 ): number {
-  const exponent = Math.min(Math.max(attempt - 1, 0), 30);
-  const ceiling = Math.min(policy.capMs, policy.baseMs * 2 ** exponent);
+  const ceiling = exponentialDelayMs(policy, attempt);
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+/**
+ * The delay without jitter: `baseMs` doubled per attempt after the first (1 = first retry), at most
+ * `capMs`. For a single client waiting to reconnect (a broker connection, the lease liveness lock,
+ * a failing tick), where nothing else retries in step with it; retries of many rows at once use
+ * `backoffDelayMs`. The only place shardrelay writes the formula.
+ */
+export function exponentialDelayMs(policy: BackoffPolicy, attempt: number): number {
+  const exponent = Math.min(Math.max(attempt - 1, 0), 30);
+  return Math.min(policy.capMs, policy.baseMs * 2 ** exponent);
 }

@@ -1,9 +1,8 @@
 import os from 'node:os';
 import { z } from 'zod';
-import { ConfigError } from './errors.js';
+import { ConfigError, toError } from './errors.js';
 import { redact } from './redact.js';
 import { DEFAULT_LANE_PREDICATE, parseLanePredicate, type LanePredicate } from './lanes/lanePredicate.js';
-import { readRoutes, type RouteTable } from './routing/loadRoutes.js';
 
 export const SINK_NAMES = [
   'pgboss',
@@ -32,7 +31,17 @@ export interface RelayConfig {
   readonly tickSeconds: number;
   readonly realtimeTickSeconds: number;
   readonly connectionsPerLane: number;
+  /** Batch lane: least ms from a partial batch's start to the next on its shard (wake-ups gather rows). */
+  readonly batchGatherMs: number;
   readonly maxAttempts: number;
+  /**
+   * Per-key ordering: 'off' (default) shards by `id % N` and sends a batch concurrently; 'key'
+   * shards keyed rows by their key's hash and never sends a row of a key before the key's earlier
+   * rows are sent (or dead, see `orderingDead`); relay/claims.ts `claimOrdered`.
+   */
+  readonly ordering: 'off' | 'key';
+  /** With ordering on: whether a dead row lets its key's later rows go ('release') or holds them until replayed or discarded ('hold'). */
+  readonly orderingDead: 'release' | 'hold';
   readonly retryBaseMs: number;
   readonly retryCapMs: number;
   readonly sendTimeoutMs: number;
@@ -49,6 +58,8 @@ export interface RelayConfig {
   readonly stompUrl: string;
   readonly stompDestination: string;
   readonly stompConnections: number;
+  readonly stompBatchSpread: number;
+  readonly stompTransactions: 'on' | 'off';
   readonly metricsPort: number | undefined;
   readonly metricsHost: string;
   readonly canaryIntervalSeconds: number;
@@ -66,12 +77,42 @@ export interface RelayConfig {
   readonly kinesisStream: string;
   readonly kinesisRegion: string | undefined;
   readonly kinesisEndpoint: string | undefined;
-  /** Routes to several sinks (replaces `sink` when set); see src/routing/routes.ts. */
-  readonly routes: RouteTable | undefined;
+  /**
+   * Routes to several sinks (replaces `sink` when set), as the JSON text given; see
+   * src/routing/routes.ts. Parsed where the sink is built (routing/loadRoutes.ts, `routeTableOf`),
+   * so that settings do not depend on routing; the CLI parses them before starting anything.
+   */
+  readonly routes: string | undefined;
   readonly routesFile: string | undefined;
 }
 
 const positiveInt = (max: number) => z.coerce.number().int().min(1).max(max);
+
+/**
+ * Connections per lane by default: the machine's cores, at least 2. The batch lane runs at most
+ * this many batches at once, each keeping a PostgreSQL backend and the relay busy; where
+ * PostgreSQL shares the relay's cores, more than one per core only adds CPU contention that the
+ * real-time lane waits behind. Same run, interleaved, loaded 2-core machine (load average
+ * 23-49), 200,000-row backlog: real-time p99 under backlog 5,793 ms with 8 connections and no
+ * gathering, 3,447 ms with these defaults (0.60×); the batch lane alone drained 1,586 and 2,208
+ * rows/s (bench/RESULTS.md, "Issue 14"; to be re-measured on a quiet machine).
+ */
+export function defaultConnectionsPerLane(cores: number = os.availableParallelism()): number {
+  return Math.max(2, Math.min(256, cores));
+}
+
+/**
+ * How long a batch-lane loop gathers rows after a partial batch (ShardLoop `gatherMs`). Every
+ * insert statement NOTIFYs; without gathering, under a steady load each wake-up claimed the ~250
+ * rows that arrived during one batch, paying BEGIN, claim, completion and COMMIT per ~250 rows
+ * (bench/RESULTS.md, "Max sustainable throughput"). A loop's batch is then at least what its
+ * shard receives in 100 ms (2,500 rows/s per shard fill 250 rows; 10,000 fill a 1,000-row batch)
+ * plus what arrives while it waits for one of the lane's connections (8 shards share 2 on 2
+ * cores); the batch lane's added latency stays under 100 ms. Its effect on the max sustainable
+ * rate is not measured yet (`npm run bench -- --only max-sustainable --batch-gather-ms 0` against
+ * the default, same machine state).
+ */
+export const DEFAULT_BATCH_GATHER_MS = 100;
 
 /**
  * What is wrong with a URL setting, most specific first: `new URL()` refuses a port of 99999 just
@@ -151,7 +192,7 @@ export const SETTINGS: Settings = {
       try {
         return parseLanePredicate(typeof value === 'string' ? JSON.parse(value) : value);
       } catch (error) {
-        ctx.addIssue({ code: 'custom', message: error instanceof Error ? error.message : String(error) });
+        ctx.addIssue({ code: 'custom', message: toError(error).message });
         return z.NEVER;
       }
     }),
@@ -190,8 +231,15 @@ export const SETTINGS: Settings = {
     env: 'SHARDRELAY_CONNECTIONS_PER_LANE',
     flag: '--connections-per-lane',
     schema: positiveInt(256),
-    default: () => 8,
+    default: () => defaultConnectionsPerLane(),
     fix: 'use a whole number from 1 to 256 (at most the shard count is useful)',
+  },
+  batchGatherMs: {
+    env: 'SHARDRELAY_BATCH_GATHER_MS',
+    flag: '--batch-gather-ms',
+    schema: z.coerce.number().int().min(0).max(10_000),
+    default: () => DEFAULT_BATCH_GATHER_MS,
+    fix: 'use a whole number of milliseconds from 0 to 10000 (0 = claim at every wake-up)',
   },
   maxAttempts: {
     env: 'SHARDRELAY_MAX_ATTEMPTS',
@@ -199,6 +247,20 @@ export const SETTINGS: Settings = {
     schema: positiveInt(1000),
     default: () => 10,
     fix: 'use a whole number from 1 to 1000',
+  },
+  ordering: {
+    env: 'SHARDRELAY_ORDERING',
+    flag: '--ordering',
+    schema: z.enum(['off', 'key']),
+    default: () => 'off',
+    fix: "use off (the default: id % N, no order between a batch's rows) or key (rows of one key are sent in enqueue order; give every replica the same value)",
+  },
+  orderingDead: {
+    env: 'SHARDRELAY_ORDERING_DEAD',
+    flag: '--ordering-dead',
+    schema: z.enum(['release', 'hold']),
+    default: () => 'release',
+    fix: 'use release (the default: a dead row lets its key go on) or hold (the key waits until the dead row is replayed or discarded)',
   },
   retryBaseMs: {
     env: 'SHARDRELAY_RETRY_BASE_MS',
@@ -311,6 +373,21 @@ export const SETTINGS: Settings = {
     schema: positiveInt(64),
     default: () => 4,
     fix: 'use a whole number from 1 to 64',
+  },
+  stompBatchSpread: {
+    env: 'SHARDRELAY_STOMP_BATCH_SPREAD',
+    flag: '--stomp-batch-spread',
+    schema: positiveInt(64),
+    // The sink's own default (stompSink.ts, where the measurement behind it is).
+    default: () => 4,
+    fix: 'use a whole number from 1 to 64 (at most --stomp-connections is used)',
+  },
+  stompTransactions: {
+    env: 'SHARDRELAY_STOMP_TRANSACTIONS',
+    flag: '--stomp-transactions',
+    schema: z.enum(['on', 'off']),
+    default: () => 'on',
+    fix: 'use on (a STOMP transaction per batch, one store sync on ActiveMQ) or off (a receipt per SEND only)',
   },
   metricsPort: {
     env: 'SHARDRELAY_METRICS_PORT',
@@ -431,8 +508,8 @@ export const SETTINGS: Settings = {
   routes: {
     env: 'SHARDRELAY_ROUTES',
     flag: '--routes',
-    // Taken as text here; loadConfig parses it with readRoutes, whose errors name the exact place.
-    schema: z.custom<RouteTable>((value) => typeof value === 'string'),
+    // Taken as text here; routeTableOf (routing/loadRoutes.ts) parses it, naming the exact place.
+    schema: z.string().optional(),
     fix: 'give routes as JSON (see the README, "Routing"), or use --routes-file',
   },
   routesFile: {
@@ -493,12 +570,5 @@ export function loadConfig(
       'set all three for SASL, or none for a plain connection',
     );
   }
-  // `routes` holds the raw JSON text until here.
-  result.routes = readRoutes(
-    result.routes as string | undefined,
-    result.routesFile as string | undefined,
-    SETTINGS,
-    env,
-  );
   return Object.freeze(result as RelayConfig);
 }

@@ -76,7 +76,7 @@ export async function replayDeadLetters(
   assertSelected(selection, 'replay');
   let query = db
     .updateTable('shardrelay.outbox')
-    .set({ status: 'pending', attempts: 0, available_at: sql<Date>`now()` })
+    .set({ status: 'pending', attempts: 0, available_at: sql<Date>`shardrelay.now()` })
     .where('status', '=', 'dead');
   if (selection.ids?.length) query = query.where('id', 'in', [...selection.ids]);
   if (selection.topic) query = query.where('topic', '=', selection.topic);

@@ -6,7 +6,8 @@ import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from './db/embedde
 import { migrateToLatest } from './db/migrate.js';
 import { enqueue } from './enqueue.js';
 import { createLogger } from './logger.js';
-import { startReplica } from './relay/replica.js';
+import { limitHeapGrowth } from './wiring/heapGrowth.js';
+import { startReplica } from './wiring/replica.js';
 import { syntheticEvents } from './synthetic.js';
 
 export interface DemoOptions {
@@ -74,6 +75,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
 
       options.out(`Relaying with sink "${config.sink}" over the shards in shardrelay.shard_config...`);
       const started = performance.now();
+      limitHeapGrowth();
       const relay = await startReplica({ config, logger: createLogger(config.logLevel) });
       const bar = options.progress
         ? new SingleBar(

@@ -1,7 +1,7 @@
 import { sql, type CompiledQuery } from 'kysely';
 import { z } from 'zod';
 import { queryCompiler } from './db/queryCompiler.js';
-import { InvalidEventError } from './errors.js';
+import { InvalidEventError, toError } from './errors.js';
 import { assertStorableText } from './eventValidation.js';
 import { executorKind, type Executor, type KyselyExecutor } from './executor.js';
 
@@ -85,7 +85,7 @@ function validate(events: readonly OutboxEvent[], maxPayloadBytes: number) {
     } catch (error) {
       throw new InvalidEventError(
         index,
-        `payload is not JSON-serialisable (${error instanceof Error ? error.message : String(error)})`,
+        `payload is not JSON-serialisable (${toError(error).message})`,
         'pass plain data: no cycles, BigInt, functions or class instances that cannot be stringified',
       );
     }

@@ -61,6 +61,3 @@ export function toError(thrown: unknown): Error {
     return new Error(String(thrown));
   }
 }
-
-/** Masks the credentials of a URL (password, credential query parameters): see redact.ts. */
-export { redact as redactUrl } from './redact.js';

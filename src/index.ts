@@ -5,7 +5,8 @@
  * - Producers: `enqueue` writes events in the application's own transaction.
  * - Operators who run the relay from code instead of the CLI: `loadConfig`, `migrate`,
  *   `startReplica` (what `shardrelay run` starts).
- * - Custom sinks: the `Sink` interface and its outcome helpers, passed as `startReplica({ sink })`.
+ * - Custom sinks: the `Sink` interface (a broker; `InDatabaseSink` for one that writes through the
+ *   claim transaction) and its outcome helpers, passed as `startReplica({ sink })`.
  */
 export {
   enqueue,
@@ -26,16 +27,18 @@ export {
   type SinkName,
 } from './config.js';
 export { DEFAULT_MIGRATIONS_DIR, migrate, type MigrateOptions, type MigrateResult } from './db/migrate.js';
-export { startReplica } from './relay/replica.js';
-export type { Relay, RelayHooks, StartRelayOptions } from './relay/relay.js';
-export type { BatchResult } from './relay/batchRunner.js';
+export { startReplica } from './wiring/replica.js';
+export type { Relay, RelayHooks, StartRelayOptions } from './wiring/relay.js';
+export type { BatchResult } from './relay/deliverBatch.js';
 export { createLogger, type Logger } from './logger.js';
 export {
   confirmed,
   permanent,
   retryable,
   unknown,
+  type InDatabaseSink,
   type OutboxMessage,
+  type RelaySink,
   type SendContext,
   type SendOutcome,
   type Sink,

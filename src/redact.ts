@@ -64,7 +64,7 @@ function decode(text: string): string {
  * of any URL in it, and every occurrence of the secrets of the URLs in `from`.
  */
 export function redact(text: string, ...from: readonly string[]): string {
-  let out = text
+  const out = text
     // The placeholder of an example ("use postgres://user:password@host/db") is no secret.
     .replace(USER_INFO, (whole, head: string) =>
       whole.slice(head.length) === 'password' ? whole : `${head}${MASK}`,
@@ -73,8 +73,17 @@ export function redact(text: string, ...from: readonly string[]): string {
     .replace(QUERY_PARAMETER, (whole, separator: string, name: string) =>
       SECRET_PARAMETER.test(decode(name)) ? `${separator}${name}=${MASK}` : whole,
     );
-  // Longest first, so a secret that contains another is masked whole.
-  const secrets = [...new Set(from.flatMap(secretsOf))].sort((a, b) => b.length - a.length);
-  for (const secret of secrets) out = out.split(secret).join(MASK);
+  return maskSecrets(out, from.flatMap(secretsOf));
+}
+
+/**
+ * Returns `text` with every occurrence of each given secret (a password, a token, a key given
+ * apart from any URL, as a sink's SASL password or AWS key) masked as `***`. Empty and undefined
+ * secrets are skipped. Longest first, so a secret that contains another is masked whole.
+ */
+export function maskSecrets(text: string, secrets: readonly (string | undefined)[]): string {
+  const given = [...new Set(secrets)].filter((s): s is string => typeof s === 'string' && s.length > 0);
+  let out = text;
+  for (const secret of given.sort((a, b) => b.length - a.length)) out = out.split(secret).join(MASK);
   return out;
 }

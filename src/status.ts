@@ -1,6 +1,8 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database, Lane } from './db/schema.js';
 import { readHealth, readLagTrend, type HealthRow } from './observability/views.js';
+import { shardExpression } from './db/shardIndex.js';
+import { readOrderingMode, type OrderingMode } from './relay/orderingMode.js';
 import { readShardConfig } from './relay/shardConfig.js';
 import {
   readReplicaStatus,
@@ -50,9 +52,33 @@ export interface ShardLaneHealth extends HealthRow {
 
 export const TREND_MINUTES = 10;
 
+/** A key held up (shardrelay.blocked_keys): with per-key ordering its later rows wait. */
+export interface BlockedKey {
+  readonly key: string;
+  /** 'retrying': its earliest pending row waits for a retry; 'dead': a dead row with pending rows after it. */
+  readonly reason: 'retrying' | 'dead';
+  readonly blockingId: string;
+  readonly attempts: number;
+  readonly lastError: string | null;
+  readonly retryInSeconds: number | null;
+  /** Pending rows of the key after the blocking row. */
+  readonly waiting: number;
+}
+
+export interface BlockedKeys {
+  readonly retrying: number;
+  readonly dead: number;
+  /** The keys with the most rows waiting, at most BLOCKED_KEYS_SHOWN. */
+  readonly top: readonly BlockedKey[];
+}
+
+export const BLOCKED_KEYS_SHOWN = 5;
+
 export interface RelayStatus {
   readonly shardCount: number;
   readonly generation: string;
+  /** The ordering mode the replicas run (shardrelay.ordering_mode); the per-shard counts use its sharding. */
+  readonly ordering: OrderingMode;
   readonly shards: readonly ShardStatus[];
   readonly lanes: readonly LaneStatus[];
   readonly totals: { readonly pending: number; readonly sent: number; readonly dead: number };
@@ -64,6 +90,8 @@ export interface RelayStatus {
   readonly hiddenReplicas: number;
   /** Lease holder and backlog of every shard of the current count (shardrelay.shards). */
   readonly shardOwners: readonly ShardOwnerStatus[];
+  /** Keys held up by a retrying or dead row (shardrelay.blocked_keys, migration 0009). */
+  readonly blockedKeys: BlockedKeys;
 }
 
 const num = (v: unknown): number => Number(v ?? 0);
@@ -78,26 +106,27 @@ export async function readStatus(
   db: Kysely<Database>,
   options: ReplicaStatusOptions = {},
 ): Promise<RelayStatus> {
-  const config = await readShardConfig(db);
-  const n = sql.lit(config.shardCount);
+  const [config, ordering] = await Promise.all([readShardConfig(db), readOrderingMode(db)]);
+  // A row's shard as the claim computes it under the mode the replicas run (db/shardIndex.ts).
+  const shardOf = sql.raw(shardExpression(config.shardCount, ordering === 'key'));
   const [pending, dead, progress] = await Promise.all([
     db
       .selectFrom('shardrelay.outbox')
       .select([
-        sql<number>`id % ${n}`.as('shard'),
+        sql<number>`${shardOf}`.as('shard'),
         sql<string>`count(*)`.as('pending'),
         sql<number | null>`extract(epoch FROM shardrelay.now() - min(created_at))`.as('oldest'),
       ])
       .where('status', '=', 'pending')
       .where('canary', '=', false)
-      .groupBy(sql`id % ${n}`)
+      .groupBy(sql`1`)
       .execute(),
     db
       .selectFrom('shardrelay.outbox')
-      .select([sql<number>`id % ${n}`.as('shard'), sql<string>`count(*)`.as('dead')])
+      .select([sql<number>`${shardOf}`.as('shard'), sql<string>`count(*)`.as('dead')])
       .where('status', '=', 'dead')
       .where('canary', '=', false)
-      .groupBy(sql`id % ${n}`)
+      .groupBy(sql`1`)
       .execute(),
     db
       .selectFrom('shardrelay.shard_progress')
@@ -122,11 +151,12 @@ export async function readStatus(
       lastBatchAt: g?.last ? new Date(g.last).toISOString() : null,
     };
   });
-  const [lanes, health, trends, membership] = await Promise.all([
+  const [lanes, health, trends, membership, blockedKeys] = await Promise.all([
     readLanes(db),
     readHealth(db),
     readLagTrend(db, TREND_MINUTES),
     readReplicaStatus(db, options),
+    readBlockedKeys(db),
   ]);
   const silent = new Set(membership.shardOwners.filter((s) => s.ownerSilent).map((s) => s.shard));
   const sentBeyondShards = progress
@@ -135,6 +165,7 @@ export async function readStatus(
   return {
     shardCount: config.shardCount,
     generation: config.generation,
+    ordering,
     shards,
     lanes,
     totals: {
@@ -151,6 +182,40 @@ export async function readStatus(
     replicas: membership.replicas,
     hiddenReplicas: membership.hiddenReplicas,
     shardOwners: membership.shardOwners,
+    blockedKeys,
+  };
+}
+
+/** Counts by reason and the keys with most rows waiting, from shardrelay.blocked_keys. */
+async function readBlockedKeys(db: Kysely<Database>): Promise<BlockedKeys> {
+  const { rows } = await sql<{
+    key: string;
+    reason: 'retrying' | 'dead';
+    blocking_id: string;
+    attempts: number;
+    last_error: string | null;
+    retry_in_seconds: string | null;
+    waiting: string;
+    retrying_total: string;
+    dead_total: string;
+  }>`
+    SELECT b.*, count(*) FILTER (WHERE reason = 'retrying') OVER () AS retrying_total,
+           count(*) FILTER (WHERE reason = 'dead') OVER () AS dead_total
+      FROM shardrelay.blocked_keys b
+     ORDER BY b.waiting DESC, b.key
+     LIMIT ${BLOCKED_KEYS_SHOWN}`.execute(db);
+  return {
+    retrying: num(rows[0]?.retrying_total),
+    dead: num(rows[0]?.dead_total),
+    top: rows.map((r) => ({
+      key: r.key,
+      reason: r.reason,
+      blockingId: String(r.blocking_id),
+      attempts: num(r.attempts),
+      lastError: r.last_error,
+      retryInSeconds: optionalNum(r.retry_in_seconds),
+      waiting: num(r.waiting),
+    })),
   };
 }
 

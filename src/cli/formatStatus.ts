@@ -37,10 +37,28 @@ function healthSummary(status: RelayStatus): string {
     .join(', ');
 }
 
+/**
+ * Keys held up by a failed or dead row (shardrelay.blocked_keys); nothing when there are none. With
+ * per-key ordering each such key's later rows wait; without it the lines still say which keys fail.
+ */
+function formatBlockedKeys(status: RelayStatus): string[] {
+  const { retrying, dead, top } = status.blockedKeys;
+  if (retrying + dead === 0) return [];
+  return [
+    `blocked keys: ${retrying} waiting for a retry, ${dead} behind a dead row (held only with SHARDRELAY_ORDERING_DEAD=hold)`,
+    'key               reason    row         attempts  waiting  retry in  last error',
+    ...top.map(
+      (k) =>
+        `${k.key.slice(0, 16).padEnd(16)}  ${k.reason.padEnd(8)}  ${k.blockingId.padEnd(10)}  ${String(k.attempts).padStart(8)}  ${String(k.waiting).padStart(7)}  ${seconds(k.retryInSeconds).padStart(8)}  ${(k.lastError ?? '').slice(0, 60)}`,
+    ),
+    '',
+  ];
+}
+
 /** The terminal table of `shardrelay status`. */
 export function formatStatus(status: RelayStatus): string {
   const lines = [
-    `shards: ${status.shardCount} (generation ${status.generation})   pending ${status.totals.pending}   sent ${status.totals.sent}   dead ${status.totals.dead}   health: ${healthSummary(status) || '-'}`,
+    `shards: ${status.shardCount} (generation ${status.generation}, ordering ${status.ordering})   pending ${status.totals.pending}   sent ${status.totals.sent}   dead ${status.totals.dead}   health: ${healthSummary(status) || '-'}`,
     '',
     'shard  lane      class   owner             pending     lag  backlog 10 min  reason',
     ...status.health.map(healthLine),
@@ -57,6 +75,7 @@ export function formatStatus(status: RelayStatus): string {
         `${l.lane.padEnd(8)}  ${String(l.pending).padStart(7)}  ${seconds(l.oldestPendingSeconds).padStart(6)}  ${ms(l.p50Ms).padStart(6)}  ${ms(l.p95Ms).padStart(6)}  ${ms(l.p99Ms).padStart(6)}`,
     ),
     '',
+    ...formatBlockedKeys(status),
     ...formatReplicas(status),
   ];
   return lines.join('\n');

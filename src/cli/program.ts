@@ -21,10 +21,12 @@ import { findEvent, isEventId } from '../events.js';
 import { createLogger } from '../logger.js';
 import { redact } from '../redact.js';
 import { assertPortFree, portError } from '../observability/portCheck.js';
-import { startReplica } from '../relay/replica.js';
+import { limitHeapGrowth } from '../wiring/heapGrowth.js';
+import { startReplica } from '../wiring/replica.js';
 import { DEFAULT_HIDE_GONE_AFTER_SECONDS, readStatus } from '../status.js';
 import { syntheticEvents } from '../synthetic.js';
 import { formatStatus } from './formatStatus.js';
+import { routeTableOf } from '../routing/loadRoutes.js';
 import { formatRouteStatus, readRouteStatus } from '../routing/routeStatus.js';
 import { addRoutesCommand } from './routesCommand.js';
 import { watch } from './watch.js';
@@ -159,12 +161,17 @@ export function buildProgram(): Command {
     RUN_SETTINGS.filter((k) => k !== 'databaseUrl' && k !== 'logLevel'),
   ).action(async (opts: { untilDrained?: boolean }, command: Command) => {
     const config = loadConfig(overridesFrom(command, RUN_SETTINGS));
+    // Bad routes stop the command here (exit 2), before it connects to anything; the relay builds
+    // its sinks from this table.
+    const routeTable = routeTableOf(config);
     // Set-up problems are found before anything starts: a taken metrics port, an unmigrated database.
     const { metricsPort, metricsHost } = config;
     if (metricsPort !== undefined) await assertPortFree(metricsHost, metricsPort);
     await withDatabase(config, async () => {});
     const logger = createLogger(config.logLevel, { replica: config.replicaId });
-    const relay = await startReplica({ config, logger }).catch((error: unknown) => {
+    // This process is the relay's own: it sets its heap policy (wiring/heapGrowth.ts).
+    limitHeapGrowth();
+    const relay = await startReplica({ config, logger, routeTable }).catch((error: unknown) => {
       const code = (error as NodeJS.ErrnoException | null)?.code;
       // The port was taken between the check above and the server's bind.
       throw metricsPort !== undefined && (code === 'EADDRINUSE' || code === 'EACCES')
@@ -241,11 +248,12 @@ export function buildProgram(): Command {
     ['routes', 'routesFile'],
   ).action(async (opts: StatusOptions, command: Command) => {
     const config = loadConfig(overridesFrom(command, ['databaseUrl', 'logLevel', 'routes', 'routesFile']));
+    const table = routeTableOf(config);
     await withDatabase(config, async (db) => {
       const show = async () => {
         const status = await readStatus(db, { hideGoneAfterSeconds: opts.hideGoneAfter });
         // With routes configured: per-route throughput, failures and lag (src/routing/routeStatus.ts).
-        const routes = config.routes ? await readRouteStatus(db, config.routes) : undefined;
+        const routes = table ? await readRouteStatus(db, table) : undefined;
         if (opts.json) return JSON.stringify(routes ? { ...status, routes } : status, null, 2);
         return routes ? `${formatStatus(status)}\n\n${formatRouteStatus(routes)}` : formatStatus(status);
       };

@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { SETTINGS, loadConfig, type RelayConfig } from '../config.js';
 import type { Lane } from '../db/schema.js';
 import { ConfigError } from '../errors.js';
+import { routeTableOf } from '../routing/loadRoutes.js';
 import { routeOf, rowMatches, type RouteMatch, type RouteTable } from '../routing/routes.js';
 
 interface SampleEvent {
@@ -88,7 +89,7 @@ export function addRoutesCommand(program: Command): void {
     .action((opts: { file?: string; event?: string[] }) => {
       // Only the routes are checked: no database URL needed.
       const config: RelayConfig = loadConfig(opts.file ? { routesFile: opts.file } : {}, process.env, []);
-      const table = config.routes;
+      const table = routeTableOf(config);
       if (!table) {
         throw new ConfigError(
           '--file / SHARDRELAY_ROUTES_FILE / SHARDRELAY_ROUTES',

@@ -2,6 +2,7 @@ import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { ShardRelayError, toError } from '../errors.js';
 import { redact } from '../redact.js';
+import { DeferringClient } from './deferringClient.js';
 import type { Database } from './schema.js';
 
 // bigint (int8) stays a string: ids may exceed 2^53. count(*) is int8 too; callers Number() it.
@@ -17,6 +18,11 @@ export interface PoolOptions {
   readonly onError?: (error: Error) => void;
   /** Session settings for every connection of the pool (sent at connect, no extra round trip). */
   readonly settings?: Readonly<Record<string, string | number>>;
+  /**
+   * Send BEGIN, SAVEPOINT and RELEASE SAVEPOINT without waiting for their answers, pipelined with
+   * the next statement (db/deferringClient.ts): the real-time lane's round trips.
+   */
+  readonly deferTransactionControl?: boolean;
 }
 
 /**
@@ -31,6 +37,7 @@ export function createPool(options: PoolOptions): pg.Pool {
     application_name: options.applicationName,
     connectionTimeoutMillis: CONNECTION_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
+    ...(options.deferTransactionControl ? { Client: DeferringClient } : {}),
     ...(options.settings && Object.keys(options.settings).length > 0
       ? {
           options: Object.entries(options.settings)

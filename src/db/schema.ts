@@ -118,12 +118,14 @@ export interface ShardsView {
   lease_expires_in_seconds: string | null;
   pending: string;
   oldest_pending_age_seconds: string | null;
+  /** The sharding the counts use: the recorded ordering mode (migration 0012). */
+  ordering: 'off' | 'key';
 }
 
 /**
  * shardrelay.sent_event: one row per event sent within the retention window (migrations/0007).
  * Written by shardrelay.complete_batch when a row leaves the outbox as sent; deleted by the
- * retention pruner (relay/sentPruner.ts).
+ * retention pruner (maintenance/sentPruner.ts).
  */
 export interface SentEventTable {
   event_id: string;
@@ -146,11 +148,21 @@ export interface EventsView extends Omit<SentEventTable, 'sent_at'> {
   last_error: string | null;
 }
 
+/** shardrelay.ordering_mode (migration 0012): a single row, the ordering mode the replicas run. */
+export interface OrderingModeTable {
+  singleton: ColumnType<boolean, never, never>;
+  mode: 'off' | 'key';
+  /** The last change by a relay; null when the mode is still the one migration 0012 set. */
+  changed_at: ColumnType<Date | null, never, Date | null>;
+  changed_by: string | null;
+}
+
 export interface Database {
   'shardrelay.outbox': OutboxTable;
   'shardrelay.sent_event': SentEventTable;
   'shardrelay.events': EventsView;
   'shardrelay.shard_config': ShardConfigTable;
+  'shardrelay.ordering_mode': OrderingModeTable;
   'shardrelay.shard_progress': ShardProgressTable;
   'shardrelay.replica': ReplicaTable;
   'shardrelay.shard_lease': ShardLeaseTable;

@@ -10,7 +10,7 @@ import type { Database } from './schema.js';
  *
  * Is an index per N worth it? Measured on this project's 2-core machine (PostgreSQL 15, shared with
  * other work: load average 4-8, so absolute figures vary about 2x between runs; the ratios held),
- * with bench/claimIndex.ts: 500,000 pending rows, 1% real-time, N = 16, the variants interleaved
+ * with bench/studies/claimIndex.ts: 500,000 pending rows, 1% real-time, N = 16, the variants interleaved
  * batch by batch over the same backlog, three runs:
  *
  *                                       claim 1000    claim 100   real-time 100   drain (rows/s)
@@ -27,13 +27,47 @@ import type { Database } from './schema.js';
  * ones are built: with those of three counts, inserts ran at 20,700 rows/s against 22,700 with one
  * count's (about 9% slower). Decision: keep one pair per shard count, built and pruned by the relay.
  */
-export function pendingShardIndexSql(shardCount: number): string[] {
+export function pendingShardIndexSql(shardCount: number, ordering: boolean = false): string[] {
   if (!Number.isInteger(shardCount) || shardCount < 1) throw new Error(`bad shard count ${shardCount}`);
+  if (ordering) return orderedShardIndexSql(shardCount);
   return [
     `CREATE INDEX IF NOT EXISTS outbox_pending_mod${shardCount}
        ON shardrelay.outbox ((id % ${shardCount}), id) WHERE status = 'pending'`,
     `CREATE INDEX IF NOT EXISTS outbox_pending_realtime_mod${shardCount}
        ON shardrelay.outbox ((id % ${shardCount}), id) WHERE status = 'pending' AND lane = 'realtime'`,
+  ];
+}
+
+/**
+ * The shard of a row as the claim computes it, with N as a literal (see above). Ordering off:
+ * `id % N`. Ordering on (SHARDRELAY_ORDERING=key): a row with a key goes to
+ * `shardrelay.key_hash(key) % N` (migrations/0009_key_ordering.ts: the first 32 bits of the key's
+ * MD5, the same on every PostgreSQL version and platform), so all rows of a key are in one shard
+ * under any count; a row without a key keeps `id % N`. The claim, the indexes below and the views
+ * must write it the same way for the planner to match them, hence one function.
+ */
+export function shardExpression(shardCount: number, ordering: boolean, alias = ''): string {
+  const n = Math.trunc(shardCount);
+  const a = alias === '' ? '' : `${alias}.`;
+  if (!ordering) return `${a}id % ${n}`;
+  return `(CASE WHEN ${a}key IS NULL THEN ${a}id ELSE shardrelay.key_hash(${a}key) END) % ${n}`;
+}
+
+/**
+ * Ordering on: the claim indexes over the key-aware shard expression, plus the index of each key's
+ * rows in id order that the ordering checks probe (claims.ts: "the key's earliest unsent row").
+ * They exist only where ordering is used: the key index costs an entry per keyed insert, which a
+ * relay that does not order has no use for.
+ */
+function orderedShardIndexSql(shardCount: number): string[] {
+  const shard = shardExpression(shardCount, true);
+  return [
+    `CREATE INDEX IF NOT EXISTS outbox_pending_keyed_mod${shardCount}
+       ON shardrelay.outbox ((${shard}), id) WHERE status = 'pending'`,
+    `CREATE INDEX IF NOT EXISTS outbox_pending_realtime_keyed_mod${shardCount}
+       ON shardrelay.outbox ((${shard}), id) WHERE status = 'pending' AND lane = 'realtime'`,
+    `CREATE INDEX IF NOT EXISTS outbox_key_order
+       ON shardrelay.outbox (key, id) WHERE key IS NOT NULL AND status IN ('pending', 'dead')`,
   ];
 }
 
@@ -51,6 +85,7 @@ async function notOwner(
   shardCount: number,
   missing: boolean,
   cause: unknown,
+  ordering: boolean = false,
 ): Promise<ShardRelayError> {
   const { rows } = await sql<{ role: string; owner: string }>`
     SELECT quote_ident(current_user) AS role, quote_ident(pg_get_userbyid(relowner)) AS owner
@@ -63,7 +98,7 @@ async function notOwner(
   );
   const statements = [
     ...(missing
-      ? pendingShardIndexSql(shardCount).map((s) => `${concurrently(s).replace(/\s+/g, ' ')};`)
+      ? pendingShardIndexSql(shardCount, ordering).map((s) => `${concurrently(s).replace(/\s+/g, ' ')};`)
       : []),
     ...others
       .filter((i) => {
@@ -87,7 +122,7 @@ async function notOwner(
 }
 
 /** Indexes of the pending backlog named after a shard count (ours; no other index matches). */
-const COUNT_INDEX = /^outbox_pending_(?:realtime_)?mod(\d+)$/;
+const COUNT_INDEX = /^outbox_pending_(?:realtime_)?(?:keyed_)?mod(\d+)$/;
 
 /**
  * Builds the indexes for `shardCount` without blocking writers (CREATE INDEX CONCURRENTLY, which
@@ -102,8 +137,9 @@ const COUNT_INDEX = /^outbox_pending_(?:realtime_)?mod(\d+)$/;
 export async function ensurePendingShardIndexes(
   db: Kysely<Database>,
   shardCount: number,
+  ordering: boolean = false,
 ): Promise<'present' | 'built' | 'busy'> {
-  const statements = pendingShardIndexSql(shardCount);
+  const statements = pendingShardIndexSql(shardCount, ordering);
   return db.connection().execute(async (session) => {
     const { rows: lock } = await sql<{ locked: boolean }>`
       SELECT pg_try_advisory_lock(hashtext('shardrelay.pending_shard_indexes')) AS locked`.execute(session);
@@ -127,7 +163,7 @@ export async function ensurePendingShardIndexes(
           await sql.raw(concurrently(statement)).execute(session);
         } catch (error) {
           if ((error as { code?: unknown }).code === '42501')
-            throw await notOwner(session, shardCount, true, error);
+            throw await notOwner(session, shardCount, true, error, ordering);
           throw error;
         }
         built = true;
@@ -142,7 +178,7 @@ export async function ensurePendingShardIndexes(
             await sql.raw(`DROP INDEX CONCURRENTLY IF EXISTS shardrelay.${index.name}`).execute(session);
           } catch (error) {
             if ((error as { code?: unknown }).code === '42501')
-              throw await notOwner(session, shardCount, false, error);
+              throw await notOwner(session, shardCount, false, error, ordering);
             throw error;
           }
         }

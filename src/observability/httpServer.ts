@@ -10,6 +10,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { EXPIRED, untilDeadline } from '../raceDeadline.js';
 import { toError } from '../errors.js';
 
 export interface Readiness {
@@ -67,24 +68,16 @@ function message(error: unknown): string {
 }
 
 async function readiness(isReady: () => Promise<Readiness>, timeoutMs: number): Promise<Readiness> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<Readiness>((resolve) => {
-    timer = setTimeout(
-      () => resolve({ ready: false, reason: `readiness check did not answer within ${timeoutMs} ms` }),
-      timeoutMs,
-    );
-  });
-  try {
-    return await Promise.race([
-      isReady().catch((error: unknown) => ({
-        ready: false,
-        reason: `readiness check failed: ${message(error)}`,
-      })),
-      timeout,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+  const answer = await untilDeadline(
+    isReady().catch((error: unknown) => ({
+      ready: false,
+      reason: `readiness check failed: ${message(error)}`,
+    })),
+    Date.now() + timeoutMs,
+  );
+  return answer === EXPIRED
+    ? { ready: false, reason: `readiness check did not answer within ${timeoutMs} ms` }
+    : answer;
 }
 
 export async function startObservabilityServer(

@@ -1,15 +1,15 @@
 /**
  * The observer of one relay replica: it connects the relay to its Prometheus metrics, keeps the
- * samples the SQL views need, and runs the canaries.
+ * samples the SQL views need, and runs the canaries. Folding and pruning those samples is
+ * housekeeping (maintenance/housekeeping.ts), not the observer's.
  *
- * - Batches: `recordBatch` counts every committed batch (relay.ts calls it from its batch hook).
+ * - Batches: `recordBatch` counts every committed batch (wiring/relay.ts calls it from its batch hook).
  *   In flight: `trackInflight` wraps the sink and counts messages between hand-over and outcome.
  * - Every `intervalMs` (default 5 s) one observe cycle: a single statement reads `shardrelay.health`
  *   (which includes the lag), records the lag of the shards this replica owns into `lag_minute`
  *   (the history behind WARN and the status trend) and samples max(id) into `produced_minute`; a
  *   second reads `shardrelay.canaries`. From their answers it sets the lag, status, ownership,
  *   canary and outbox-id gauges, so the metrics show what the views show, at most one cycle late.
- *   Every 5 minutes it also calls shardrelay.maintain() (fold finished hours, prune).
  *   Why 5 s and not every tick: the lag counts pending rows, which costs in proportion to the
  *   backlog (see sql/lag.sql); Prometheus scrapes every 15 s or so, and the views answer live anyway.
  * - With `config.metricsPort` set: the HTTP server (/metrics, /healthz, /readyz).
@@ -22,7 +22,7 @@ import type { RelayConfig } from '../config.js';
 import type { Database, Lane } from '../db/schema.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { Sink } from '../sinks/sink.js';
+import type { RelaySink } from '../sinks/sink.js';
 import { startCanaries, type Canaries } from './canary.js';
 import { startObservabilityServer, type ObservabilityServer } from './httpServer.js';
 import { syncLaneFunction } from './lanes.js';
@@ -47,7 +47,7 @@ export interface ObserverOptions {
 }
 
 /**
- * What the observer reads of a batch's outcome. The relay's `BatchResult` (relay/batchRunner.ts) is
+ * What the observer reads of a batch's outcome. The relay's `BatchResult` (relay/deliverBatch.ts) is
  * one; it is declared here, by what is read, so that observability does not import the relay it
  * observes (layers point one way: the relay's wiring hands results down to the observer).
  */
@@ -78,7 +78,7 @@ export interface Observer {
   readonly server: ObservabilityServer | undefined;
   readonly canaries: Canaries | undefined;
   /** The sink, counting messages in flight for the inflight gauge. */
-  trackInflight(sink: Sink): Sink;
+  trackInflight(sink: RelaySink): RelaySink;
   recordBatch(shard: number, lane: Lane, result: ObservedBatch): void;
   start(scheduler: ObservedShards): Promise<void>;
   /** Runs one observe cycle now (tests, and the first one at start). */
@@ -133,7 +133,6 @@ interface CanaryRow {
 
 /** Canaries are overdue after this many intervals without coming back. */
 const CANARY_OVERDUE_INTERVALS = 3;
-const MAINTAIN_EVERY_MS = 5 * 60_000;
 
 export function createObserver(options: ObserverOptions): Observer {
   const { db, config, logger } = options;
@@ -147,7 +146,6 @@ export function createObserver(options: ObserverOptions): Observer {
   let canaries: Canaries | undefined;
   let timer: NodeJS.Timeout | undefined;
   let cycle: Promise<void> | undefined;
-  let lastMaintainAt = Date.now();
   let inflight = 0;
   /** Shards whose gauges this replica exports, to drop those it no longer should. */
   let exported = new Set<number>();
@@ -166,10 +164,6 @@ export function createObserver(options: ObserverOptions): Observer {
                 FROM shardrelay.canaries WHERE shard = ANY(${[...owned]}::integer[])`.execute(db)
           ).rows
         : [];
-    if (Date.now() - lastMaintainAt > MAINTAIN_EVERY_MS) {
-      lastMaintainAt = Date.now();
-      await sql`SELECT shardrelay.maintain()`.execute(db);
-    }
     watchCanaries(canaryRows);
     if (!metrics) return;
 
@@ -244,22 +238,30 @@ export function createObserver(options: ObserverOptions): Observer {
 
     trackInflight(sink) {
       if (!metrics) return sink;
-      return {
-        name: sink.name,
-        ...(sink.writesInTransaction ? { writesInTransaction: true } : {}),
-        start: () => sink.start(),
-        close: () => sink.close(),
-        async sendBatch(messages, context) {
-          inflight += messages.length;
+      const counted = async <T>(count: number, send: () => Promise<T>): Promise<T> => {
+        inflight += count;
+        metrics.setInflight(inflight);
+        try {
+          return await send();
+        } finally {
+          inflight -= count;
           metrics.setInflight(inflight);
-          try {
-            return await sink.sendBatch(messages, context);
-          } finally {
-            inflight -= messages.length;
-            metrics.setInflight(inflight);
-          }
-        },
+        }
       };
+      const lifecycle = { name: sink.name, start: () => sink.start(), close: () => sink.close() };
+      // Of the same kind as the sink, so that the relay still hands the transaction to it alone.
+      return sink.kind === 'in-database'
+        ? {
+            ...lifecycle,
+            kind: 'in-database',
+            sendBatch: (messages, context, transaction) =>
+              counted(messages.length, () => sink.sendBatch(messages, context, transaction)),
+          }
+        : {
+            ...lifecycle,
+            sendBatch: (messages, context) =>
+              counted(messages.length, () => sink.sendBatch(messages, context)),
+          };
     },
 
     recordBatch(shard, lane, result) {

@@ -1,6 +1,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
+import { savepointBisect } from './bisect.js';
 import { completeBatch, type Completion, type CompleteRequest } from './claims.js';
 import { storableExcerpt, storableText } from './storableText.js';
 
@@ -37,8 +38,9 @@ const SAVEPOINT = 'shardrelay_complete';
 /**
  * Records `request` in `trx`. On a failure that leaves the transaction usable (an error raised by
  * a statement, not a lost connection), it rolls back to a savepoint and completes the rows in
- * halves, down to single rows; a row that fails on its own is recorded `dead` by `recordPoison`
- * with the error as the reason. Returns the rows recorded that way (empty when all went well).
+ * halves, down to single rows (relay/bisect.ts `savepointBisect`); a row that fails on its own is
+ * recorded `dead` by `recordPoison` with the error as the reason. Returns the rows recorded that
+ * way (empty when all went well).
  * Throws when the transaction itself is gone (the caller then recovers on another connection).
  *
  * Cost: one SAVEPOINT and RELEASE per batch (two round trips of about 0.1 ms); the halving runs
@@ -50,28 +52,10 @@ export async function completeIsolated(
 ): Promise<PoisonRow[]> {
   const completions = request.completions.map(storableCompletion);
   if (completions.length === 0) return [];
-  const poison: PoisonRow[] = [];
-  const attempt = async (part: readonly Completion[]): Promise<void> => {
-    await sql.raw(`SAVEPOINT ${SAVEPOINT}`).execute(trx);
-    try {
-      await completeBatch(trx, { ...request, completions: part });
-      await sql.raw(`RELEASE SAVEPOINT ${SAVEPOINT}`).execute(trx);
-      return;
-    } catch (error) {
-      // If this throws too, the transaction is gone (connection lost): the caller's business.
-      await sql.raw(`ROLLBACK TO SAVEPOINT ${SAVEPOINT}`).execute(trx);
-      await sql.raw(`RELEASE SAVEPOINT ${SAVEPOINT}`).execute(trx);
-      if (part.length === 1) {
-        const only = part[0] as Completion;
-        poison.push({ id: only.id, reason: poisonReason(only, error) });
-        return;
-      }
-    }
-    const half = Math.ceil(part.length / 2);
-    await attempt(part.slice(0, half));
-    await attempt(part.slice(half));
-  };
-  await attempt(completions);
+  const failed = await savepointBisect(trx, SAVEPOINT, completions, (part) =>
+    completeBatch(trx, { ...request, completions: part }),
+  );
+  const poison = failed.map(({ item, error }) => ({ id: item.id, reason: poisonReason(item, error) }));
   if (poison.length > 0) await recordPoison(trx, poison);
   return poison;
 }

@@ -1,5 +1,5 @@
 import type { SendOutcome } from '../sinks/sink.js';
-import { backoffDelayMs, type BackoffPolicy } from './backoff.js';
+import { backoffDelayMs, type BackoffPolicy } from '../backoff.js';
 import type { ClaimedMessage, Completion } from './claims.js';
 
 export interface RetryPolicy extends BackoffPolicy {

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { backoffDelayMs } from '../backoff.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
@@ -88,8 +89,7 @@ export class OutboxListener {
     if (this.#stopped) return;
     this.#attempt++;
     const cap = this.#options.maxBackoffMs ?? 10_000;
-    const ceiling = Math.min(cap, 100 * 2 ** Math.min(this.#attempt, 16));
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    const delay = backoffDelayMs({ baseMs: 100, capMs: cap }, this.#attempt + 1);
     this.#options.logger.warn(
       { err: error.message, retryInMs: Math.round(delay) },
       'LISTEN connection lost; polling continues, reconnecting',

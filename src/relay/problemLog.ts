@@ -1,6 +1,6 @@
 import type { Lane } from '../db/schema.js';
 import type { Logger } from '../logger.js';
-import type { BatchResult } from './batchRunner.js';
+import type { BatchResult } from './deliverBatch.js';
 
 /**
  * One log line per delivery attempt that did not end in a confirm, carrying what joins it to the

@@ -1,14 +1,17 @@
 import type { Lane } from '../db/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { RoutePartReport } from '../routing/routingSink.js';
-import type { BatchResult } from './batchRunner.js';
+import type { BatchResult } from './deliverBatch.js';
 import type { ForwardedOutcomes, ForwardedSend } from '../sinks/forwardingSink.js';
 import type { HeldShards } from './shardOwnership.js';
 
 /** Messages between the main thread and the real-time lane's worker thread. */
 export type ToRealtimeWorker =
-  /** The shards the main thread holds, their generation and until when they stay held. */
-  | ({ readonly type: 'shards' } & HeldShards)
+  /**
+   * The shards the main thread holds, their generation and until when they stay held; `fence`:
+   * the value of the ownership fence it was posted under (relay/ownershipFence.ts).
+   */
+  | ({ readonly type: 'shards'; readonly fence: number } & HeldShards)
   | { readonly type: 'stop' }
   /** The outcomes of a send the worker forwarded to the main thread's sink. */
   | ({ readonly type: 'sent' } & ForwardedOutcomes);

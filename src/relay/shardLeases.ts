@@ -1,12 +1,21 @@
 import { randomUUID } from 'node:crypto';
-import os from 'node:os';
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { CONFIG_CHANNEL } from './outboxListener.js';
-import { evictDeadReplicas, lockHeld, type LivenessLockHandle } from './leaseStatements.js';
-import { LivenessLock } from './livenessLock.js';
+import {
+  acquireFreeShards,
+  announceJoin,
+  dropOtherGenerations,
+  heartbeat,
+  leaveMembership,
+  readBalance,
+  releaseLeases,
+  renewLeases,
+  takeOverExpiredLeases,
+  type LeaseMember,
+} from './leaseStatements.js';
+import { LEASE_STATES, LivenessMembership, type LeaseState } from './livenessMembership.js';
 import type { ShardConfig } from './shardConfig.js';
 import type { ShardOwnership } from './shardOwnership.js';
 
@@ -37,10 +46,11 @@ import type { ShardOwnership } from './shardOwnership.js';
  *                                  the owner renews), releaseLeases, leaveMembership,
  *                                  readBalance and the views.
  *   shard_lease.acquired_at        When this owner took it. Taker; views.
- *   shard_lease.renewed_at,        PostgreSQL's clock (clock_timestamp()), never a Node clock, so
+ *   shard_lease.renewed_at,        PostgreSQL's clock (shardrelay.clock()), never a Node clock, so
  *     expires_at                   replicas whose clocks disagree still agree on expiry. Owner
- *                                  (renewLeases, every heartbeat) and taker; expires_at is read by
- *                                  takers (only an expired lease may be taken over), readBalance
+ *                                  (renewLeases, every heartbeat) and taker; expires_at also by the
+ *                                  peer that evicts the owner (expired at once). expires_at is read
+ *                                  by takers (only an expired lease may be taken over), readBalance
  *                                  and the views.
  *   replica.instance, replica_id,  Written once by the process's first heartbeat; views.
  *     hostname, pid, started_at
@@ -59,74 +69,46 @@ import type { ShardOwnership } from './shardOwnership.js';
  * Every operation below is one statement in its own transaction; no lock is held between them,
  * and none touches `shard_config`, so a shard-count migration never waits on a replica.
  *
+ * Renewing is the heartbeat's job (a timer of its own, every min(tick, lease timeout / 3)):
+ * heartbeat, renew the leases (what comes back is what it holds; a lease someone took over is
+ * gone), and once per generation (the scheduler has stopped the old one's loops before the refresh
+ * that moved it to the new one) and once a lease timeout, drop its leases of other generations and
+ * anyone's long-expired ones. A timer of its own, so a tick that waits for a slow in-flight batch
+ * does not let the leases lapse.
+ *
  * What a replica does on every refresh (the scheduler calls it every tick, a config NOTIFY or a
- * lease expiry brings it forward): heartbeat; drop its leases of other generations (the scheduler
- * has stopped those loops before calling refresh); delete the leases it chose to give back on the
- * previous refresh (their loops have stopped since, so a hand-off never overlaps); renew the rest
- * (what comes back is what it holds; a lease someone took over is gone); then balance against the
- * live members: take expired leases and free shards up to its share, or mark leases above it for
- * give-back. Its share is ceil(N / members), except floor(N / members) while some member on the
- * current generation holds fewer than floor (so shards flow to a newcomer instead of back to the
- * replicas that just gave them up). Held counts end within one of each other. After a change of
- * the shard count it takes nothing while another replica still holds leases of the old count
- * (at most one lease timeout), so the two counts' batches do not compete for the same rows.
+ * lease expiry brings it forward): renew first only when the heartbeat has not (the first refresh
+ * of a membership, a new generation, or no renewal for two heartbeat intervals: the timer is
+ * late); delete the leases it chose to give back on the previous refresh (their loops have
+ * stopped since, so a hand-off never overlaps); then balance against the live members: take
+ * expired leases and free shards up to its share, or mark leases above it for give-back. So the
+ * refresh an eviction asks for is two short statements (read the balance, take the evicted
+ * member's expired leases), where it was six or more (heartbeat, renewal, generation drop, balance,
+ * take-over, then inserts that could collide with the other survivor's). Measured with
+ * test/replicas/takeover.test.ts and the refresh's steps timed (2 cores, load average 24-30): that
+ * refresh took 155-330 ms with the renewal in it (heartbeat, renewal and drop alone 131-182 ms,
+ * each a commit), 56-74 ms without. A heartbeat lets a waiting refresh go first, at each of its
+ * two turns (the membership row, then the renewal). Skipping the renewal changes nothing about
+ * what is trusted: new leases are trusted until the last renewal's start plus the lease timeout,
+ * never later than their expiry.
+ *
+ * Its share is ceil(N / members), except floor(N / members) while some member on the current
+ * generation holds fewer than floor (so shards flow to a newcomer instead of back to the replicas
+ * that just gave them up). Held counts end within one of each other. After a change of the shard
+ * count it takes nothing while another replica still holds leases of the old count (at most one
+ * lease timeout), so the two counts' batches do not compete for the same rows.
  *
  * Leaving (graceful shutdown, after the loops stopped): leaveMembership deletes the membership
  * row and every lease in one transaction and NOTIFYs, so the others re-take the shards at once.
  * Joining, giving back and dropping an old generation NOTIFY too (shardrelay_config); the
  * listeners turn that into an immediate refresh, with the tick as the fallback.
  *
- * Heartbeats also run on a timer of their own (every min(tick, lease timeout / 3)), so a tick that
- * waits for a slow in-flight batch does not let the leases lapse.
- *
- * Dead replicas are found by their liveness lock, not by their lease (relay/leaseStatements.ts):
- * every member holds a session-level advisory lock on a connection of its own
- * (relay/livenessLock.ts), and every `PEER_CHECK_MS` each member runs, on that connection, one
- * statement that tries the other members' locks. A lock it can take belongs to a session that is
- * gone, so that member is evicted (membership row and leases deleted, NOTIFY) and the others take
- * its shards as free shards in the refresh the NOTIFY triggers. A SIGKILLed replica's shards are
- * thus taken within a check period plus a refresh, not a lease timeout (bench/RESULTS.md).
- *
- * Why the lock and not pg_stat_activity: the lock is exact and atomic. "I could take it" means the
- * session ended, and taking it (until the evictor's commit) leaves no window in which the owner
- * could come back under the same identity half-way through the eviction. pg_stat_activity would
- * need every pid of the replica's pools (which come and go), pids are reused, and reading it does
- * not exclude anything. A blocking wait on each peer's lock would notice without polling, but needs
- * a connection per watched peer and a way to re-target it as members change; the check costs one
- * short statement per member every 100 ms (measured in test/relay/leaseStatements.test.ts).
- *
- * The lease timeout stays for what the lock cannot see: a process that is alive but not running
- * (SIGSTOP, a long GC pause, a frozen VM) keeps its session and its lock, so it loses its shards
- * only when its leases expire, as before. Membership rows without a lock (replicas of a version
- * before migration 0008, during a rolling upgrade) are never evicted by the check either.
- *
- * Life of a process's membership (LEASE_STATES; the figures are the defaults):
- *
- *   starting ──liveness lock taken (first refresh)──▶ member
- *   member ──lock session 'error'/'end', a failed peer check, or a renewal that finds the lock
- *            not held (the fence below)──▶ steppedBack
- *   steppedBack ──left (membership and leases deleted, NOTIFY), then a new session and a new
- *                 lock (retried after 100 ms, doubling to 1 s: a tick)──▶ member
- *   any ──release()──▶ left
- *
- *   member       heartbeats (1 s), renews, balances and takes shards; checks its peers every
- *                PEER_CHECK_MS (100 ms) on the lock session. `holds` is true for held leases
- *                until the last renewal's start + the lease timeout.
- *   steppedBack  `holds` is false from the moment the session's event arrives (the same event
- *                loop turn), refreshes return no shard (the scheduler stops the loops; in-flight
- *                batches finish), no heartbeat, no lease write. Its peers evict it at their next
- *                check (≤ 100 ms): its shards go to them. The trust deadline is reset, so after
- *                re-taking the lock nothing is run before a renewal has said what is still ours.
- *   member again the next refresh heartbeats (a new membership row: "joined", NOTIFY) and takes
- *                a fair share like a newcomer; the peers give back what is above theirs. It
- *                leaves before re-joining even when no peer has evicted it yet (a blip shorter
- *                than a check period): then its shards move once, but what follows a loss is
- *                always the same, and never depends on the race between a peer's check and
- *                the re-lock.
- *
- * So a process that loses its lock session stops starting batches before any peer can have taken
- * its shards (the loss reaches it as a socket event within milliseconds; a peer needs a check
- * period, then a refresh), and at most its batches already in flight overlap the new owner's.
+ * Membership (relay/livenessMembership.ts): a process is a member while it holds its liveness
+ * lock; a dead peer is evicted within a check period (100 ms) of PostgreSQL ending its session,
+ * and its leases expire at once, for the survivors' next refresh; a process that loses its own
+ * lock session steps back (`holds` false at once, no lease write) until it has left and taken a
+ * new lock. The states and their transitions are documented there, next to their code; this
+ * module trusts leases only while a member, and stops trusting them the moment it steps back.
  *
  * Fence: every statement that takes or extends a lease (renewLeases, takeOverExpiredLeases,
  * acquireFreeShards) writes only while this process's lock session still holds its lock
@@ -144,7 +126,7 @@ import type { ShardOwnership } from './shardOwnership.js';
  * over meanwhile. A batch that was in flight during the pause finishes; its row locks kept everyone
  * else off its rows, or PostgreSQL ended its transaction and the rows are pending again.
  * The real-time worker thread gets the same deadline by the wall clock with its shard list
- * (`validUntil`, relay/replica.ts), so it too starts nothing after such a pause until the main
+ * (`validUntil`, wiring/replica.ts), so it too starts nothing after such a pause until the main
  * thread's renewal has re-validated its shards.
  */
 
@@ -169,36 +151,7 @@ export interface ShardLeasesOptions {
   readonly peerCheckMs?: number;
 }
 
-/**
- * How often a member checks its peers' liveness locks. A SIGKILLed replica's shards are taken
- * within this plus a refresh (a NOTIFY away), after PostgreSQL has ended the dead session, which
- * on a saturated machine alone took up to 0.7 s (bench/RESULTS.md); so the check is kept short
- * to leave the 1 s target that margin (250 ms was measured first: 0.14-0.82 s takeovers at load
- * 7-21). Cost, measured (test/relay/leaseStatements.test.ts, 2 cores at load 11): 0.1 ms of
- * PostgreSQL time per check (0.9-2.4 ms round trip), so 3 replicas at 10 checks/s spend ~3 ms of
- * PostgreSQL CPU per second, ~0.3% of a core. A check that finds nobody dead writes nothing, so
- * it costs no WAL flush.
- */
-export const PEER_CHECK_MS = 100;
-/** Re-taking a lost liveness lock: the first retry after this, doubling up to RELOCK_MAX_MS. */
-const RELOCK_FIRST_MS = 100;
-const RELOCK_MAX_MS = 1_000;
-
-/** The membership states of a process (see the comment at the top of this file). */
-export const LEASE_STATES = {
-  starting: 'starting',
-  member: 'member',
-  steppedBack: 'steppedBack',
-  left: 'left',
-} as const;
-export type LeaseState = (typeof LEASE_STATES)[keyof typeof LEASE_STATES];
-
-interface Member {
-  readonly instance: string;
-  readonly replicaId: string;
-  /** The liveness lock held now; lease writes are fenced on it. */
-  readonly lock?: LivenessLockHandle | undefined;
-}
+export { LEASE_STATES, PEER_CHECK_MS, type LeaseState } from './livenessMembership.js';
 
 /** When a renewal started, by this thread's monotonic clock and by the wall clock. */
 interface Renewal {
@@ -207,259 +160,8 @@ interface Renewal {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The lease operations, one statement each.
+// The lease operations, one statement each, are in leaseStatements.ts; the share policy:
 // ---------------------------------------------------------------------------------------------
-
-const leaseInterval = (seconds: number) => sql`${seconds} * interval '1 second'`;
-
-/** Upserts this process's membership row. `joined` is true when the row was created now. */
-export async function heartbeat(
-  db: Kysely<Database>,
-  me: Member,
-  generation: string,
-  leaseTimeoutSeconds: number,
-): Promise<{ readonly joined: boolean }> {
-  const { rows } = await sql<{ joined: boolean }>`
-    INSERT INTO shardrelay.replica AS r
-      (instance, replica_id, hostname, pid, lease_timeout_seconds, generation, lock_key, lock_pid)
-    VALUES (${me.instance}, ${me.replicaId}, ${os.hostname()}, ${process.pid}, ${leaseTimeoutSeconds},
-            ${generation}::bigint, ${me.lock?.key ?? null}::int, ${me.lock?.pid ?? null}::int)
-    ON CONFLICT (instance) DO UPDATE SET
-      heartbeat_at = clock_timestamp(),
-      lease_timeout_seconds = EXCLUDED.lease_timeout_seconds,
-      generation = EXCLUDED.generation,
-      lock_key = EXCLUDED.lock_key,
-      lock_pid = EXCLUDED.lock_pid
-    RETURNING (xmax = 0) AS joined`.execute(db);
-  return { joined: rows[0]?.joined === true };
-}
-
-/**
- * Deletes this process's leases of every other generation (its loops of those generations have
- * stopped), and anyone's expired leases of other generations and long-gone members (housekeeping;
- * a crashed replica without a liveness lock stays visible in the views for 15 minutes; one with a
- * lock is evicted by its peers at once). Announces it when it let go of
- * leases, since the other replicas wait for that before they take leases of the new generation.
- */
-export async function dropOtherGenerations(
-  db: Kysely<Database>,
-  me: Member,
-  generation: string,
-): Promise<number> {
-  const { rows } = await sql<{ dropped: number }>`
-    WITH mine AS (
-      DELETE FROM shardrelay.shard_lease
-       WHERE generation <> ${generation}::bigint
-         AND (owner_instance = ${me.instance} OR expires_at < clock_timestamp())
-      RETURNING owner_instance
-    ), gone AS (
-      DELETE FROM shardrelay.replica
-       WHERE heartbeat_at < clock_timestamp() - interval '15 minutes'
-      RETURNING 1
-    )
-    , counted AS (
-      SELECT (SELECT count(*) FROM mine WHERE owner_instance = ${me.instance})::int AS dropped,
-             (SELECT count(*) FROM gone)::int AS gone
-    )
-    -- Replicas waiting for the old generation to be let go of (readBalance) look again at once.
-    SELECT dropped, CASE WHEN dropped > 0 THEN pg_notify(${CONFIG_CHANNEL}, 'old generation released') END
-      FROM counted`.execute(db);
-  return rows[0]?.dropped ?? 0;
-}
-
-/**
- * Extends every lease of `generation` this process still owns, if its liveness lock is still held
- * (`lockHeld`); returns their shards, and whether the lock was held (false: renewed nothing).
- */
-export async function renewLeases(
-  db: Kysely<Database>,
-  me: Member,
-  generation: string,
-  leaseTimeoutSeconds: number,
-): Promise<{ readonly lockHeld: boolean; readonly shards: number[] }> {
-  const { rows } = await sql<{ lock_held: boolean; shards: number[] }>`
-    WITH fence AS (SELECT ${lockHeld(me.lock)} AS held), renewed AS (
-      UPDATE shardrelay.shard_lease
-         SET renewed_at = clock_timestamp(),
-             expires_at = clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
-       WHERE generation = ${generation}::bigint
-         AND owner_instance = ${me.instance}
-         AND (SELECT held FROM fence)
-      RETURNING shard
-    )
-    SELECT (SELECT held FROM fence) AS lock_held,
-           coalesce((SELECT array_agg(shard ORDER BY shard) FROM renewed), '{}') AS shards`.execute(db);
-  return { lockHeld: rows[0]?.lock_held === true, shards: rows[0]?.shards ?? [] };
-}
-
-/** Gives leases back (deletes them), so another replica can take them at once. */
-export async function releaseLeases(
-  db: Kysely<Database>,
-  me: Member,
-  generation: string,
-  shards: readonly number[],
-): Promise<number[]> {
-  const { rows } = await sql<{ shard: number }>`
-    WITH released AS (
-      DELETE FROM shardrelay.shard_lease
-       WHERE owner_instance = ${me.instance} AND generation = ${generation}::bigint
-         AND shard = ANY(${[...shards]}::int[])
-      RETURNING shard
-    )
-    SELECT shard, pg_notify(${CONFIG_CHANNEL}, 'leases released') FROM released`.execute(db);
-  return rows.map((r) => r.shard);
-}
-
-/**
- * Graceful leave, one transaction: the membership row and every lease go together, then the NOTIFY,
- * so the others see one replica fewer and free shards in the same refresh and take them at once.
- */
-export async function leaveMembership(db: Kysely<Database>, me: Member): Promise<number[]> {
-  const { rows } = await sql<{ shards: number[] }>`
-    WITH member AS (
-      DELETE FROM shardrelay.replica WHERE instance = ${me.instance} RETURNING 1
-    ), released AS (
-      DELETE FROM shardrelay.shard_lease WHERE owner_instance = ${me.instance} RETURNING shard
-    )
-    SELECT coalesce((SELECT array_agg(shard ORDER BY shard) FROM released), '{}') AS shards,
-           (SELECT count(*) FROM member) AS left_membership,
-           pg_notify(${CONFIG_CHANNEL}, 'replica left')`.execute(db);
-  return rows[0]?.shards ?? [];
-}
-
-/**
- * The take-over: up to `limit` leases of `generation` that other processes let expire become ours.
- * `FOR UPDATE SKIP LOCKED` passes over lease rows another replica is taking over or renewing right
- * now, and PostgreSQL re-checks `expires_at <= clock_timestamp()` on the newest row version when it
- * locks one, so a lease renewed by its owner a moment ago is never taken, and two takers never
- * both get the same lease.
- */
-export async function takeOverExpiredLeases(
-  db: Kysely<Database>,
-  me: Member,
-  generation: string,
-  leaseTimeoutSeconds: number,
-  limit: number,
-): Promise<{ readonly shard: number; readonly previousOwner: string; readonly expiredForSeconds: number }[]> {
-  if (limit <= 0) return [];
-  const { rows } = await sql<{ shard: number; previous_owner: string; expired_for: number }>`
-    WITH expired AS (
-      SELECT generation, shard, owner AS previous_owner, expires_at AS expired_at
-        FROM shardrelay.shard_lease
-       WHERE generation = ${generation}::bigint
-         AND expires_at <= clock_timestamp()
-         AND owner_instance <> ${me.instance}
-         AND ${lockHeld(me.lock)}
-       ORDER BY random()
-       LIMIT ${limit}
-         FOR UPDATE SKIP LOCKED
-    )
-    UPDATE shardrelay.shard_lease l
-       SET owner = ${me.replicaId},
-           owner_instance = ${me.instance},
-           acquired_at = clock_timestamp(),
-           renewed_at = clock_timestamp(),
-           expires_at = clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
-      FROM expired
-     WHERE l.generation = expired.generation AND l.shard = expired.shard
-    RETURNING l.shard, expired.previous_owner,
-              extract(epoch FROM clock_timestamp() - expired.expired_at)::float8 AS expired_for`.execute(db);
-  return rows.map((r) => ({
-    shard: r.shard,
-    previousOwner: r.previous_owner,
-    expiredForSeconds: r.expired_for,
-  }));
-}
-
-/**
- * Takes up to `limit` shards that have no lease row in `generation` (never taken, or given back).
- * Two replicas inserting the same shard: the unique key makes the second wait for the first's
- * commit, then `DO NOTHING` leaves it to the first.
- */
-export async function acquireFreeShards(
-  db: Kysely<Database>,
-  me: Member,
-  config: ShardConfig,
-  leaseTimeoutSeconds: number,
-  limit: number,
-): Promise<number[]> {
-  if (limit <= 0) return [];
-  const { rows } = await sql<{ shard: number }>`
-    INSERT INTO shardrelay.shard_lease
-      (generation, shard, owner, owner_instance, acquired_at, renewed_at, expires_at)
-    SELECT ${config.generation}::bigint, s, ${me.replicaId}, ${me.instance},
-           clock_timestamp(), clock_timestamp(), clock_timestamp() + ${leaseInterval(leaseTimeoutSeconds)}
-      FROM generate_series(0, ${config.shardCount - 1}) AS s
-     WHERE NOT EXISTS (SELECT 1 FROM shardrelay.shard_lease l
-                        WHERE l.generation = ${config.generation}::bigint AND l.shard = s)
-       AND ${lockHeld(me.lock)}
-     ORDER BY random()
-     LIMIT ${limit}
-    ON CONFLICT (generation, shard) DO NOTHING
-    RETURNING shard`.execute(db);
-  return rows.map((r) => r.shard);
-}
-
-export interface Balance {
-  /** Live members (heartbeat within their lease timeout), this process included. */
-  readonly live: number;
-  /** Live processes that use this process's replica id, this one included. */
-  readonly sameReplicaId: number;
-  /** Shards of the generation with an unexpired lease. */
-  readonly leased: number;
-  /** The fewest valid leases any other live member on this generation holds; null if none. */
-  readonly othersMinHeld: number | null;
-  /** Milliseconds until the first unexpired lease of another process (any generation) expires; null if none. */
-  readonly nextForeignExpiryMs: number | null;
-  /** Unexpired leases of other generations: batches of another shard count may still be running. */
-  readonly otherGenerationLeases: number;
-}
-
-/** Membership and lease counts, read in one snapshot. */
-export async function readBalance(db: Kysely<Database>, me: Member, generation: string): Promise<Balance> {
-  const { rows } = await sql<{
-    live: number;
-    same_id: number;
-    leased: number;
-    others_min_held: number | null;
-    next_expiry_ms: number | null;
-    other_generations: number;
-  }>`
-    WITH live AS (
-      SELECT instance, replica_id, generation
-        FROM shardrelay.replica
-       WHERE heartbeat_at + lease_timeout_seconds * interval '1 second' > clock_timestamp()
-    ), valid AS (
-      SELECT shard, owner_instance, expires_at
-        FROM shardrelay.shard_lease
-       WHERE generation = ${generation}::bigint AND expires_at > clock_timestamp()
-    ), others AS (
-      SELECT count(v.shard) AS held
-        FROM live m LEFT JOIN valid v ON v.owner_instance = m.instance
-       WHERE m.generation = ${generation}::bigint AND m.instance <> ${me.instance}
-       GROUP BY m.instance
-    )
-    SELECT (SELECT count(*) FROM live)::int AS live,
-           (SELECT count(*) FROM live WHERE replica_id = ${me.replicaId})::int AS same_id,
-           (SELECT count(*) FROM valid)::int AS leased,
-           (SELECT min(held) FROM others)::int AS others_min_held,
-           (SELECT extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000
-              FROM shardrelay.shard_lease
-             WHERE expires_at > clock_timestamp() AND owner_instance <> ${me.instance})::float8 AS next_expiry_ms,
-           (SELECT count(*) FROM shardrelay.shard_lease
-             WHERE generation <> ${generation}::bigint AND expires_at > clock_timestamp())::int AS other_generations`.execute(
-    db,
-  );
-  const row = rows[0];
-  return {
-    live: Math.max(1, row?.live ?? 1),
-    sameReplicaId: row?.same_id ?? 1,
-    leased: row?.leased ?? 0,
-    othersMinHeld: row?.others_min_held ?? null,
-    nextForeignExpiryMs: row?.next_expiry_ms ?? null,
-    otherGenerationLeases: row?.other_generations ?? 0,
-  };
-}
 
 /**
  * How many shards this replica should hold: ceil(N / live), but only floor(N / live) while another
@@ -479,14 +181,7 @@ export function shareOf(shardCount: number, live: number, othersMinHeld: number 
 export class ShardLeases implements ShardOwnership {
   readonly instance: string;
   readonly #options: ShardLeasesOptions;
-  readonly #lock: LivenessLock;
-  #state: LeaseState = LEASE_STATES.starting;
-  /** performance.now() of the last step-back, for the log line of the re-join. */
-  #steppedBackAt = 0;
-  #relockAttempts = 0;
-  #relockTimer: NodeJS.Timeout | undefined;
-  #peerTimer: NodeJS.Timeout | undefined;
-  #checkingPeers = false;
+  readonly #membership: LivenessMembership;
   readonly #leaseMs: number;
   readonly #heartbeatMs: number;
   /** Generation and shard count of the last refresh; the leases below belong to it. */
@@ -498,12 +193,27 @@ export class ShardLeases implements ShardOwnership {
   /** performance.now() until which the held leases are certainly still ours in the database. */
   #validUntil = 0;
   /**
+   * The deadline and shards of the last successful renewal, kept through a step-back (which zeroes
+   * `#validUntil` and may clear `#held`): the leases in the table stay ours until then unless a
+   * peer evicts us, and a batch already sending keeps its broker link until then
+   * (`leaseUnexpired`).
+   */
+  #leaseDeadline = 0;
+  #leasedShards: ReadonlySet<number> = new Set();
+  /**
    * The same moment by the wall clock (Date.now()), for the real-time worker thread (`validUntil`):
    * the two threads share no monotonic clock, and a deadline rather than a flag, because a paused
    * process resumes both threads at once, and the worker must not trust a list it got before the pause.
    */
   #validUntilWall = 0;
   #lastRenewalStart: number | undefined;
+  /** The last renewal of this membership (undefined after a step-back): what a refresh trusts by. */
+  #lastRenewal: (Renewal & { readonly generation: string }) | undefined;
+  /** Refreshes queued in `#serially`; a heartbeat lets them go first. */
+  #refreshesWaiting = 0;
+  #heartbeatQueued = false;
+  /** The generation and time (performance.now()) of the last dropOtherGenerations. */
+  #dropped: { readonly generation: string; readonly at: number } | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   #heartbeatTimer: NodeJS.Timeout | undefined;
   #expiryTimer: NodeJS.Timeout | undefined;
@@ -518,9 +228,19 @@ export class ShardLeases implements ShardOwnership {
   constructor(options: ShardLeasesOptions) {
     this.#options = options;
     this.instance = options.instance ?? randomUUID();
-    this.#lock = new LivenessLock({
+    this.#membership = new LivenessMembership({
       connectionString: options.connectionString,
-      onLost: (reason) => this.#stepBack(reason),
+      instance: this.instance,
+      logger: options.logger,
+      ...(options.peerCheckMs === undefined ? {} : { peerCheckMs: options.peerCheckMs }),
+      serially: (operation) => this.#serially(operation),
+      onSteppedBack: (reason) => this.#steppedBack(reason),
+      leave: () => this.#leaveForRelock(),
+      onMemberAgain: () => {
+        this.#options.requestRefresh?.();
+        this.#options.onChange?.();
+      },
+      onPeersEvicted: () => this.#options.requestRefresh?.(),
     });
     this.#leaseMs = options.leaseTimeoutSeconds * 1000;
     this.#heartbeatMs = Math.min(options.tickSeconds, options.leaseTimeoutSeconds / 3) * 1000;
@@ -528,23 +248,31 @@ export class ShardLeases implements ShardOwnership {
 
   /** Where this process is in its membership (LEASE_STATES). */
   get state(): LeaseState {
-    return this.#state;
+    return this.#membership.state;
   }
 
   /** This process as the lease statements see it, with the liveness lock it holds now. */
-  get #me(): Member {
-    return { instance: this.instance, replicaId: this.#options.replicaId, lock: this.#lock.handle };
+  get #me(): LeaseMember {
+    return { instance: this.instance, replicaId: this.#options.replicaId, lock: this.#membership.lock };
   }
 
   /** True while this process may start a batch of `shard`: it holds the lease and it cannot have expired. */
   holds(shard: number): boolean {
     return (
-      this.#state === LEASE_STATES.member &&
+      this.#membership.state === LEASE_STATES.member &&
       !this.#stopped &&
       this.#held.has(shard) &&
       !this.#releasing.has(shard) &&
       performance.now() < this.#validUntil
     );
+  }
+
+  /**
+   * `holds`, or the lease was held at the last successful renewal and its timeout has not run out
+   * since (a step-back does not end it: see `#leaseDeadline`).
+   */
+  leaseUnexpired(shard: number): boolean {
+    return this.holds(shard) || (this.#leasedShards.has(shard) && performance.now() < this.#leaseDeadline);
   }
 
   /**
@@ -556,18 +284,20 @@ export class ShardLeases implements ShardOwnership {
   }
 
   refresh(config: ShardConfig): Promise<readonly number[]> {
-    return this.#serially(() => this.#refresh(config));
+    this.#refreshesWaiting++;
+    return this.#serially(() => {
+      this.#refreshesWaiting--;
+      return this.#refresh(config);
+    });
   }
 
   /** Gives every lease back at once and leaves the membership (graceful shutdown, loops stopped). */
   release(): Promise<void> {
     return this.#serially(async () => {
       this.#stopped = true;
-      this.#state = LEASE_STATES.left;
+      this.#membership.stop();
       clearInterval(this.#heartbeatTimer);
-      clearInterval(this.#peerTimer);
       clearTimeout(this.#expiryTimer);
-      clearTimeout(this.#relockTimer);
       try {
         if (!this.#joined) return;
         const released = await leaveMembership(this.#options.db, this.#me);
@@ -575,118 +305,39 @@ export class ShardLeases implements ShardOwnership {
         this.#options.logger.info({ shards: released }, 'left the membership; shard leases released');
       } finally {
         // After the leave: until then a peer must not find the lock free and evict us half-way.
-        await this.#lock.close();
+        await this.#membership.close();
       }
     });
   }
 
-  /** starting → member: takes the liveness lock and starts checking the peers. */
-  async #becomeMember(): Promise<void> {
-    const lock = await this.#lock.acquire();
-    if (this.#stopped) return void (await this.#lock.close());
-    this.#state = LEASE_STATES.member;
-    this.#relockAttempts = 0;
-    clearInterval(this.#peerTimer);
-    this.#peerTimer = setInterval(
-      () => void this.#checkPeers(),
-      this.#options.peerCheckMs ?? PEER_CHECK_MS,
-    ).unref();
-    this.#options.logger.debug({ lockKey: lock.key, lockPid: lock.pid }, 'liveness lock taken');
-  }
-
   /**
-   * member → steppedBack, at once (called from the lock session's events): no batch starts from
-   * here on, the loops are stopped by the refresh this asks for, and the lock is re-taken.
+   * member → steppedBack (relay/livenessMembership.ts), in the turn of the event that found the loss:
+   * no batch starts from here on, the loops are stopped by the refresh this asks for.
    */
-  #stepBack(reason: string): void {
-    if (this.#state !== LEASE_STATES.member) return;
-    this.#state = LEASE_STATES.steppedBack;
-    this.#steppedBackAt = performance.now();
+  #steppedBack(reason: string): void {
     // Trust nothing held before the loss, even once the lock is back: a renewal must say first.
     this.#validUntil = 0;
     this.#validUntilWall = 0;
-    clearInterval(this.#peerTimer);
-    this.#peerTimer = undefined;
+    this.#lastRenewal = undefined;
     this.#options.logger.warn(
       { reason, shards: [...this.#held].sort((a, b) => a - b) },
       'liveness lock lost; stepping back: no new batch on any shard until the lock is re-taken (peers may take the shards meanwhile)',
     );
     this.#options.onChange?.();
     this.#options.requestRefresh?.();
-    this.#scheduleRelock();
   }
 
-  /** steppedBack → member: a new session and lock, retried with backoff; then a refresh re-joins. */
-  #scheduleRelock(): void {
-    clearTimeout(this.#relockTimer);
-    const delay = Math.min(RELOCK_MAX_MS, RELOCK_FIRST_MS * 2 ** this.#relockAttempts);
-    this.#relockTimer = setTimeout(() => {
-      if (this.#state !== LEASE_STATES.steppedBack || this.#stopped) return;
-      let released: readonly number[] = [];
-      this.#serially(async () => {
-        if (this.#state !== LEASE_STATES.steppedBack || this.#stopped) return;
-        if (this.#joined) {
-          // Leave first, then join as a newcomer: whether or not a peer has evicted us meanwhile
-          // (a race between its check and this timer), what follows a loss is then always the
-          // same, and the peers take our shards at the NOTIFY instead of at their next check.
-          // Deleting our own rows needs no fence.
-          released = await leaveMembership(this.#options.db, {
-            instance: this.instance,
-            replicaId: this.#options.replicaId,
-          });
-          this.#joined = false;
-          this.#held.clear();
-          this.#releasing.clear();
-        }
-        await this.#becomeMember();
-      }).then(
-        () => {
-          if (this.#state !== LEASE_STATES.member) return;
-          // A warning like the loss it ends, so the two show up together.
-          this.#options.logger.warn(
-            { steppedBackMs: Math.round(performance.now() - this.#steppedBackAt), released },
-            'liveness lock re-taken; left and re-joining as a new member',
-          );
-          this.#options.requestRefresh?.();
-          this.#options.onChange?.();
-        },
-        (error: unknown) => {
-          this.#relockAttempts++;
-          if (this.#relockAttempts === 1) {
-            this.#options.logger.warn(
-              { err: toError(error).message },
-              'cannot re-take the liveness lock yet; retrying',
-            );
-          }
-          this.#scheduleRelock();
-        },
-      );
-    }, delay);
-  }
-
-  /** Evicts peers whose liveness session is gone; their shards are free for the refresh it asks for. */
-  async #checkPeers(): Promise<void> {
-    if (this.#checkingPeers || this.#state !== LEASE_STATES.member) return;
-    this.#checkingPeers = true;
-    try {
-      const evicted = await this.#lock.run((client) => evictDeadReplicas(client, this.instance));
-      if (!evicted || evicted.length === 0) return;
-      for (const gone of evicted) {
-        // A warning: a member died or lost its connection, which someone may want to know about.
-        this.#options.logger.warn(
-          {
-            evictedReplica: gone.replicaId,
-            evictedInstance: gone.instance,
-            shards: gone.shards,
-            sinceHeartbeatSeconds: Math.round(gone.sinceHeartbeatSeconds * 1000) / 1000,
-          },
-          'replica’s liveness session is gone (process dead or disconnected); evicted it, its shards are free',
-        );
-      }
-      this.#options.requestRefresh?.();
-    } finally {
-      this.#checkingPeers = false;
-    }
+  /** Before a re-lock: leave the membership we lost the lock of (a peer may have evicted it already). */
+  async #leaveForRelock(): Promise<readonly number[]> {
+    if (!this.#joined) return [];
+    const released = await leaveMembership(this.#options.db, {
+      instance: this.instance,
+      replicaId: this.#options.replicaId,
+    });
+    this.#joined = false;
+    this.#held.clear();
+    this.#releasing.clear();
+    return released;
   }
 
   #serially<T>(operation: () => Promise<T>): Promise<T> {
@@ -697,9 +348,9 @@ export class ShardLeases implements ShardOwnership {
 
   async #refresh(config: ShardConfig): Promise<readonly number[]> {
     if (this.#stopped) return [];
-    if (this.#state === LEASE_STATES.starting) await this.#becomeMember();
+    if (this.#membership.state === LEASE_STATES.starting) await this.#membership.join();
     // Stepped back: nothing is ours to run until the lock is back (its timer asks for a refresh).
-    if (this.#state !== LEASE_STATES.member) return [];
+    if (this.#membership.state !== LEASE_STATES.member) return [];
     const { db, logger } = this.#options;
     const L = this.#options.leaseTimeoutSeconds;
     if (this.#config?.generation !== config.generation) this.#generationSeenAt = performance.now();
@@ -714,9 +365,11 @@ export class ShardLeases implements ShardOwnership {
     }
     this.#config = config;
 
-    const renewal = await this.#renew(config.generation);
-    if (!renewal) return [];
-    await dropOtherGenerations(db, this.#me, config.generation);
+    let renewal = this.#lastRenewal;
+    if (!renewal || !this.#renewedRecently(renewal, config.generation)) {
+      renewal = await this.#renew(config.generation);
+      if (!renewal) return [];
+    }
     if (this.#releasing.size > 0) {
       const given = await releaseLeases(db, this.#me, config.generation, [...this.#releasing]);
       for (const shard of this.#releasing) this.#held.delete(shard);
@@ -724,7 +377,7 @@ export class ShardLeases implements ShardOwnership {
       logger.info({ shards: given.sort((a, b) => a - b) }, 'gave shard leases back to rebalance');
     }
 
-    const balance = await readBalance(db, this.#me, config.generation);
+    const balance = await readBalance(db, this.#me, config);
     const share = shareOf(config.shardCount, balance.live, balance.othersMinHeld);
     const waitedMs = performance.now() - this.#generationSeenAt;
     if (balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs) {
@@ -748,7 +401,10 @@ export class ShardLeases implements ShardOwnership {
         );
       }
       const wanted = share - this.#held.size;
-      const taken = await takeOverExpiredLeases(db, this.#me, config.generation, L, wanted);
+      // Each statement only when the balance saw something for it: the refresh after an eviction
+      // is then the balance and one take-over.
+      const taken =
+        balance.expired > 0 ? await takeOverExpiredLeases(db, this.#me, config.generation, L, wanted) : [];
       for (const t of taken) this.#held.add(t.shard);
       if (taken.length > 0) {
         logger.info(
@@ -763,10 +419,12 @@ export class ShardLeases implements ShardOwnership {
       // Replicas woken by the same NOTIFY race for the same free shards; a loser tries the
       // remaining ones at once (a few rounds) instead of a tick later.
       const free: number[] = [];
-      for (let round = 0; round < 3 && taken.length + free.length < wanted; round++) {
-        const got = await acquireFreeShards(db, this.#me, config, L, wanted - taken.length - free.length);
-        if (got.length === 0 && balance.leased + taken.length + free.length >= config.shardCount) break;
-        free.push(...got);
+      for (
+        let round = 0;
+        round < 3 && free.length < balance.unleased && taken.length + free.length < wanted;
+        round++
+      ) {
+        free.push(...(await acquireFreeShards(db, this.#me, config, L, wanted - taken.length - free.length)));
       }
       for (const shard of free) this.#held.add(shard);
       if (free.length > 0) logger.info({ shards: free.sort((a, b) => a - b) }, 'took free shards');
@@ -781,7 +439,7 @@ export class ShardLeases implements ShardOwnership {
       );
     }
     this.#waitingForOldGeneration = balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs;
-    if (this.#state === LEASE_STATES.member) this.#trustUntil(renewal);
+    if (this.#membership.state === LEASE_STATES.member) this.#trustUntil(renewal);
 
     if (balance.sameReplicaId > 1 && balance.sameReplicaId !== this.#warnedSameId) {
       logger.warn(
@@ -791,9 +449,9 @@ export class ShardLeases implements ShardOwnership {
     }
     this.#warnedSameId = balance.sameReplicaId;
     this.#scheduleExpiryWake(balance.nextForeignExpiryMs);
-    this.#heartbeatTimer ??= setInterval(() => void this.#heartbeatOnly(), this.#heartbeatMs).unref();
+    this.#heartbeatTimer ??= setInterval(() => this.#heartbeatOnly(), this.#heartbeatMs).unref();
     // The lock may have been lost while this refresh ran; then its shards are not ours to run.
-    if (this.#state !== LEASE_STATES.member) return [];
+    if (this.#membership.state !== LEASE_STATES.member) return [];
     return [...this.#held].filter((shard) => !this.#releasing.has(shard)).sort((a, b) => a - b);
   }
 
@@ -803,23 +461,35 @@ export class ShardLeases implements ShardOwnership {
    */
   #trustUntil(renewal: Renewal): void {
     this.#validUntil = renewal.started + this.#leaseMs;
+    this.#leaseDeadline = this.#validUntil;
+    this.#leasedShards = new Set(this.#held);
     this.#validUntilWall = renewal.startedWall + this.#leaseMs;
   }
 
-  /** Heartbeat and renewal; returns when the renewal started (undefined: no lock, nothing done). */
-  async #renew(generation: string): Promise<Renewal | undefined> {
+  /**
+   * Whether `renewal` is recent enough for a refresh to build on without renewing again: same
+   * generation, and within two heartbeat intervals (the heartbeat timer renews every interval; two
+   * mean it is late, e.g. a blocked event loop, and then the refresh renews itself).
+   */
+  #renewedRecently(renewal: Renewal & { readonly generation: string }, generation: string): boolean {
+    return renewal.generation === generation && performance.now() - renewal.started < 2 * this.#heartbeatMs;
+  }
+
+  /**
+   * Heartbeat, renewal, and dropping leases of other generations; returns when the renewal started
+   * (undefined: no lock, nothing done).
+   */
+  async #renew(generation: string): Promise<(Renewal & { readonly generation: string }) | undefined> {
+    if (!(await this.#beat(generation))) return undefined;
+    return this.#renewLeases(generation);
+  }
+
+  /** The membership row's heartbeat (joining if it is gone); false if there is no lock to beat for. */
+  async #beat(generation: string): Promise<boolean> {
     const { db, logger } = this.#options;
-    const started = performance.now();
     // Lost the lock a moment ago: no heartbeat (a membership row without a lock would count as a
     // live member until its lease timeout, yet hold nothing) and no renewal (fenced anyway).
-    if (!this.#lock.handle) return undefined;
-    const startedWall = Date.now();
-    if (this.#lastRenewalStart !== undefined && started - this.#lastRenewalStart > this.#leaseMs) {
-      logger.warn(
-        { stalledSeconds: Math.round((started - this.#lastRenewalStart) / 100) / 10 },
-        'no lease renewal for longer than the lease timeout (process paused or database unreachable); re-validating leases before any new batch',
-      );
-    }
+    if (!this.#membership.lock) return false;
     const { joined } = await heartbeat(db, this.#me, generation, this.#options.leaseTimeoutSeconds);
     if (joined) {
       if (this.#joined)
@@ -827,14 +497,30 @@ export class ShardLeases implements ShardOwnership {
           'membership row was gone (evicted after a lost liveness lock, or removed as long dead); joined again',
         );
       this.#joined = true;
-      await sql`SELECT pg_notify(${CONFIG_CHANNEL}, 'replica joined')`.execute(db);
+      await announceJoin(db);
+    }
+    return true;
+  }
+
+  /** The renewal proper (after `#beat`); returns when it started (undefined: no lock, nothing done). */
+  async #renewLeases(generation: string): Promise<(Renewal & { readonly generation: string }) | undefined> {
+    const { db, logger } = this.#options;
+    // Before the statement: the trust deadline (this + the lease timeout) is then never later than
+    // the expiry the statement writes.
+    const started = performance.now();
+    if (!this.#membership.lock) return undefined;
+    const startedWall = Date.now();
+    if (this.#lastRenewalStart !== undefined && started - this.#lastRenewalStart > this.#leaseMs) {
+      logger.warn(
+        { stalledSeconds: Math.round((started - this.#lastRenewalStart) / 100) / 10 },
+        'no lease renewal for longer than the lease timeout (process paused or database unreachable); re-validating leases before any new batch',
+      );
     }
     const renewal = await renewLeases(db, this.#me, generation, this.#options.leaseTimeoutSeconds);
     if (!renewal.lockHeld) {
       // The lock session is gone in PostgreSQL although its socket has not said so (or said so
       // just now): peers may evict us at any moment. Renewed nothing; step back.
-      this.#stepBack('the lease renewal found the liveness lock not held');
-      void this.#lock.close(); // a session in doubt; the re-lock opens a new one
+      this.#membership.lost('the lease renewal found the liveness lock not held');
     }
     const renewed = new Set(renewal.shards);
     const lost = [...this.#held].filter((shard) => !renewed.has(shard));
@@ -848,28 +534,59 @@ export class ShardLeases implements ShardOwnership {
     for (const shard of renewed) this.#held.add(shard);
     for (const shard of this.#releasing) if (!renewed.has(shard)) this.#releasing.delete(shard);
     this.#lastRenewalStart = started;
-    return { started, startedWall };
+    if (!renewal.lockHeld) return undefined;
+    // Once per generation (our own old leases), and once a lease timeout for the housekeeping: a
+    // round trip fewer in most heartbeats, so a refresh that waits behind one waits less.
+    if (this.#dropped?.generation !== generation || started - this.#dropped.at >= this.#leaseMs) {
+      await dropOtherGenerations(db, this.#me, generation);
+      this.#dropped = { generation, at: started };
+    }
+    this.#lastRenewal = { started, startedWall, generation };
+    return this.#lastRenewal;
   }
 
   /** Between ticks: keeps membership and leases alive even while a tick waits for a slow batch. */
-  async #heartbeatOnly(): Promise<void> {
-    await this.#serially(async () => {
-      if (this.#stopped || !this.#config || this.#state !== LEASE_STATES.member) return;
-      try {
-        const renewal = await this.#renew(this.#config.generation);
-        if (renewal && this.#state === LEASE_STATES.member) this.#trustUntil(renewal);
-        if (this.#heartbeatFailing) this.#options.logger.info('lease heartbeat works again');
-        this.#heartbeatFailing = false;
-      } catch (error) {
-        if (!this.#heartbeatFailing) {
-          this.#options.logger.warn(
-            { err: toError(error).message },
-            'lease heartbeat failed; retrying (loops stop claiming if it keeps failing past the lease timeout)',
-          );
+  #heartbeatOnly(): void {
+    if (this.#heartbeatQueued) return;
+    this.#heartbeatQueued = true;
+    // A refresh asked for while a heartbeat waits or runs (the one an eviction or a NOTIFY asks
+    // for) goes first: it takes shards, and the renewal does not change what it may take. So the
+    // heartbeat yields when its turn comes, and takes two turns of the queue (the membership row,
+    // then the renewal): such a refresh waits for one turn at most (one statement, rarely two),
+    // where it waited for up to four (under load each takes tens of ms: the 224 ms wait seen in a
+    // takeover at load 30, test/replicas/takeover.test.ts with the refresh's steps timed).
+    const turn = (step: () => Promise<boolean>, then?: () => void) =>
+      void this.#serially(async () => {
+        if (this.#refreshesWaiting > 0) return turn(step, then);
+        if (this.#stopped || !this.#config || this.#membership.state !== LEASE_STATES.member) {
+          this.#heartbeatQueued = false;
+          return;
         }
-        this.#heartbeatFailing = true;
-      }
-    }).catch(() => {});
+        try {
+          if ((await step()) && then) return then();
+          if (this.#heartbeatFailing) this.#options.logger.info('lease heartbeat works again');
+          this.#heartbeatFailing = false;
+        } catch (error) {
+          if (!this.#heartbeatFailing) {
+            this.#options.logger.warn(
+              { err: toError(error).message },
+              'lease heartbeat failed; retrying (loops stop claiming if it keeps failing past the lease timeout)',
+            );
+          }
+          this.#heartbeatFailing = true;
+        }
+        this.#heartbeatQueued = false;
+      }).catch(() => {});
+    const generation = () => this.#config?.generation ?? '';
+    turn(
+      () => this.#beat(generation()),
+      () =>
+        turn(async () => {
+          const renewal = await this.#renewLeases(generation());
+          if (renewal && this.#membership.state === LEASE_STATES.member) this.#trustUntil(renewal);
+          return true;
+        }),
+    );
   }
 
   /**

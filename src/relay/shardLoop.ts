@@ -10,6 +10,13 @@
  *
  * A trigger is a scheduler tick, a LISTEN wake-up or a direct call. Triggers while running are
  * folded into one re-run, so a burst of NOTIFYs costs one extra batch, not one per notification.
+ *
+ * Gathering (`gatherMs`, the batch lane): after a partial batch, the next one starts no sooner
+ * than `gatherMs` after that batch started; triggers meanwhile fold into it (the loop counts as
+ * running while it waits). So under a steady stream of inserts, each of which NOTIFYs, a loop
+ * claims what arrived in at least `gatherMs` instead of what arrived during one round trip. A
+ * full batch re-runs at once (a backlog drains at full speed), and a loop idle for longer than
+ * `gatherMs` starts at once (a lone row is not delayed).
  * The loop knows nothing of SQL or sinks: it is given `runBatch`, so its scheduling is testable on
  * its own.
  */
@@ -23,11 +30,13 @@ export const LOOP_STATES = {
 export type LoopState = (typeof LOOP_STATES)[keyof typeof LOOP_STATES];
 
 export interface ShardLoopOptions {
-  /** Runs one batch; returns how many rows it claimed and whether the batch was full. */
+  /** Runs one batch; answers whether it was full (a full batch means more rows may wait). */
   readonly runBatch: () => Promise<{ readonly full: boolean }>;
   readonly onError: (error: unknown, consecutiveFailures: number) => void;
   /** Pause after a failed batch before the next trigger may run one, by consecutive failures. */
   readonly errorBackoffMs: (consecutiveFailures: number) => number;
+  /** Least time from the start of a partial batch to the start of the next; default 0. */
+  readonly gatherMs?: number;
 }
 
 export class ShardLoop {
@@ -36,6 +45,10 @@ export class ShardLoop {
   #failures = 0;
   #inFlight: Promise<void> | undefined;
   #backoffTimer: NodeJS.Timeout | undefined;
+  /** performance.now() before which no batch starts (set after a partial batch, when gathering). */
+  #notBefore = 0;
+  /** Ends the gathering wait early (stop()). */
+  #endWait: (() => void) | undefined;
   readonly #options: ShardLoopOptions;
 
   constructor(options: ShardLoopOptions) {
@@ -62,6 +75,9 @@ export class ShardLoop {
   async #drain(): Promise<void> {
     for (;;) {
       this.#rerun = false;
+      await this.#gather();
+      if (this.#state !== LOOP_STATES.running) return;
+      const started = performance.now();
       let full: boolean;
       try {
         ({ full } = await this.#options.runBatch());
@@ -79,6 +95,7 @@ export class ShardLoop {
         return;
       }
       if (this.#state !== LOOP_STATES.running) return;
+      this.#notBefore = full ? 0 : started + (this.#options.gatherMs ?? 0);
       if (!full && !this.#rerun) {
         this.#state = LOOP_STATES.idle;
         return;
@@ -88,11 +105,26 @@ export class ShardLoop {
     }
   }
 
+  /** Waits until `#notBefore` (gathering rows after a partial batch), or until stop(). */
+  async #gather(): Promise<void> {
+    const wait = this.#notBefore - performance.now();
+    if (wait <= 0 || this.#state !== LOOP_STATES.running) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, wait);
+      this.#endWait = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.#endWait = undefined;
+  }
+
   /** Stops triggering new batches and waits for the one in flight (if any) to finish. */
   async stop(): Promise<void> {
     if (this.#backoffTimer) clearTimeout(this.#backoffTimer);
     this.#backoffTimer = undefined;
     this.#state = LOOP_STATES.stopping;
+    this.#endWait?.();
     await this.#inFlight;
     this.#state = LOOP_STATES.stopped;
   }

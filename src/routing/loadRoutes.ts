@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
+import { SETTINGS, type RelayConfig } from '../config.js';
+import { ConfigError, toError } from '../errors.js';
 import { parseRoutes, parseRoutesJson, type RouteTable } from './routes.js';
 
 export type { RouteTable } from './routes.js';
@@ -32,9 +33,23 @@ export function readRoutes(
   } catch (error) {
     throw new ConfigError(
       '--routes-file / SHARDRELAY_ROUTES_FILE',
-      `cannot read ${file} (${error instanceof Error ? error.message : String(error)})`,
+      `cannot read ${file} (${toError(error).message})`,
       'give the path of a readable JSON routes file',
     );
   }
   return parseRoutesJson(content, `routes file ${file}`, settings, env);
+}
+
+/**
+ * The routes of a configuration, parsed and validated (ConfigError naming the place and the fix);
+ * undefined without routes. `{ "env": "NAME" }` values are read from `env`. Called once per
+ * start: `shardrelay run` calls it right after loadConfig, so bad routes stop the command before it
+ * connects to anything, and hands the table to startReplica, which parses only when not given one
+ * and passes the table on to both lanes' threads (wiring/replica.ts).
+ */
+export function routeTableOf(
+  config: Pick<RelayConfig, 'routes' | 'routesFile'>,
+  env: NodeJS.ProcessEnv = process.env,
+): RouteTable | undefined {
+  return readRoutes(config.routes, config.routesFile, SETTINGS, env);
 }

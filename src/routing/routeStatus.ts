@@ -49,14 +49,14 @@ export async function readRouteStatus(db: Kysely<Database>, table: RouteTable): 
            count(*) FILTER (WHERE status = 'pending') AS pending,
            count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retrying,
            count(*) FILTER (WHERE status = 'dead') AS dead,
-           extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS lag
+           extract(epoch FROM shardrelay.now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS lag
       FROM (SELECT topic, lane, ${key} AS key, ${headers} AS headers, status, attempts, created_at
               FROM shardrelay.outbox
-             WHERE status <> 'sent' OR sent_at > now() - interval '5 minutes'
+             WHERE status <> 'sent' OR sent_at > shardrelay.now() - interval '5 minutes'
             UNION ALL
             SELECT topic, lane, ${key} AS key, NULL::jsonb AS headers, 'sent', attempts, created_at
               FROM shardrelay.sent_event
-             WHERE sent_at > now() - interval '5 minutes') AS r
+             WHERE sent_at > shardrelay.now() - interval '5 minutes') AS r
      GROUP BY 1, 2, 3, 4`.execute(db);
   const result = new Map<
     string,

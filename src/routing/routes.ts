@@ -29,7 +29,7 @@
  */
 import { z } from 'zod';
 import type { RelayConfig, SinkName } from '../config.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, toError } from '../errors.js';
 import type { OutboxMessage } from '../sinks/sink.js';
 import { topicMatches, topicPatternCovers, topicPatternProblem } from './topicPattern.js';
 
@@ -50,7 +50,7 @@ export const SINK_SETTING_KEYS = {
     'kafkaSaslPassword',
   ],
   kinesis: ['kinesisStream', 'kinesisRegion', 'kinesisEndpoint'],
-  stomp: ['stompUrl', 'stompDestination', 'stompConnections'],
+  stomp: ['stompUrl', 'stompDestination', 'stompConnections', 'stompBatchSpread', 'stompTransactions'],
 } as const satisfies Record<SinkName, readonly (keyof RelayConfig)[]>;
 
 /** Settings a sink of that type cannot start without (no default). */
@@ -363,7 +363,7 @@ export function parseRoutesJson(
   } catch (error) {
     refuse(
       source,
-      `is not JSON (${error instanceof Error ? error.message : String(error)})`,
+      `is not JSON (${toError(error).message})`,
       'write the routes as JSON (see the README, "Routing")',
     );
   }

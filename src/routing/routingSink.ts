@@ -25,17 +25,29 @@
  * So while a route is down the other routes' batches wait at most PROBE_BUDGET_MS, once per
  * PROBE_INTERVAL_MS per sink instance, instead of the whole send timeout on every batch.
  *
- * A sink that writes through the claim transaction (pg-boss) is never abandoned at the deadline
- * (the transaction must not be committed while it still writes) and never runs beside another
- * such sink (their savepoints would interleave on the one connection): those parts run one after
- * the other, each awaited to the end, concurrently with the broker parts.
+ * ## In-database routes
+ *
+ * A route to a sink that writes through the claim transaction (pg-boss, an `InDatabaseSink`)
+ * makes the routing sink itself an in-database sink: the relay then hands it the transaction,
+ * which it passes to those routes only; its broker routes see the same context as any broker
+ * sink. Without such a route it is a broker sink and never receives the transaction. A part of an
+ * in-database route is never abandoned at the deadline (the transaction must not be committed
+ * while it still writes) and never runs beside another such part (their savepoints would
+ * interleave on the one connection): those parts run one after the other, each awaited to the
+ * end, concurrently with the broker parts.
  */
+import type { Transaction } from 'kysely';
+import type { Database } from '../db/schema.js';
+import { toError } from '../errors.js';
 import { settleByDeadline } from '../sinks/deadline.js';
 import {
+  confirmed,
   permanent,
   retryable,
   unknown,
+  type InDatabaseSink,
   type OutboxMessage,
+  type RelaySink,
   type SendContext,
   type SendOutcome,
   type Sink,
@@ -58,20 +70,24 @@ export interface RoutePartReport {
 
 export interface RoutingSinkOptions {
   readonly table: RouteTable;
-  /** One started-or-not sink per route name of `table.sinks`. */
-  readonly sinks: ReadonlyMap<string, Sink>;
-  /** Sinks that write through the claim transaction (see above), by route name. */
-  readonly transactional?: ReadonlySet<string>;
+  /** One started-or-not sink per route name of `table.sinks`, of either kind. */
+  readonly sinks: ReadonlyMap<string, RelaySink>;
   readonly now?: () => number;
 }
 
-export interface RoutingSink extends Sink {
+/** What the routing sink adds to the sink it is. */
+export interface Routes {
   readonly routes: readonly string[];
   /** Called after every part; the relay points it at its metrics. */
   onPart: ((report: RoutePartReport) => void) | undefined;
   /** Whether a route is down (its breaker open). */
   isDown(route: string): boolean;
+  /** The sink of one route (another thread's forwarded send goes straight to it). */
+  sinkOf(route: string): RelaySink | undefined;
 }
+
+/** A broker sink when every route is one; an in-database sink when any route is (see above). */
+export type RoutingSink = (Sink & Routes) | (InDatabaseSink & Routes);
 
 interface RouteState {
   down: boolean;
@@ -79,30 +95,35 @@ interface RouteState {
   lastProbeAt: number;
 }
 
+/** Over broker sinks only, the routing sink is a broker sink. */
+export function createRoutingSink(
+  options: RoutingSinkOptions & { readonly sinks: ReadonlyMap<string, Sink> },
+): Sink & Routes;
+export function createRoutingSink(options: RoutingSinkOptions): RoutingSink;
 export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
   const { table, sinks } = options;
   const now = options.now ?? Date.now;
-  const transactional = options.transactional ?? new Set<string>();
   const states = new Map<string, RouteState>();
   for (const name of Object.keys(table.sinks)) {
     if (!sinks.has(name)) throw new Error(`routing sink: no sink built for route ${name}`);
     states.set(name, { down: false, probing: false, lastProbeAt: 0 });
   }
-  // Parts of transactional sinks run one after the other on this chain.
+  // Parts of in-database routes run one after the other on this chain.
   let transactionChain: Promise<unknown> = Promise.resolve();
 
-  const self: RoutingSink = {
+  const routing = {
     name: 'routes',
     routes: [...states.keys()],
-    onPart: undefined,
-    isDown: (route) => states.get(route)?.down ?? false,
+    onPart: undefined as RoutingSink['onPart'],
+    isDown: (route: string) => states.get(route)?.down ?? false,
+    sinkOf: (route: string) => sinks.get(route),
 
     async start() {
       // All at once; a sink that cannot start fails the relay's start, naming its route.
       await Promise.all(
         [...sinks].map(([route, sink]) =>
           sink.start().catch((error: unknown) => {
-            throw new Error(`route ${route}: ${error instanceof Error ? error.message : String(error)}`, {
+            throw new Error(`route ${route}: ${toError(error).message}`, {
               cause: error,
             });
           }),
@@ -114,32 +135,44 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
       await Promise.allSettled([...sinks.values()].map((sink) => sink.close()));
     },
 
-    async sendBatch(messages, context) {
+    // The transaction comes only when this is an in-database sink (the relay gives it by `kind`).
+    async sendBatch(
+      messages: readonly OutboxMessage[],
+      context: SendContext,
+      transaction?: Transaction<Database>,
+    ): Promise<SendOutcome[]> {
       const outcomes: (SendOutcome | undefined)[] = new Array(messages.length).fill(undefined);
       const parts = new Map<string, number[]>();
       messages.forEach((message, i) => {
         const route = routeOf(table, message);
-        if (route === undefined) outcomes[i] = permanent(noRouteReason(message));
+        // A canary (relay/canary.ts) that no rule routes has no broker to cross: it is confirmed
+        // here, so it still measures claim to completion instead of filling the dead letters
+        // every canary interval. A rule that matches its topic sends it like any other row.
+        if (route === undefined)
+          outcomes[i] = isCanary(message) ? confirmed : permanent(noRouteReason(message));
         else parts.set(route, [...(parts.get(route) ?? []), i]);
       });
       await Promise.all(
         [...parts].map(async ([route, indexes]) => {
           const part = indexes.map((i) => messages[i] as OutboxMessage);
-          const results = await sendPart(route, part, context);
+          const results = await sendPart(route, part, context, transaction);
           indexes.forEach((i, k) => (outcomes[i] = results[k]));
         }),
       );
       return outcomes.map((o) => o ?? unknown('routing: no outcome'));
     },
   };
+  const inDatabase = [...sinks.values()].some((sink) => sink.kind === 'in-database');
+  const self: RoutingSink = inDatabase ? { ...routing, kind: 'in-database' } : routing;
 
   async function sendPart(
     route: string,
     part: readonly OutboxMessage[],
     context: SendContext,
+    transaction: Transaction<Database> | undefined,
   ): Promise<SendOutcome[]> {
     const state = states.get(route) as RouteState;
-    const sink = sinks.get(route) as Sink;
+    const sink = sinks.get(route) as RelaySink;
     let toSend = part;
     let deadline = context.deadline;
     const started = now();
@@ -159,7 +192,7 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
     }
     let sent: SendOutcome[];
     try {
-      sent = await sendWithin(route, sink, toSend, context, deadline);
+      sent = await sendWithin(route, sink, toSend, context, deadline, transaction);
     } finally {
       state.probing = false;
     }
@@ -181,22 +214,25 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
 
   async function sendWithin(
     route: string,
-    sink: Sink,
+    sink: RelaySink,
     part: readonly OutboxMessage[],
     context: SendContext,
     deadline: number,
+    transaction: Transaction<Database> | undefined,
   ): Promise<SendOutcome[]> {
     const label = (outcome: SendOutcome): SendOutcome =>
       outcome.status === 'confirmed' ? outcome : { ...outcome, error: `route ${route}: ${outcome.error}` };
-    if (transactional.has(route)) {
+    if (sink.kind === 'in-database') {
+      // Not reached: a routing sink with such a route is itself in-database, given the transaction.
+      if (!transaction) return part.map(() => label(unknown('no claim transaction was given')));
       // Awaited to the end and one at a time: see the comment at the top.
-      const run = transactionChain.then(() => sink.sendBatch(part, context));
+      const run = transactionChain.then(() => sink.sendBatch(part, context, transaction));
       transactionChain = run.catch(() => undefined);
       try {
         const results = await run;
         return part.map((_, k) => label(results[k] ?? unknown('the sink returned too few outcomes')));
       } catch (error) {
-        return part.map(() => label(unknown(error instanceof Error ? error.message : String(error))));
+        return part.map(() => label(unknown(toError(error).message)));
       }
     }
     const whole = sink.sendBatch(part, { ...context, deadline });
@@ -209,6 +245,10 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
   return self;
 }
 
-export function isRoutingSink(sink: Sink): sink is RoutingSink {
+function isCanary(message: OutboxMessage): boolean {
+  return (message as { readonly canary?: boolean }).canary === true;
+}
+
+export function isRoutingSink(sink: RelaySink): sink is RoutingSink {
   return 'routes' in sink && 'onPart' in sink;
 }

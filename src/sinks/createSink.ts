@@ -1,13 +1,13 @@
 import type { RelayConfig } from '../config.js';
 import type { Logger } from '../logger.js';
-import type { Sink } from './sink.js';
+import type { RelaySink } from './sink.js';
 
 /**
  * Sinks whose client can be loaded by one thread of a process only. Kafka: the native addon of
  * @confluentinc/kafka-javascript is not context-aware, so a second thread's load fails ("Module
  * did not self-register"). For these, the real-time worker thread forwards its sends to the main
- * thread's sink (forwardingSink.ts) instead of creating its own. Such a sink must not write
- * through the claim transaction, which cannot cross threads.
+ * thread's sink (forwardingSink.ts) instead of creating its own. Such a sink must be a broker
+ * `Sink`: an in-database one writes through the claim transaction, which cannot cross threads.
  */
 const LOADS_IN_ONE_THREAD_ONLY: Readonly<Record<RelayConfig['sink'], boolean>> = {
   null: false,
@@ -21,20 +21,18 @@ const LOADS_IN_ONE_THREAD_ONLY: Readonly<Record<RelayConfig['sink'], boolean>> =
   kinesis: false,
 };
 
-export function sinkLoadsInOneThreadOnly(sink: RelayConfig['sink']): boolean {
+/** Whether the client of a sink type loads in one thread of a process only (see above). */
+export function loadsInOneThreadOnly(sink: RelayConfig['sink']): boolean {
   return LOADS_IN_ONE_THREAD_ONLY[sink];
 }
 
 /**
- * The sink named by the configuration, not yet started (each lane thread creates its own). Each
- * sink module is imported only when chosen: broker clients are large, and every CLI command and
- * worker thread would otherwise load all of them at start.
+ * The one sink named by `config.sink`, not yet started (each lane thread creates its own); routes
+ * are not read here (routing/buildRoutingSink.ts builds the routing sink from sinks made by this).
+ * Each sink module is imported only when chosen: broker clients are large, and every CLI command
+ * and worker thread would otherwise load all of them at start.
  */
-export async function createSink(config: RelayConfig, logger: Logger): Promise<Sink> {
-  if (config.routes) {
-    const { buildRoutingSink } = await import('../routing/buildRoutingSink.js');
-    return buildRoutingSink(config, config.routes, logger, createSink);
-  }
+export async function createSink(config: RelayConfig, logger: Logger): Promise<RelaySink> {
   switch (config.sink) {
     case 'null':
       return (await import('./nullSink.js')).createNullSink();
@@ -62,6 +60,8 @@ export async function createSink(config: RelayConfig, logger: Logger): Promise<S
         url: config.stompUrl,
         destination: config.stompDestination,
         connections: config.stompConnections,
+        connectionsPerBatch: config.stompBatchSpread,
+        transactions: config.stompTransactions === 'on',
         log: logger,
       });
     case 'http':

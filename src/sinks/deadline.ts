@@ -1,3 +1,5 @@
+import { toError } from '../errors.js';
+import { untilDeadline } from '../raceDeadline.js';
 import { unknown, type SendOutcome } from './sink.js';
 
 /**
@@ -10,10 +12,6 @@ export async function settleByDeadline(
   deadline: number,
 ): Promise<SendOutcome[]> {
   const results: (SendOutcome | undefined)[] = new Array(pending.length).fill(undefined);
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-  });
   const all = Promise.all(
     pending.map((p, i) =>
       p.then(
@@ -21,15 +19,11 @@ export async function settleByDeadline(
           results[i] = outcome;
         },
         (error: unknown) => {
-          results[i] = unknown(error instanceof Error ? error.message : String(error));
+          results[i] = unknown(toError(error).message);
         },
       ),
     ),
   );
-  try {
-    await Promise.race([all, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
+  await untilDeadline(all, deadline);
   return results.map((r) => r ?? unknown('no confirm before the batch deadline'));
 }

@@ -1,9 +1,19 @@
+import { toError } from '../errors.js';
 import { settleByDeadline } from './deadline.js';
-import { unknown, type OutboxMessage, type SendContext, type SendOutcome, type Sink } from './sink.js';
+import {
+  unknown,
+  type OutboxMessage,
+  type RelaySink,
+  type SendContext,
+  type SendOutcome,
+  type Sink,
+} from './sink.js';
 
 /** A send handed to the thread that holds the sink: plain data (structured clone). */
 export interface ForwardedSend {
   readonly id: number;
+  /** The route whose sink sends it, when the relay routes (undefined: the relay's only sink). */
+  readonly route?: string;
   readonly messages: readonly OutboxMessage[];
   readonly deadline: number;
 }
@@ -11,6 +21,7 @@ export interface ForwardedSend {
 /** The outcomes of a forwarded send, in the messages' order. */
 export interface ForwardedOutcomes {
   readonly id: number;
+  readonly route?: string;
   readonly outcomes: readonly SendOutcome[];
 }
 
@@ -25,7 +36,7 @@ export interface ForwardingLink {
 
 /**
  * A sink that hands each batch to the same sink in another thread of this process, for a sink
- * whose client loads in one thread only (createSink.ts, `sinkLoadsInOneThreadOnly`): the
+ * whose client loads in one thread only (createSink.ts, `loadsInOneThreadOnly`): the
  * real-time lane's worker thread forwards its sends to the main thread's single producer.
  *
  * Cost to real-time latency: one structured clone and one message each way between threads.
@@ -39,13 +50,15 @@ export interface ForwardingLink {
  *
  * Outcomes not back by the batch deadline are `unknown`, as are all pending ones when the other
  * thread is gone: the rows are sent again with the same event id. The claim transaction cannot
- * cross threads, so a sink that writes through it (pg-boss) is never forwarded.
+ * cross threads, so only a broker `Sink` is forwarded, never an in-database one (pg-boss).
  */
-export function createForwardingSink(name: string, link: ForwardingLink): Sink {
+export function createForwardingSink(name: string, link: ForwardingLink, route?: string): Sink {
   const pending = new Map<number, (outcomes: readonly SendOutcome[]) => void>();
   let nextId = 1;
   let gone: string | null = null;
-  link.onOutcomes(({ id, outcomes }) => {
+  link.onOutcomes(({ id, outcomes, route: answeredRoute }) => {
+    // Several routes may forward over one link, each counting its own ids.
+    if (answeredRoute !== route) return;
     const settle = pending.get(id);
     pending.delete(id);
     settle?.(outcomes);
@@ -68,7 +81,7 @@ export function createForwardingSink(name: string, link: ForwardingLink): Sink {
         return messages.map(() => unknown('the shard may no longer be held; not sent'));
       const id = nextId++;
       const answer = new Promise<readonly SendOutcome[]>((resolve) => pending.set(id, resolve));
-      link.post({ id, messages, deadline: context.deadline });
+      link.post({ id, messages, deadline: context.deadline, ...(route === undefined ? {} : { route }) });
       // One promise per message, so that settleByDeadline turns each late one into `unknown`.
       const outcomes = await settleByDeadline(
         messages.map((_, i) =>
@@ -91,31 +104,28 @@ export function createForwardingSink(name: string, link: ForwardingLink): Sink {
  * `unknown`, as it does for a batch sent in the thread itself.
  */
 export async function answerForwardedSend(
-  sink: Sink | null,
+  sink: RelaySink | null,
   send: ForwardedSend,
 ): Promise<ForwardedOutcomes> {
-  const { id, messages, deadline } = send;
-  if (!sink)
-    return { id, outcomes: messages.map(() => unknown('the sink is not started in the main thread')) };
+  const { id, messages, deadline, route } = send;
+  const answer = (outcomes: readonly SendOutcome[]): ForwardedOutcomes =>
+    route === undefined ? { id, outcomes } : { id, route, outcomes };
+  if (!sink) return answer(messages.map(() => unknown('the sink is not started in the main thread')));
+  // Not reached while only one-thread-only broker clients are forwarded (createSink.ts); said
+  // plainly should that change, as the claim transaction stays in the sending thread.
+  if (sink.kind === 'in-database')
+    return answer(
+      messages.map(() => unknown(`sink ${sink.name} writes in the claim transaction; not forwarded`)),
+    );
   try {
-    const all = sink.sendBatch(messages, { transaction: NO_TRANSACTION, deadline });
+    const all = sink.sendBatch(messages, { deadline });
     const outcomes = await settleByDeadline(
       messages.map((_, i) => all.then((list) => list[i] ?? unknown('the sink gave no outcome'))),
       deadline,
     );
-    return { id, outcomes };
+    return answer(outcomes);
   } catch (error) {
-    const text = error instanceof Error ? error.message : String(error);
-    return { id, outcomes: messages.map(() => unknown(text)) };
+    const text = toError(error).message;
+    return answer(messages.map(() => unknown(text)));
   }
 }
-
-/** Forwarded sends have no claim transaction (it stays in the sending thread); touching it throws. */
-const NO_TRANSACTION = new Proxy(
-  {},
-  {
-    get() {
-      throw new Error('a forwarded send has no claim transaction');
-    },
-  },
-) as SendContext['transaction'];

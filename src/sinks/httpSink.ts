@@ -23,7 +23,12 @@ import { ConfigError, toError } from '../errors.js';
 import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { parseRetryAfter } from './retryAfter.js';
-import { applicationHeaders, encodeStructured, toCloudEvent, traceHeaders } from './cloudEvent.js';
+import {
+  STRUCTURED_CONTENT_TYPE,
+  eventSource,
+  structuredJson,
+  writeApplicationHeaders,
+} from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
 import {
   confirmed,
@@ -69,9 +74,15 @@ const RESERVED_HEADERS = new Set([
   'upgrade',
 ]);
 
+function isReservedHeader(lowerCaseName: string): boolean {
+  return RESERVED_HEADERS.has(lowerCaseName);
+}
+
 export function createHttpSink(options: HttpSinkOptions): Sink {
   const url = validateUrl(options.url);
   const where = redact(options.url);
+  const source = eventSource(options.source);
+  const sourceJson = JSON.stringify(source);
   const timeoutMs = positiveInteger('http timeoutMs', options.timeoutMs ?? DEFAULTS.timeoutMs, 'e.g. 10000');
   const limit = createLimiter(
     positiveInteger('http concurrency', options.concurrency ?? DEFAULTS.concurrency, 'e.g. 16'),
@@ -83,14 +94,11 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
     let body: Buffer;
     let headers: Record<string, string>;
     try {
-      const encoded = encodeStructured(toCloudEvent(message, { source: options.source }));
-      body = encoded.body;
-      const own = Object.fromEntries(
-        Object.entries({ ...applicationHeaders(message), ...traceHeaders(message) }).filter(
-          ([name]) => !RESERVED_HEADERS.has(name),
-        ),
-      );
-      headers = { ...own, ...fixedHeaders, ...encoded.headers };
+      body = Buffer.from(structuredJson(message, source, sourceJson), 'utf8');
+      headers = {};
+      writeApplicationHeaders(headers, message, isReservedHeader);
+      Object.assign(headers, fixedHeaders);
+      headers['content-type'] = STRUCTURED_CONTENT_TYPE;
     } catch (error) {
       return permanent(`cannot encode the event: ${toError(error).message}`);
     }

@@ -26,29 +26,35 @@
  * fast as retryable instead of piling publishes into the client's reconnect buffer and holding
  * their rows' locks until the deadline. Pings every 10 s (two missed → reconnect) find a
  * connection that went silent.
+ *
+ * Finding or creating the stream is jetStreamStream.ts; the client options built from the URLs
+ * (credentials) and the diagnosis of a failed start are jetStreamConnection.ts.
  */
 import {
   ErrorCode,
   Events,
-  StorageType,
-  RetentionPolicy,
   connect,
   headers as natsHeaders,
   NatsError,
-  nanos,
-  type ConnectionOptions,
   type JetStreamClient,
   type MsgHdrs,
   type NatsConnection,
   type PubAck,
-  type StreamInfo,
 } from 'nats';
-import { ConfigError, ShardRelayError, toError } from '../errors.js';
+import { raceDeadline } from '../raceDeadline.js';
+import { ShardRelayError, toError } from '../errors.js';
 import { redact } from '../redact.js';
-import { parseBrokerUrl } from './brokerUrl.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { applicationHeaders, encodeBinary, toCloudEvent, traceHeaders } from './cloudEvent.js';
+import {
+  CE_DASH,
+  DATA_CONTENT_TYPE,
+  eventSource,
+  writeApplicationHeaders,
+  writeAttributes,
+} from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
+import { connectionOptions, redactedServers, startError } from './jetStreamConnection.js';
+import { provisionStream, validateStreamSettings } from './jetStreamStream.js';
 import {
   confirmed,
   permanent,
@@ -95,11 +101,6 @@ export const DEFAULT_DUPLICATE_WINDOW_MS = 2 * 60 * 1000;
 
 const DEFAULTS = { connectTimeoutMs: 10_000, pingIntervalMs: 10_000 } as const;
 
-/** NATS server error codes (nats-server errors.json) this sink reacts to. */
-const JS_STREAM_NOT_FOUND = 10059;
-const JS_STREAM_NAME_IN_USE = 10058;
-const JS_STREAM_SUBJECT_OVERLAP = 10065;
-
 export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSink {
   const stream = options.stream ?? DEFAULT_STREAM;
   const prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
@@ -107,17 +108,15 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
   const ensureStream = options.ensureStream ?? true;
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
   const log = (options.log ?? silentLogger).child({ sink: 'jetstream' });
+  const source = eventSource(options.source);
   const connection = connectionOptions(
     options.url,
     connectTimeoutMs,
     options.pingIntervalMs ?? DEFAULTS.pingIntervalMs,
   );
-  const where = options.url
-    .split(',')
-    .map((u) => redact(u.trim()))
-    .join(',');
+  const where = redactedServers(options.url);
   const scrub = (text: string): string => redact(text, options.url);
-  validateSettings(stream, prefix, duplicateWindowMs);
+  validateStreamSettings(stream, prefix, duplicateWindowMs);
 
   let nc: NatsConnection | null = null;
   let js: JetStreamClient | null = null;
@@ -165,8 +164,14 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
     const conn = await connect(connection);
     try {
       const jsm = await conn.jetstreamManager({ timeout: connectTimeoutMs });
-      const info = await (ensureStream ? createOrInspect(jsm.streams) : inspect(jsm.streams));
-      checkExisting(info);
+      const info = await provisionStream(jsm.streams, {
+        stream,
+        prefix,
+        duplicateWindowMs,
+        ensureStream,
+        where,
+        log,
+      });
       if (closing) throw new Error('the sink is closed');
       nc = conn;
       js = conn.jetstream({ timeout: connectTimeoutMs });
@@ -176,81 +181,6 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
     } catch (error) {
       await conn.close().catch(() => undefined);
       throw error;
-    }
-  }
-
-  type Streams = Awaited<ReturnType<NatsConnection['jetstreamManager']>>['streams'];
-
-  async function inspect(streams: Streams): Promise<StreamInfo> {
-    try {
-      return await streams.info(stream);
-    } catch (error) {
-      if (apiErrorCode(error) === JS_STREAM_NOT_FOUND) {
-        throw new ConfigError(
-          'jetstream stream',
-          `stream ${stream} does not exist on ${where}`,
-          `create it with subjects "${prefix}.>", or let shardrelay create it (ensureStream: true)`,
-        );
-      }
-      throw error;
-    }
-  }
-
-  async function createOrInspect(streams: Streams): Promise<StreamInfo> {
-    try {
-      return await streams.info(stream);
-    } catch (error) {
-      if (apiErrorCode(error) !== JS_STREAM_NOT_FOUND) throw error;
-    }
-    try {
-      const created = await streams.add({
-        name: stream,
-        subjects: [`${prefix}.>`],
-        // File storage: a stored event survives a server restart, which is what an ack promises.
-        storage: StorageType.File,
-        retention: RetentionPolicy.Limits,
-        duplicate_window: nanos(duplicateWindowMs),
-      });
-      log.info({ stream, duplicateWindowMs }, 'created JetStream stream');
-      return created;
-    } catch (error) {
-      // Another replica created it between our info and add: use theirs.
-      if (apiErrorCode(error) === JS_STREAM_NAME_IN_USE) return streams.info(stream);
-      if (apiErrorCode(error) === JS_STREAM_SUBJECT_OVERLAP) throw await overlapError(streams);
-      throw error;
-    }
-  }
-
-  /**
-   * A subject belongs to at most one stream, so NATS refuses a stream on `<prefix>.>` while
-   * another stream captures any subject under it. Which one: the server's stream lookup by subject.
-   */
-  async function overlapError(streams: Streams): Promise<ConfigError> {
-    const other = await streams.find(`${prefix}.>`).catch(() => undefined);
-    const owner = other ? `stream ${other}` : 'another stream';
-    return new ConfigError(
-      'jetstream stream',
-      `cannot create stream ${stream} on "${prefix}.>": ${owner} already captures subjects under it`,
-      other
-        ? `publish into that stream (SHARDRELAY_NATS_STREAM=${other}, if it captures "${prefix}.>"), or give shardrelay a subject prefix that no other stream captures (SHARDRELAY_NATS_SUBJECT_PREFIX), or remove the overlapping subjects from ${other}`
-        : `give shardrelay a subject prefix of its own (SHARDRELAY_NATS_SUBJECT_PREFIX) or remove the overlapping subjects from the other stream`,
-    );
-  }
-
-  function checkExisting(info: StreamInfo): void {
-    const subjects = info.config.subjects ?? [];
-    if (!subjects.some((s) => s === `${prefix}.>` || s === '>')) {
-      log.warn(
-        { stream, subjects, expected: `${prefix}.>` },
-        'the stream may not capture every event subject; publishes to uncaptured subjects fail as retryable',
-      );
-    }
-    const windowMs = Math.round(info.config.duplicate_window / 1e6);
-    if (windowMs !== duplicateWindowMs) {
-      log.warn(
-        { stream, streamWindowMs: windowMs, configuredWindowMs: duplicateWindowMs },
-        'the existing stream has another duplicate window; it is left as it is',
-      );
     }
   }
 
@@ -274,11 +204,13 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
     let hdrs: MsgHdrs;
     try {
       subject = subjectOf(message);
-      const encoded = encodeBinary(toCloudEvent(message, { source: options.source }));
-      body = encoded.body;
+      const all: Record<string, string> = {};
+      writeApplicationHeaders(all, message);
+      writeAttributes(all, message, source, CE_DASH);
+      all['content-type'] = DATA_CONTENT_TYPE;
+      body = Buffer.from(message.payloadJson, 'utf8');
       hdrs = natsHeaders();
-      const all = { ...applicationHeaders(message), ...traceHeaders(message), ...encoded.headers };
-      for (const [name, value] of Object.entries(all)) hdrs.set(name, value);
+      for (const name in all) hdrs.set(name, all[name] as string);
     } catch (error) {
       return permanent(`cannot encode the event: ${describe(error)}`);
     }
@@ -350,7 +282,7 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
         // The connection was closed under us (the client gave up or the server refused us): try
         // a fresh one, bounded by the batch deadline.
         try {
-          await Promise.race([open(), rejectAt(context.deadline)]);
+          await raceDeadline(open(), context.deadline, 'the batch deadline passed while connecting');
         } catch (error) {
           const outcome = retryable(`NATS unavailable at ${where}: ${describe(error)}`);
           return messages.map(() => outcome);
@@ -379,82 +311,4 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
       if (conn) await conn.close().catch(() => undefined);
     },
   };
-}
-
-function apiErrorCode(error: unknown): number | undefined {
-  return (error as { api_error?: { err_code?: number } } | null)?.api_error?.err_code;
-}
-
-function rejectAt(deadline: number): Promise<never> {
-  return new Promise((_, reject) => {
-    setTimeout(
-      () => reject(new Error('the batch deadline passed while connecting')),
-      Math.max(0, deadline - Date.now()),
-    ).unref();
-  });
-}
-
-function validateSettings(stream: string, prefix: string, duplicateWindowMs: number): void {
-  if (!/^[A-Za-z0-9_-]+$/.test(stream)) {
-    throw new ConfigError(
-      'jetstream stream',
-      `'${stream}' is not a valid stream name`,
-      'use letters, digits, _ and -',
-    );
-  }
-  if (prefix === '' || prefix.split('.').some((t) => t === '' || t === '*' || t === '>' || /\s/.test(t))) {
-    throw new ConfigError(
-      'jetstream subjectPrefix',
-      `'${prefix}' is not a valid subject prefix`,
-      'use dot-separated tokens without wildcards or whitespace, e.g. shardrelay',
-    );
-  }
-  if (!Number.isFinite(duplicateWindowMs) || duplicateWindowMs <= 0) {
-    throw new ConfigError(
-      'jetstream duplicateWindowMs',
-      `${duplicateWindowMs} is not a positive duration`,
-      'use milliseconds, e.g. 120000 (2 minutes)',
-    );
-  }
-}
-
-/** Client options from the URL list: credentials move out of the URLs into user/pass (or token). */
-function connectionOptions(url: string, timeout: number, pingInterval: number): ConnectionOptions {
-  const servers: string[] = [];
-  let user: string | undefined;
-  let pass: string | undefined;
-  for (const raw of url.split(',').map((u) => u.trim())) {
-    const parsed = parseBrokerUrl(raw, 'nats url', ['nats:', 'tls:'], 'nats://host:4222');
-    if (parsed.username) user = decodeURIComponent(parsed.username);
-    if (parsed.password) pass = decodeURIComponent(parsed.password);
-    servers.push(`${parsed.protocol}//${parsed.host}`);
-  }
-  const credentials =
-    user !== undefined && pass === undefined ? { token: user } : user !== undefined ? { user, pass } : {};
-  return {
-    servers,
-    ...credentials,
-    name: 'shardrelay',
-    timeout,
-    pingInterval,
-    maxPingOut: 2,
-    // Reconnect forever: the relay keeps its rows pending meanwhile, and a closed client would need
-    // the sink to rebuild it.
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 500,
-  };
-}
-
-function startError(error: unknown, where: string, message: string): ShardRelayError {
-  const code = (error as { code?: unknown } | null)?.code;
-  const fix =
-    code === ErrorCode.AuthorizationViolation || code === ErrorCode.BadAuthentication
-      ? 'check the credentials in the NATS URL'
-      : code === ErrorCode.JetStreamNotEnabled || code === ErrorCode.NoResponders
-        ? 'enable JetStream on the server (nats-server -js) or in the account'
-        : 'check that nats-server is running and reachable at that address';
-  return new ShardRelayError('SINK_UNAVAILABLE', `cannot use NATS JetStream at ${where}: ${message}`, {
-    context: { sink: 'jetstream', url: where },
-    fix,
-  });
 }

@@ -40,9 +40,17 @@ import type {
   Producer,
   ProducerGlobalConfig,
 } from '@confluentinc/kafka-javascript';
+import { maskSecrets } from '../redact.js';
+import { backoffDelayMs } from '../backoff.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { applicationHeaders, encodeBinary, toCloudEvent, traceHeaders } from './cloudEvent.js';
+import {
+  CE_UNDERSCORE,
+  DATA_CONTENT_TYPE,
+  eventSource,
+  writeApplicationHeaders,
+  writeAttributes,
+} from './cloudEvent.js';
 import { settleByDeadline } from './deadline.js';
 import {
   confirmed,
@@ -165,9 +173,9 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
   const log = (options.log ?? silentLogger).child({ sink: 'kafka' });
   const brokers = validate(options);
   const secret = options.sasl?.password ?? '';
-  const scrub = (text: string): string => (secret ? text.split(secret).join('***') : text);
+  const scrub = (text: string): string => maskSecrets(text, [secret]);
   const describe = (error: unknown): string => scrub(toError(error).message);
-  const source = options.source;
+  const source = eventSource(options.source);
 
   // Topic-level settings (acks, partitioner, message.timeout.ms, compression) are accepted in the
   // global configuration by librdkafka, which applies them to every topic; the typings split them.
@@ -299,8 +307,7 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
         (error: unknown) => {
           failedAttempts += 1;
           lastConnectError = describe(error);
-          const delay = Math.min(30_000, 250 * 2 ** (failedAttempts - 1));
-          nextAttemptAt = Date.now() + Math.round(delay * (0.5 + Math.random() / 2));
+          nextAttemptAt = Date.now() + backoffDelayMs({ baseMs: 250, capMs: 30_000 }, failedAttempts);
           log.warn({ brokers, attempt: failedAttempts, error: lastConnectError }, 'Kafka connect failed');
           throw error;
         },
@@ -334,19 +341,16 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
     let value: Buffer;
     let headers: MessageHeader[];
     try {
-      const encoded = encodeBinary(toCloudEvent(message, { source }));
-      value = encoded.body;
+      // CloudEvents' Kafka binding, binary mode: `ce_<attribute>` headers and `content-type`; the
+      // value is the payload's JSON text as claimed. A row's own `ce_*` headers are dropped, so a
+      // row cannot add a second `ce_id` beside the event id.
+      const all: Record<string, string> = {};
+      writeApplicationHeaders(all, message, isCloudEventsHeader);
+      writeAttributes(all, message, source, CE_UNDERSCORE);
+      all['content-type'] = DATA_CONTENT_TYPE;
+      value = Buffer.from(message.payloadJson, 'utf8');
       headers = [];
-      for (const [name, text] of Object.entries({
-        ...applicationHeaders(message),
-        ...traceHeaders(message),
-      })) {
-        headers.push({ [name]: text });
-      }
-      // The Kafka binding's header names: `ce_<attribute>`, and `content-type` as is.
-      for (const [name, text] of Object.entries(encoded.headers)) {
-        headers.push({ [name.startsWith('ce-') ? `ce_${name.slice(3)}` : name]: text });
-      }
+      for (const name in all) headers.push({ [name]: all[name] as string });
     } catch (error) {
       return Promise.resolve(permanent(`cannot encode the event: ${describe(error)}`));
     }
@@ -444,4 +448,8 @@ function validate(options: KafkaSinkOptions): string {
     throw new ConfigError('kafka topic', 'is empty', 'give a topic name or a template such as {topic}');
   }
   return brokers.join(',');
+}
+
+function isCloudEventsHeader(lowerCaseName: string): boolean {
+  return lowerCaseName.startsWith('ce_');
 }

@@ -39,10 +39,11 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import http from 'node:http';
 import https from 'node:https';
+import { maskSecrets } from '../redact.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { parseBrokerUrl } from './brokerUrl.js';
-import { encodeStructured, toCloudEvent } from './cloudEvent.js';
+import { eventSource, structuredJson } from './cloudEvent.js';
 import {
   confirmed,
   permanent,
@@ -182,7 +183,8 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
   const recordsPerCall = options.recordsPerCall ?? LIMITS.recordsPerCall;
   const concurrency = options.concurrency ?? DEFAULTS.concurrency;
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
-  const source = options.source;
+  const source = eventSource(options.source);
+  const sourceJson = JSON.stringify(source);
   const log = (options.log ?? silentLogger).child({ sink: 'kinesis' });
   validate(streamTemplate, recordsPerCall, concurrency);
   const endpoint = options.endpoint
@@ -193,10 +195,8 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
         'https://kinesis.eu-west-1.amazonaws.com',
       ).toString()
     : undefined;
-  const secrets = [options.credentials?.secretAccessKey, options.credentials?.sessionToken].filter(
-    (s): s is string => typeof s === 'string' && s.length > 0,
-  );
-  const scrub = (text: string): string => secrets.reduce((t, s) => t.split(s).join('***'), text);
+  const secrets = [options.credentials?.secretAccessKey, options.credentials?.sessionToken];
+  const scrub = (text: string): string => maskSecrets(text, secrets);
   const where = endpoint ?? `region ${options.region ?? process.env.AWS_REGION ?? DEFAULTS.region}`;
 
   const client: KinesisApi =
@@ -252,7 +252,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
     }
     let data: Buffer;
     try {
-      data = encodeStructured(toCloudEvent(message, { source })).body;
+      data = Buffer.from(structuredJson(message, source, sourceJson), 'utf8');
     } catch (error) {
       return `cannot encode the event: ${scrub(toError(error).message)}`;
     }

@@ -6,10 +6,10 @@ import { backoffDelayMs } from '../backoff.js';
 import {
   confirmed,
   retryable,
+  type InDatabaseSink,
   type OutboxMessage,
   type SendContext,
   type SendOutcome,
-  type Sink,
 } from './sink.js';
 
 export interface PgBossSinkOptions {
@@ -39,7 +39,9 @@ function toJob(m: OutboxMessage): PgBoss.JobInsert<PgBossEventJob> {
       id: m.eventId,
       type: m.topic,
       time: m.createdAt.toISOString(),
-      data: m.payload,
+      // pg-boss stringifies the whole job list itself (JSON.stringify(jobs) in its insert), so the
+      // payload must be a value here: the one sink that parses the claimed JSON text.
+      data: JSON.parse(m.payloadJson) as unknown,
       ...(m.key ? { partitionkey: m.key } : {}),
       ...(m.correlationId ? { correlationid: m.correlationId } : {}),
       ...(m.traceparent ? { traceparent: m.traceparent } : {}),
@@ -91,7 +93,9 @@ function transactionExecutor(trx: Transaction<Database>): PgBoss.Db {
  * the same id (ON CONFLICT DO NOTHING), so even a replayed row cannot make a second job while the
  * first is retained. The queue is the event's topic, created on first use.
  */
-export function createPgBossSink(options: PgBossSinkOptions): Sink & { readonly boss: () => PgBoss } {
+export function createPgBossSink(
+  options: PgBossSinkOptions,
+): InDatabaseSink & { readonly boss: () => PgBoss } {
   const schema = options.schema ?? 'pgboss';
   const knownQueues = new Set<string>();
   let boss: PgBoss | undefined;
@@ -116,7 +120,7 @@ export function createPgBossSink(options: PgBossSinkOptions): Sink & { readonly 
 
   return {
     name: 'pgboss',
-    writesInTransaction: true,
+    kind: 'in-database',
     boss: () => {
       if (!boss) throw new Error('pg-boss sink is not started');
       return boss;
@@ -135,18 +139,24 @@ export function createPgBossSink(options: PgBossSinkOptions): Sink & { readonly 
       boss.on('error', (error) => options.onError?.(toError(error)));
       await boss.start();
     },
-    async sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]> {
+    async sendBatch(
+      messages: readonly OutboxMessage[],
+      // The deadline is not raced: the insert runs on the claim's own connection, and the batch
+      // must not commit while it still writes there.
+      _context: SendContext,
+      transaction: Transaction<Database>,
+    ): Promise<SendOutcome[]> {
       if (!boss) throw new Error('pg-boss sink is not started');
-      await ensureQueues(new Set(messages.map((m) => m.topic)), context.transaction);
+      await ensureQueues(new Set(messages.map((m) => m.topic)), transaction);
       // A savepoint keeps the claim transaction usable if the insert fails (an aborted
       // transaction could not record the retry), so a failed insert becomes a retry, not a crash.
-      await sql`SAVEPOINT shardrelay_pgboss`.execute(context.transaction);
+      await sql`SAVEPOINT shardrelay_pgboss`.execute(transaction);
       try {
-        await boss.insert(messages.map(toJob), { db: transactionExecutor(context.transaction) });
-        await sql`RELEASE SAVEPOINT shardrelay_pgboss`.execute(context.transaction);
+        await boss.insert(messages.map(toJob), { db: transactionExecutor(transaction) });
+        await sql`RELEASE SAVEPOINT shardrelay_pgboss`.execute(transaction);
         return messages.map(() => confirmed);
       } catch (error) {
-        await sql`ROLLBACK TO SAVEPOINT shardrelay_pgboss`.execute(context.transaction);
+        await sql`ROLLBACK TO SAVEPOINT shardrelay_pgboss`.execute(transaction);
         const reason = `pg-boss insert failed: ${toError(error).message}`;
         return messages.map(() => retryable(reason));
       }

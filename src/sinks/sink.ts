@@ -9,7 +9,13 @@ export interface OutboxMessage {
   readonly eventId: string;
   readonly topic: string;
   readonly key: string | null;
-  readonly payload: unknown;
+  /**
+   * The payload as JSON text, exactly as PostgreSQL prints the jsonb column (`payload::text`). It
+   * travels to the wire as it is: no sink parses it to build a body, and a sink that needs the
+   * value (pg-boss's job document) parses it itself. Selected as text, a claim no longer runs
+   * JSON.parse per row and a sink no longer runs JSON.stringify per message.
+   */
+  readonly payloadJson: string;
   readonly headers: Readonly<Record<string, string>>;
   readonly correlationId: string | null;
   readonly traceparent: string | null;
@@ -38,12 +44,12 @@ export type SendOutcome =
     }
   | { readonly status: 'unknown'; readonly error: string };
 
+/**
+ * What every sink is given with a batch. The claim transaction is not in it: a broker sink has no
+ * business with the relay's database connection, so it cannot reach it (an in-database sink is
+ * handed the transaction as an argument of its own, see `InDatabaseSink`).
+ */
 export interface SendContext {
-  /**
-   * The claim transaction, which holds the rows' locks. Only sinks that live in the same database
-   * (pg-boss) write through it; broker sinks must not touch it.
-   */
-  readonly transaction: Transaction<Database>;
   /** Epoch milliseconds by which every outcome must be settled; later ones count as `unknown`. */
   readonly deadline: number;
   /**
@@ -54,24 +60,46 @@ export interface SendContext {
   readonly mayContinue?: () => boolean;
 }
 
-/**
- * A destination with confirmed delivery. `sendBatch` sends all messages concurrently (confirms are
- * pipelined: a batch costs about one round trip) and resolves with one outcome per message, in the
- * same order. It must not throw for a message-level problem; a throw fails the whole batch as
- * `unknown`.
- */
-export interface Sink {
+/** What every kind of sink has besides `sendBatch`. */
+interface SinkLifecycle {
   readonly name: string;
-  /**
-   * True for a sink that writes through the claim transaction (pg-boss): its confirms are undone
-   * with the transaction, so a completion lost with the connection must not be recorded elsewhere.
-   */
-  readonly writesInTransaction?: boolean;
   /** Connects and declares what the sink needs (queues, exchanges, streams). */
   start(): Promise<void>;
-  sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]>;
   close(): Promise<void>;
 }
+
+/**
+ * A destination with confirmed delivery outside the relay's database (a broker, a webhook): the
+ * usual sink, and the one a sink of your own implements. `sendBatch` sends all messages
+ * concurrently (confirms are pipelined: a batch costs about one round trip) and resolves with one
+ * outcome per message, in the same order. It must not throw for a message-level problem; a throw
+ * fails the whole batch as `unknown`.
+ */
+export interface Sink extends SinkLifecycle {
+  /** Absent or `broker`: the discriminant against `InDatabaseSink` (see `RelaySink`). */
+  readonly kind?: 'broker';
+  sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]>;
+}
+
+/**
+ * A sink that writes into the relay's own database through the claim transaction, which holds the
+ * rows' locks (pg-boss): its writes commit with the rows' completion or not at all. So its
+ * confirms are undone with the transaction, and a completion lost with the connection must not be
+ * recorded elsewhere (relay/deliverBatch.ts). The transaction cannot cross threads, so such a sink
+ * is never forwarded to another thread (forwardingSink.ts).
+ */
+export interface InDatabaseSink extends SinkLifecycle {
+  readonly kind: 'in-database';
+  /** As `Sink.sendBatch`, writing through `transaction`, the batch's claim transaction. */
+  sendBatch(
+    messages: readonly OutboxMessage[],
+    context: SendContext,
+    transaction: Transaction<Database>,
+  ): Promise<SendOutcome[]>;
+}
+
+/** Either kind; the relay tells them apart by `kind`, and only an in-database sink gets the transaction. */
+export type RelaySink = Sink | InDatabaseSink;
 
 export const confirmed: SendOutcome = Object.freeze({ status: 'confirmed' });
 

@@ -9,24 +9,34 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { RelayConfig } from '../config.js';
 import { createLogger } from '../logger.js';
 import { ShardRelayError, toError } from '../errors.js';
-import { createForwardingSink } from '../sinks/forwardingSink.js';
+import { createConfiguredSink } from '../routing/buildRoutingSink.js';
+import type { RouteTable } from '../routing/loadRoutes.js';
 import { startRelay, type Relay } from './relay.js';
-import { RealtimeOwnership } from './realtimeOwnership.js';
-import type { ToRealtimeWorker, FromRealtimeWorker } from './realtimeThreadMessages.js';
+import { OwnershipFence } from '../relay/ownershipFence.js';
+import { RealtimeOwnership } from '../relay/realtimeOwnership.js';
+import type { ToRealtimeWorker, FromRealtimeWorker } from '../relay/realtimeThreadMessages.js';
 
 const port = parentPort;
 if (!port) throw new Error('realtimeWorker.ts must run as a worker thread');
 
 // The real-time lane polls on its own tick (its wake-ups come from NOTIFY).
-const { forwardSends, ...given } = workerData as RelayConfig & { readonly forwardSends: boolean };
+// The routes come parsed from the main thread (replica.ts), which has checked them.
+const { forwardSends, routeTable, fenceBuffer, ...given } = workerData as RelayConfig & {
+  readonly forwardSends: boolean;
+  readonly routeTable: RouteTable | undefined;
+  readonly fenceBuffer: SharedArrayBuffer;
+};
 const config: RelayConfig = Object.freeze({ ...given, tickSeconds: given.realtimeTickSeconds });
 const post = (message: FromRealtimeWorker) => port.postMessage(message);
 
-const ownership = new RealtimeOwnership();
+const ownership = new RealtimeOwnership(Date.now, new OwnershipFence(fenceBuffer));
 
-// A sink whose client loads in one thread only: this thread's sends go to the main thread's sink.
+const logger = createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' });
+
+// A sink whose client loads in one thread only (the relay's, or a route's): this thread's sends
+// through it go to the main thread's.
 const sink = forwardSends
-  ? createForwardingSink(config.sink, {
+  ? await createConfiguredSink(config, routeTable, logger, {
       post: (send) => post({ type: 'send', ...send }),
       onOutcomes: (handler) =>
         port.on('message', (message: ToRealtimeWorker) => {
@@ -43,9 +53,10 @@ try {
     lanes: ['realtime'],
     ownership,
     ...(sink ? { sink } : {}),
+    routeTable,
     // The main thread's relay observes the views and exports metrics for both lanes.
     observe: false,
-    logger: createLogger(config.logLevel, { replica: config.replicaId, thread: 'realtime' }),
+    logger,
     hooks: {
       onBatch: (shard, lane, result) => post({ type: 'batch', shard, lane, result }),
       onRoutePart: (report) => post({ type: 'routePart', report }),

@@ -9,8 +9,8 @@
  * - shardrelay_route_down{route}: 1 while the route's breaker is open (see routingSink.ts).
  */
 import { Counter, Gauge, Histogram } from 'prom-client';
-import type { RelayMetrics } from '../observability/metrics.js';
-import type { RoutePartReport, RoutingSink } from './routingSink.js';
+import type { RelayMetrics } from './metrics.js';
+import type { RoutePartReport, RoutingSink } from '../routing/routingSink.js';
 
 const OUTCOMES = ['confirmed', 'retryable', 'permanent', 'unknown'] as const;
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];

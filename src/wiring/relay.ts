@@ -8,19 +8,22 @@ import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
 import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
+import { startHousekeeping } from '../maintenance/housekeeping.js';
+import { SentPruner } from '../maintenance/sentPruner.js';
 import { createObserver, type Observer } from '../observability/observer.js';
+import { createConfiguredSink } from '../routing/buildRoutingSink.js';
+import { routeTableOf, type RouteTable } from '../routing/loadRoutes.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
-import { createSink } from '../sinks/createSink.js';
-import type { Sink } from '../sinks/sink.js';
-import { runBatch, type BatchResult } from './batchRunner.js';
-import { CLAIM_SESSION_SETTINGS } from './claims.js';
-import { OutboxListener } from './outboxListener.js';
-import { isPoolCheckoutTimeout, poolWaitReporter } from './poolWait.js';
-import { logBatchProblems } from './problemLog.js';
-import { Scheduler, type LaneRunner } from './scheduler.js';
-import { SentPruner } from './sentPruner.js';
-import { ShardLeases } from './shardLeases.js';
-import type { ShardOwnership } from './shardOwnership.js';
+import type { RelaySink } from '../sinks/sink.js';
+import { deliverBatch, type BatchResult } from '../relay/deliverBatch.js';
+import { CLAIM_SESSION_SETTINGS, shardsWithDueRows } from '../relay/claims.js';
+import { holdOrderingMode, type OrderingModeHold } from '../relay/orderingMode.js';
+import { OutboxListener } from '../relay/outboxListener.js';
+import { isPoolCheckoutTimeout, poolWaitReporter } from '../relay/poolWait.js';
+import { logBatchProblems } from '../relay/problemLog.js';
+import { Scheduler, type LaneRunner } from '../relay/scheduler.js';
+import { ShardLeases } from '../relay/shardLeases.js';
+import type { ShardOwnership } from '../relay/shardOwnership.js';
 
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
@@ -37,7 +40,7 @@ export interface RelayHooks {
 export interface StartRelayOptions {
   readonly config: RelayConfig;
   /** Defaults to the sink named by `config.sink`. */
-  readonly sink?: Sink;
+  readonly sink?: RelaySink;
   readonly logger?: Logger;
   /** Defaults to shard leases in PostgreSQL (relay/shardLeases.ts); a lone replica holds every shard. */
   readonly ownership?: ShardOwnership;
@@ -45,17 +48,22 @@ export interface StartRelayOptions {
   /** Which lanes to run; default both. */
   readonly lanes?: readonly Lane[];
   /**
-   * Run the observe cycle (views to metrics, lag and produced samples, housekeeping); default true.
+   * Run the observe cycle (views to metrics, lag and produced samples) and housekeeping; default true.
    * A second relay of the same replica (the real-time worker thread) sets false.
    */
   readonly observe?: boolean;
   /** Period of the observe cycle; default 5000 ms (observability/observer.ts). */
   readonly observeIntervalMs?: number;
+  /**
+   * The routes of `config`, already parsed (routing/loadRoutes.ts `routeTableOf`): a start parses
+   * them once and hands the table on. Parsed here when absent and `config` has routes.
+   */
+  readonly routeTable?: RouteTable;
 }
 
 export interface Relay {
   readonly replicaId: string;
-  readonly sink: Sink;
+  readonly sink: RelaySink;
   readonly scheduler: Scheduler;
   readonly listener: OutboxListener;
   /** Metrics, the /metrics /healthz /readyz server and the canaries of this relay. */
@@ -80,18 +88,28 @@ async function checkDatabase(db: Kysely<Database>, url: string): Promise<void> {
 }
 
 /**
- * Starts a relay replica: one connection pool per lane (so batch work can never take the
- * connections real-time needs), the LISTEN wake-up connection, the scheduler and the sink.
+ * Starts the relay's lanes in this thread: one connection pool per lane (so batch work can never
+ * take the connections real-time needs), the LISTEN wake-up connection, the scheduler and the
+ * sink. A whole replica, as `shardrelay run` starts it, is `startReplica` (wiring/replica.ts),
+ * which runs the real-time lane through this on a worker thread of its own.
  */
 export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const { config } = options;
   const logger = options.logger ?? silentLogger;
   const lanes = options.lanes ?? (['realtime', 'batch'] as const);
+  // Parsed before anything is opened, so bad routes leave nothing to close.
+  const routeTable = options.sink ? undefined : (options.routeTable ?? routeTableOf(config));
   const pools: pg.Pool[] = [];
   const onPoolError = (error: Error) =>
     logger.warn({ err: error.message }, 'idle PostgreSQL connection lost');
-  const newPool = (max: number, name: string, settings: Record<string, string | number> = {}) => {
+  const newPool = (
+    max: number,
+    name: string,
+    settings: Record<string, string | number> = {},
+    deferTransactionControl = false,
+  ) => {
     const pool = createPool({
+      deferTransactionControl,
       connectionString: config.databaseUrl,
       max,
       applicationName: `shardrelay-${name}`,
@@ -101,6 +119,10 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       // shardrelay.pid tells a database-side audit which relay process made a change (hostname
       // and pid of each process are in shardrelay.replicas).
       settings: {
+        // The driver decodes every text as UTF-8; a role or database default of another client
+        // encoding would garble every non-ASCII character. With UTF-8, a row holding a character
+        // that has none makes its claim fail instead, which the relay isolates (deliverBatch.ts).
+        client_encoding: 'UTF8',
         idle_in_transaction_session_timeout: config.sendTimeoutMs + 5_000,
         'shardrelay.pid': process.pid,
         ...settings,
@@ -110,9 +132,19 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     return pool;
   };
   const controlDb = createDatabase(newPool(2, 'control'));
+  let orderingHold: OrderingModeHold | undefined;
   try {
     await checkDatabase(controlDb, config.databaseUrl);
     await assertLanePredicateFitsColumns(controlDb, config.lanePredicate);
+    // One per process: the real-time worker thread's relay (observe: false) claims only shards the
+    // main thread's leases hold, so the main thread's check covers it (relay/orderingMode.ts).
+    if (options.observe !== false)
+      orderingHold = await holdOrderingMode({
+        connectionString: config.databaseUrl,
+        mode: config.ordering,
+        replicaId: config.replicaId,
+        logger,
+      });
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
     throw error;
@@ -128,11 +160,18 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
       vacuumProblem,
     );
 
-  const sink = options.sink ?? (await createSink(config, logger));
+  const sink =
+    options.sink ??
+    (await createConfiguredSink(config, routeTable, logger).catch(async (error: unknown) => {
+      await Promise.all(pools.map((p) => p.end()));
+      await orderingHold?.close();
+      throw error;
+    }));
   try {
     await sink.start();
   } catch (error) {
     await Promise.all(pools.map((p) => p.end()));
+    await orderingHold?.close();
     // A sink that knows what went wrong (refused login, missing exchange) says so with its own fix;
     // only an error without one gets the generic advice.
     if (error instanceof ShardRelayError) throw error;
@@ -157,7 +196,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     intervalMs: options.observeIntervalMs,
   });
   if (observer.metrics && isRoutingSink(sink)) {
-    const { observeRoutes } = await import('../routing/routeMetrics.js');
+    const { observeRoutes } = await import('../observability/routeMetrics.js');
     observeRoutes(sink, observer.metrics);
   } else if (isRoutingSink(sink) && options.hooks?.onRoutePart) {
     sink.onPart = options.hooks.onRoutePart;
@@ -165,6 +204,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const deliverySink = observer.trackInflight(sink);
 
   const retry = { maxAttempts: config.maxAttempts, baseMs: config.retryBaseMs, capMs: config.retryCapMs };
+  const ordering = config.ordering === 'key' ? { holdDead: config.orderingDead === 'hold' } : undefined;
   let drainedWaiters: (() => void)[] = [];
   const laneRunners: LaneRunner[] = lanes.map((lane) => {
     // Real-time commits do not wait for the WAL flush, which under a batch backlog carries the
@@ -172,30 +212,49 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     // last commits are lost, their rows are pending again and are re-sent with the same event
     // id, the failure mode every crash already has. The application's own commits are untouched.
     const db = createDatabase(
-      newPool(config.connectionsPerLane, lane, {
-        ...CLAIM_SESSION_SETTINGS,
-        ...(lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
-        // Read by shardrelay.complete_batch (migrations/0007_sent_record.ts): whether to keep a
-        // record of each sent event, and who sent it.
-        'shardrelay.sent_record': config.sentRetentionSeconds > 0 ? 'on' : 'off',
-        'shardrelay.replica': config.replicaId,
-        'shardrelay.sink': sink.name,
-      }),
+      newPool(
+        config.connectionsPerLane,
+        lane,
+        {
+          ...CLAIM_SESSION_SETTINGS,
+          ...(lane === 'realtime' ? { synchronous_commit: 'off' } : {}),
+          // Read by shardrelay.complete_batch (migrations/0007_sent_record.ts): whether to keep a
+          // record of each sent event, and who sent it.
+          'shardrelay.sent_record': config.sentRetentionSeconds > 0 ? 'on' : 'off',
+          'shardrelay.replica': config.replicaId,
+          'shardrelay.sink': sink.name,
+        },
+        // Real-time: BEGIN, SAVEPOINT and RELEASE go pipelined with the statement after them,
+        // three round trips per batch instead of six (db/deferringClient.ts; bench/RESULTS.md).
+        lane === 'realtime',
+      ),
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
     const reportPoolWait = poolWaitReporter(logger, lane, config.connectionsPerLane, CONNECTION_TIMEOUT_MS);
     return {
       lane,
-      runBatch: async (shard, shardCount, mayClaim) => {
+      // Real-time rows go at once; batch-lane wake-ups gather rows so that batches stay full.
+      ...(lane === 'batch' ? { gatherMs: config.batchGatherMs } : {}),
+      // On the control pool, with the tick: it takes no lock and must not wait behind the lane's batches.
+      dueShards: (shards, shardCount) =>
+        shardsWithDueRows(controlDb, {
+          shards,
+          shardCount,
+          lane,
+          lanePredicate: config.lanePredicate,
+          ordering: ordering !== undefined,
+        }),
+      runShardBatch: async (shard, shardCount, guards) => {
         let result: BatchResult;
         try {
-          result = await runBatch(db, deliverySink, shard, shardCount, lane, {
+          result = await deliverBatch(db, deliverySink, shard, shardCount, lane, {
             lanePredicate: config.lanePredicate,
             batchSize,
             retry,
             sendTimeoutMs: config.sendTimeoutMs,
             logger,
-            ...(mayClaim ? { mayClaim } : {}),
+            ...(ordering ? { ordering } : {}),
+            ...(guards ?? {}),
           });
         } catch (error) {
           // No free connection: nothing was claimed, so this is a wait, not a failed batch.
@@ -204,12 +263,26 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
           return { full: false };
         }
         if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);
+        if (ordering) wakeAtFirstRetry(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result);
         return { full: result.claimed >= batchSize };
       },
     };
   });
+
+  /**
+   * Ordering on: a failed keyed row holds its key's later rows until its retry is due; wake the
+   * shard's loop then, rather than at the next tick (up to `tickSeconds` later for every failure of
+   * every key). One timer per batch with retries, at its earliest retry.
+   */
+  const wakeAtFirstRetry = (shard: number, lane: Lane, result: BatchResult) => {
+    let first = Number.POSITIVE_INFINITY;
+    for (const p of result.problems) if (p.retryInMs !== undefined) first = Math.min(first, p.retryInMs);
+    if (!Number.isFinite(first)) return;
+    // A few ms late: available_at is stamped at the completion, after this batch's send.
+    setTimeout(() => scheduler.wake([shard], lane), first + 5).unref();
+  };
 
   const checkDrained = async () => {
     if (drainedWaiters.length === 0) return;
@@ -243,6 +316,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     ownership,
     tickSeconds: config.tickSeconds,
     logger,
+    ordering: ordering !== undefined,
     afterTick: async () => {
       // The real-time worker learns of shards taken in this tick now, not at its next poll.
       options.hooks?.onOwnershipChange?.();
@@ -255,13 +329,15 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     onRows: (shards) => scheduler.wake(shards),
     onConfigChange: () => void scheduler.tick(),
   });
-  // Retention of sent events: one process per replica prunes (the real-time worker thread's relay
-  // does not), and one replica at a time across all of them (relay/sentPruner.ts).
+  // Housekeeping: one process per replica does it (the real-time worker thread's relay does not).
+  // Retention of sent events, one replica at a time across all of them (maintenance/sentPruner.ts);
+  // folding and pruning the observability samples (maintenance/housekeeping.ts).
+  const housekeepingDb = options.observe === false ? undefined : createDatabase(newPool(1, 'pruner'));
   const pruner =
-    options.observe === false
+    housekeepingDb === undefined
       ? undefined
       : new SentPruner({
-          db: createDatabase(newPool(1, 'pruner')),
+          db: housekeepingDb,
           retentionSeconds: config.sentRetentionSeconds,
           logger,
           // Autovacuum off: a queue table that is never vacuumed decays within minutes (measured in
@@ -271,6 +347,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   await scheduler.start();
   listener.start();
   pruner?.start();
+  const housekeeping = housekeepingDb && startHousekeeping({ db: housekeepingDb, logger });
   logger.info({ sink: sink.name, lanes }, 'relay started');
 
   let stopping: Promise<{ clean: boolean }> | undefined;
@@ -278,6 +355,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     (stopping ??= (async () => {
       await observer.stop();
       await pruner?.stop();
+      await housekeeping?.stop();
       await listener.stop();
       const clean = await scheduler.stop(config.shutdownTimeoutMs);
       if (!clean) {
@@ -291,6 +369,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         .catch((error: unknown) => logger.warn({ err: error }, 'releasing shards failed'));
       await sink.close().catch((error: unknown) => logger.warn({ err: error }, 'closing the sink failed'));
       await Promise.all(pools.map((p) => p.end().catch(() => {})));
+      // Last: until this replica's batches are done, a replica of the other mode must not start.
+      await orderingHold?.close();
       logger.info({ clean }, 'relay stopped');
       return { clean };
     })());

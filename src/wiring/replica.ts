@@ -2,12 +2,15 @@ import { Worker } from 'node:worker_threads';
 import type { Lane } from '../db/schema.js';
 import { ShardRelayError } from '../errors.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
-import { sinkLoadsInOneThreadOnly } from '../sinks/createSink.js';
+import { needsOneSinkThread } from '../routing/buildRoutingSink.js';
+import { routeTableOf } from '../routing/loadRoutes.js';
 import { answerForwardedSend } from '../sinks/forwardingSink.js';
-import type { Sink } from '../sinks/sink.js';
-import type { BatchResult } from './batchRunner.js';
+import type { RelaySink } from '../sinks/sink.js';
+import type { BatchResult } from '../relay/deliverBatch.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
-import type { FromRealtimeWorker, ToRealtimeWorker } from './realtimeThreadMessages.js';
+import type { FromRealtimeWorker, ToRealtimeWorker } from '../relay/realtimeThreadMessages.js';
+import { OwnershipFence, withdraws } from '../relay/ownershipFence.js';
+import type { HeldShards } from '../relay/shardOwnership.js';
 
 /**
  * Compiled, the worker is a plain .js file. From source (tsx, as in tests and `npm start`), Node 20
@@ -27,7 +30,7 @@ function startWorker(workerData: unknown): Worker {
  * lane on a worker thread of its own.
  *
  * Why a thread: measured on a 2-core machine with a 200,000-row batch backlog draining and 50
- * real-time rows/s (bench/laneLatency.ts), real-time p99 was about 350 ms with both lanes on one
+ * real-time rows/s (bench/studies/laneLatency.ts), real-time p99 was about 350 ms with both lanes on one
  * event loop: each 1,000-row batch keeps the loop busy parsing and building statements, and a
  * woken real-time loop waits behind it. The real-time claim itself costs under 0.1 ms (it has its
  * own partial index). With its own thread the real-time lane has its own event loop, connections,
@@ -43,13 +46,25 @@ export async function startReplica(
   // worth it for one lane.
   const thread =
     (options.realtimeThread ?? true) && !options.sink && lanes.includes('realtime') && lanes.length > 1;
-  if (!thread) return startRelay(options);
+  // The routes are parsed once per start (here, unless the caller has), before any thread or
+  // connection: bad routes fail the start with their ConfigError. Both lanes' relays get the table.
+  const routeTable = options.sink ? undefined : (options.routeTable ?? routeTableOf(options.config));
+  const withRoutes = { ...options, routeTable };
+  if (!thread) return startRelay(withRoutes);
 
   // A sink whose client loads in one thread only (Kafka) runs in this thread alone; the worker
   // forwards its sends to it (sinks/forwardingSink.ts).
-  const forwardSends = sinkLoadsInOneThreadOnly(options.config.sink);
-  let mainSink: Sink | null = null;
-  const worker = startWorker({ ...options.config, metricsPort: undefined, forwardSends });
+  const forwardSends = needsOneSinkThread(options.config, routeTable);
+  let mainSink: RelaySink | null = null;
+  // The route table is plain data (routes.ts), so it crosses to the worker as it is.
+  const fence = new OwnershipFence();
+  const worker = startWorker({
+    ...options.config,
+    metricsPort: undefined,
+    forwardSends,
+    routeTable,
+    fenceBuffer: fence.buffer,
+  });
   // The worker has no metrics of its own: the main relay's observer counts its batches too.
   let onOwnershipChange = () => {};
   let recordWorkerBatch: ((shard: number, lane: Lane, result: BatchResult) => void) | undefined;
@@ -66,7 +81,14 @@ export async function startReplica(
             : new Error(`the real-time lane could not start: ${message.message}`),
         );
       } else if (message.type === 'send') {
-        void answerForwardedSend(mainSink, message).then((answer) => send({ type: 'sent', ...answer }));
+        // A routed send goes to its route's sink (the main thread's routing sink holds them all).
+        const target =
+          message.route === undefined || !mainSink
+            ? mainSink
+            : isRoutingSink(mainSink)
+              ? (mainSink.sinkOf(message.route) ?? null)
+              : null;
+        void answerForwardedSend(target, message).then((answer) => send({ type: 'sent', ...answer }));
       } else if (message.type === 'batch') {
         recordWorkerBatch?.(message.shard, message.lane, message.result);
         options.hooks?.onBatch?.(message.shard, message.lane, message.result);
@@ -85,7 +107,7 @@ export async function startReplica(
   let main: Relay;
   try {
     main = await startRelay({
-      ...options,
+      ...withRoutes,
       lanes: lanes.filter((l): l is Lane => l !== 'realtime'),
       // Told at once, not at the next 100 ms check: e.g. a lost liveness lock stops the worker too.
       hooks: { ...options.hooks, onOwnershipChange: () => onOwnershipChange() },
@@ -107,13 +129,18 @@ export async function startReplica(
   // often: ownership changes per tick, and every lease renewal moves the deadline). The worker
   // cannot ask our `holds`; the deadline lets it stop on its own once our leases may have lapsed,
   // e.g. the moment the process wakes from a pause, before this thread has renewed and posted.
+  // What it lets go of, it fences first (relay/ownershipFence.ts): the worker stops claiming on it
+  // at once, not when this message arrives.
   let lastShared = '';
+  let lastHeld: HeldShards | undefined;
   const shareShards = () => {
     const held = main.scheduler.heldShards;
     const key = `${held.generation}/${held.shards.join()}/${held.validUntil}`;
     if (key === lastShared) return;
+    if (lastHeld && withdraws(lastHeld, held)) fence.withdraw();
     lastShared = key;
-    send({ type: 'shards', ...held });
+    lastHeld = held;
+    send({ type: 'shards', ...held, fence: fence.value });
   };
   onOwnershipChange = shareShards;
   shareShards();
@@ -125,7 +152,8 @@ export async function startReplica(
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(sharing);
-        send({ type: 'shards', generation: undefined, shards: [], validUntil: 0 });
+        fence.withdraw();
+        send({ type: 'shards', generation: undefined, shards: [], validUntil: 0, fence: fence.value });
         const workerStopped = new Promise<boolean>((resolve) => {
           worker.on('message', (m: FromRealtimeWorker) => m.type === 'stopped' && resolve(m.clean));
           worker.on('exit', () => resolve(false));
