@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
-import { startReplica } from '../../src/relay/replica.js';
+import { startReplica } from '../../src/wiring/replica.js';
 import { waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { runLaneScenario } from '../../bench/laneScenario.js';
+import { runLaneScenario } from '../../bench/studies/laneScenario.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 describe('the real-time lane under a batch backlog', () => {
@@ -28,7 +28,7 @@ describe('the real-time lane under a batch backlog', () => {
       assert.equal(result.realtimeSent, result.realtimeEnqueued, 'every real-time row delivered');
       assert.equal(result.realtimeEnqueued, 1000);
       assert.ok(l.count > 50, `enough real-time rows arrived while the backlog drained (${l.count})`);
-      // Generous on purpose (a shared CI machine); the tight target belongs to bench/laneLatency.ts.
+      // Generous on purpose (a shared CI machine); the tight target belongs to bench/studies/laneLatency.ts.
       assert.ok(l.p99 < 1000, `real-time p99 under backlog ${l.p99} ms < 1000 ms`);
       assert.ok(result.batchDrainSeconds !== null, 'the backlog drained');
     },

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { sql, type Kysely } from 'kysely';
 import type { Database } from '../../src/db/schema.js';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { AMQP_URL, captureLog, hostAndPort, requireBroker } from '../support/brokers.js';
 import { waitFor } from '../support/cli.js';
@@ -45,7 +45,7 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
   after(() => t.close());
 
   it(
-    'pg_terminate_backend of every relay connection with batches in flight: duplicates ≤ 25 % of them (target 1 %)',
+    'pg_terminate_backend of every relay connection with batches in flight: duplicates ≤ 1 % of them',
     { timeout: 180_000 },
     async () => {
       const ledger = new Ledger('pg_terminate_backend');
@@ -85,17 +85,14 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
           inFlight += now;
           terminated += rows[0]?.n ?? 0;
         }
-        // TARGET (issue 11): 1 % of the rows in flight. Met (0 duplicates in five runs) before the
-        // liveness lock of fast takeover; since then, terminating every connection also ends the
-        // replica's lock session, the replica steps back, and the RabbitMQ sink drops its link
-        // mid-batch on the lapsed ownership (the paused-replica guard), so messages the broker
-        // already had come back `unknown` and are sent again. Measured after the merge: 6.4 %,
-        // 6.9 %, 8.1 % and 16.5 % of the rows in flight. The assertion bounds what holds today
-        // (25 %) until the sink's guard tells a frozen replica (lease deadline passed) from a
-        // stepped-back one.
+        // Issue 11's target: 1 % of the rows in flight. Rows the broker confirmed whose claim
+        // transaction died are recorded through another connection (deliverBatch.ts). The sink keeps
+        // its link through the replica's step-back (its liveness session died too) and drops it
+        // only once the lease itself has run out (leaseUnexpired): dropping it on the step-back
+        // re-sent what the broker already had, 6.4-16.5 % of the rows in flight.
         const report = await ledger.check(t.db, {
-          maxDuplicates: Math.floor(inFlight / 4),
-          boundWhy: `25 % of the ${inFlight} rows in flight at 6 terminations of ${terminated} connections (target 1 %)`,
+          maxDuplicates: Math.floor(inFlight / 100),
+          boundWhy: `1 % of the ${inFlight} rows in flight at 6 terminations of ${terminated} connections`,
         });
         console.log(
           `# pg_terminate_backend: duplicates ${((100 * report.duplicates) / inFlight).toFixed(2)} % of the rows in flight`,
@@ -112,7 +109,7 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
   );
 
   it(
-    'the broker link cut, then stalled past the send timeout: duplicates ≤ the rows retried',
+    'the broker link cut, then stalled past the send timeout: duplicates ≤ the rows the relay can hold in flight',
     { timeout: 180_000 },
     async () => {
       const ledger = new Ledger('broker link cut and stalled');
@@ -124,16 +121,15 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
       ledger.expect(
         (await enqueue(t.db, syntheticEvents(total, { topic: 'orders.cut' }))).map((e) => e.eventId),
       );
-      const relay = await startRelay({
-        config: testConfig(t.url, {
-          sink: 'rabbitmq',
-          amqpUrl: url.toString(),
-          amqpExchange: consumer.exchange,
-          batchBatchSize: 500,
-          connectionsPerLane: 4,
-          sendTimeoutMs: 2_000,
-        }),
+      const config = testConfig(t.url, {
+        sink: 'rabbitmq',
+        amqpUrl: url.toString(),
+        amqpExchange: consumer.exchange,
+        batchBatchSize: 500,
+        connectionsPerLane: 4,
+        sendTimeoutMs: 2_000,
       });
+      const relay = await startRelay({ config });
       let inFlight = 0;
       try {
         for (const fault of ['cut', 'cut', 'stall'] as const) {
@@ -155,14 +151,19 @@ describe('ledger: connection faults', { skip: rabbitDown }, () => {
             proxy.resume();
           }
         }
-        // The contract's bound: a broker fault re-sends at most the rows in flight at it. (A tighter
-        // bound, the rows whose attempts count shows a retry, held in most runs but was exceeded
-        // once after the storage change, 2,390 against 2,185: the sent record's attempts figure
-        // needs a look before it can bound anything.)
-        await ledger.check(t.db, {
-          maxDuplicates: inFlight,
-          boundWhy: `the ${inFlight} rows in flight at the 3 faults`,
+        // The contract's bound: a broker fault re-sends at most the rows the relay can hold in
+        // flight at it, every lane's connections each with a full batch. The rows counted in
+        // flight just before each fault (sampled once ≥ 500) are printed for scale but do not
+        // bound it: batches claimed between the sample and the fault, or into the stall before
+        // the send deadline, are re-sent too (seen once: 6,206 duplicates against 6,000 sampled).
+        const perFault = config.connectionsPerLane * (config.batchBatchSize + config.realtimeBatchSize);
+        const report = await ledger.check(t.db, {
+          maxDuplicates: 3 * perFault,
+          boundWhy: `3 faults × ${perFault} rows the relay can hold in flight (${inFlight} sampled before the faults)`,
         });
+        console.log(
+          `# broker link cut and stalled: ${report.duplicates} duplicates, ${inFlight} rows sampled in flight`,
+        );
       } finally {
         await relay.stop();
         await proxy.close();

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { sql, type Kysely } from 'kysely';
 import type { Database } from '../../src/db/schema.js';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
 import type { Sink } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';
@@ -17,7 +17,11 @@ import { up as migrate0006 } from '../../migrations/0006_finite_timestamps.js';
 import { AMQP_URL, captureLog, hostAndPort, requireBroker } from '../support/brokers.js';
 import { runCli } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
-import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
+import {
+  createTestDatabase,
+  createTestDatabaseWithEncoding,
+  type TestDatabase,
+} from '../support/testDatabase.js';
 import { httpReceiver, Ledger, rabbitConsumer } from './ledger.js';
 
 const MAX_ATTEMPTS = 3;
@@ -262,6 +266,75 @@ describe('ledger: poison rows', () => {
       assert.equal(rows[0]?.status, 'dead');
       assert.equal(rows[0]?.attempts, MAX_ATTEMPTS);
       assert.match(rows[0]?.last_error ?? '', /cannot serialise this one/);
+    },
+  );
+  it(
+    'a row the claim statement cannot read (WIN1252 0x81, no UTF-8 equivalent): dead at its first claim, the rest once',
+    { timeout: 180_000, skip: rabbitDown },
+    async () => {
+      // Before: every claim of a batch holding such a row failed with 22P05, for ever; nothing
+      // after it in its shard and lane was ever sent, and its attempts stayed 0.
+      const w = await createTestDatabaseWithEncoding('ledger_win1252', 'WIN1252');
+      try {
+        const ledger = new Ledger('claim cannot read a row');
+        const consumer = await rabbitConsumer(ledger);
+        const enqueueGood = async (count: number, startAt: number) =>
+          (await enqueue(w.db, syntheticEvents(count, { topic: 'orders.enc', startAt }))).map(
+            (e) => e.eventId,
+          );
+        ledger.expect(await enqueueGood(300, 40_000));
+        // Written by an application whose own client encoding is WIN1252 (stored as is).
+        const { rows: bad } = await sql<{ id: string; event_id: string }>`
+          INSERT INTO shardrelay.outbox (topic, payload)
+          SELECT 'orders.enc', jsonb_build_object('note', 'price ' || convert_from('\\x81'::bytea, 'WIN1252') || n)
+            FROM generate_series(1, 3) AS n
+          RETURNING id::text, event_id::text`.execute(w.db);
+        ledger.expect(bad.map((r) => r.event_id));
+        ledger.expect(await enqueueGood(300, 40_300));
+        // The rows really are unreadable for a UTF-8 client: the plain claim statement fails.
+        await assert.rejects(
+          sql`SELECT payload FROM shardrelay.outbox WHERE id = ${bad[0]?.id}::bigint`.execute(w.db),
+          /0x81 in encoding "WIN1252" has no equivalent in encoding "UTF8"/,
+        );
+
+        const captured = captureLog();
+        const relay = await startRelay({
+          config: testConfig(w.url, {
+            sink: 'rabbitmq',
+            amqpExchange: consumer.exchange,
+            maxAttempts: MAX_ATTEMPTS,
+            batchBatchSize: 100,
+          }),
+          logger: captured.log,
+        });
+        try {
+          await ledger.check(w.db, { maxDuplicates: retriedRows(w.db, ['orders.enc']), boundWhy: NO_FAULT });
+        } finally {
+          await relay.stop();
+          await consumer.close();
+        }
+        const { rows } = await sql<{ id: string; status: string; attempts: number; last_error: string }>`
+          SELECT id::text, status, attempts, last_error FROM shardrelay.outbox
+           WHERE id = ANY(${bad.map((r) => r.id)}::bigint[]) ORDER BY id`.execute(w.db);
+        assert.equal(rows.length, bad.length);
+        for (const row of rows) {
+          assert.equal(row.status, 'dead');
+          assert.equal(row.attempts, 1, `row ${row.id}: recorded at its first failed claim`);
+          assert.match(row.last_error, /the claim cannot read this row \(PostgreSQL 22P05: .*0x81/);
+        }
+        // The log line names each row (id and event id) and the fix.
+        for (const r of bad) {
+          const line = captured.lines.find(
+            (l) => l.eventId === r.event_id && l.msg === 'event moved to dead letters',
+          );
+          assert.ok(line, `a dead-letter log line for row ${r.id}`);
+          assert.equal(line.id, r.id);
+          assert.match(String(line.error), /0x81/);
+          assert.match(String(line.fix), /UTF-8/);
+        }
+      } finally {
+        await w.close();
+      }
     },
   );
 });

@@ -11,7 +11,7 @@ import { sql } from 'kysely';
 import { readStatus } from '../../src/status.js';
 import { enqueue } from '../../src/enqueue.js';
 import { CANARY_TOPIC } from '../../src/observability/canary.js';
-import { startRelay, type Relay } from '../../src/relay/relay.js';
+import { startRelay, type Relay } from '../../src/wiring/relay.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
 import { confirmed, unknown, type Sink } from '../../src/sinks/sink.js';
 import { AMQP_URL, captureLog, hostAndPort, requireBroker, uniqueName } from '../support/brokers.js';

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { confirmed, permanent, retryable, type Sink } from '../../src/sinks/sink.js';
 import { captureLog } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -32,7 +32,7 @@ describe('correlation in the relay logs', () => {
         close: async () => {},
         sendBatch: async (messages) =>
           messages.map((m) => {
-            const { n } = m.payload as { n: number };
+            const { n } = JSON.parse(m.payloadJson) as { n: number };
             return n === 3 ? permanent('404 no such topic') : n === 5 ? retryable('503 busy') : confirmed;
           }),
       };

@@ -9,7 +9,7 @@ import type { ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay, type Relay } from '../../src/relay/relay.js';
+import { startRelay, type Relay } from '../../src/wiring/relay.js';
 import { confirmed, permanent, type Sink } from '../../src/sinks/sink.js';
 import { collect, spawnCli, waitFor, type CliResult } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -167,7 +167,9 @@ describe('health classes of real failures', { timeout: 240_000 }, () => {
       close: async () => {},
       sendBatch: async (messages) =>
         messages.map((m) =>
-          (m.payload as { poison?: boolean }).poison ? permanent('schema 9 unknown') : confirmed,
+          (JSON.parse(m.payloadJson) as { poison?: boolean }).poison
+            ? permanent('schema 9 unknown')
+            : confirmed,
         ),
     };
     observer = await startRelay({

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { startObservabilityServer, type ObservabilityServer } from '../../src/observability/httpServer.js';
 import { createMetrics, type RelayMetrics } from '../../src/observability/metrics.js';
 import { SETTINGS } from '../../src/config.js';
-import { observeRoutes } from '../../src/routing/routeMetrics.js';
+import { observeRoutes } from '../../src/observability/routeMetrics.js';
 import { parseRoutes } from '../../src/routing/routes.js';
 import { createRoutingSink } from '../../src/routing/routingSink.js';
 import { createNullSink } from '../../src/sinks/nullSink.js';

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay, type Relay } from '../../src/relay/relay.js';
+import { startRelay, type Relay } from '../../src/wiring/relay.js';
 import { confirmed, permanent, retryable, type Sink } from '../../src/sinks/sink.js';
 import { spawnCli, waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -54,9 +54,9 @@ function scriptedSink() {
     start: async () => {},
     close: async () => {},
     async sendBatch(messages) {
-      if (messages.some((m) => (m.payload as Payload).hold)) await released;
+      if (messages.some((m) => (JSON.parse(m.payloadJson) as Payload).hold)) await released;
       return messages.map((m) => {
-        const payload = m.payload as Payload;
+        const payload = JSON.parse(m.payloadJson) as Payload;
         if (payload.fail === 'permanent') return permanent('rejected: schema 3 unknown');
         if (payload.fail === 'once' && !seen.has(m.eventId)) {
           seen.add(m.eventId);
@@ -113,7 +113,15 @@ describe('relay metrics agree with the SQL views', { timeout: 120_000 }, () => {
       })),
     );
     relay = await startRelay({
-      config: testConfig(url, { metricsPort: 0, retryBaseMs: 1, retryCapMs: 5, replicaId: 'relay-m' }),
+      config: testConfig(url, {
+        metricsPort: 0,
+        retryBaseMs: 1,
+        retryCapMs: 5,
+        replicaId: 'relay-m',
+        // The in-flight test holds one batch of every shard at the sink at once: a connection each
+        // (the default is sized to the cores).
+        connectionsPerLane: 8,
+      }),
       sink: scripted.sink,
       observeIntervalMs: 300,
     });

@@ -17,11 +17,17 @@ interface PlanNode {
   readonly 'Index Name'?: string;
   readonly 'Actual Rows'?: number;
   readonly 'Rows Removed by Filter'?: number;
+  readonly 'Parent Relationship'?: string;
   readonly Plans?: readonly PlanNode[];
 }
 
+/**
+ * The plan's nodes, top down, without InitPlans: the claim reads the clock once per statement as
+ * an InitPlan, `(SELECT shardrelay.now())` (migration 0011), which is not part of the scan.
+ */
 function nodes(plan: PlanNode): PlanNode[] {
-  return [plan, ...(plan.Plans ?? []).flatMap(nodes)];
+  const children = (plan.Plans ?? []).filter((child) => child['Parent Relationship'] !== 'InitPlan');
+  return [plan, ...children.flatMap(nodes)];
 }
 
 describe('the claim plan', () => {

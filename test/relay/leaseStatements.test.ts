@@ -1,7 +1,8 @@
 /**
- * The liveness-lock statements (src/relay/leaseStatements.ts) and the lease writes they fence
- * (src/relay/shardLeases.ts), one by one against a real PostgreSQL, with real sessions ended by
- * pg_terminate_backend. Also prints what the peer check and the fence cost.
+ * Every statement of src/relay/leaseStatements.ts, one by one against a real PostgreSQL: the
+ * liveness lock with real sessions ended by pg_terminate_backend, the lease writes it fences, and
+ * membership, release, leave, generation clean-up and the balance read. Also prints what the peer
+ * check and the fence cost.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -10,16 +11,20 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import {
   LIVENESS_LOCK_CLASS,
+  acquireFreeShards,
+  announceJoin,
+  dropOtherGenerations,
   evictDeadReplicas,
+  heartbeat,
+  leaveMembership,
+  lockHeld,
+  readBalance,
+  releaseLeases,
+  renewLeases,
   takeLivenessLock,
+  takeOverExpiredLeases,
   type LivenessLockHandle,
 } from '../../src/relay/leaseStatements.js';
-import {
-  acquireFreeShards,
-  heartbeat,
-  renewLeases,
-  takeOverExpiredLeases,
-} from '../../src/relay/shardLeases.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 interface Session {
@@ -157,7 +162,14 @@ describe('liveness lock statements', () => {
     assert.equal(evicted[0]?.instance, dead.me.instance);
     assert.deepEqual(evicted[0]?.shards, deadShards);
     assert.equal(await notified, 'replica session gone');
-    assert.deepEqual(await leasesOf(dead.me.instance), [], 'its leases are gone: free shards');
+    const { rows: left } = await sql<{ shard: number; expired: boolean }>`
+      SELECT shard, expires_at <= clock_timestamp() AS expired FROM shardrelay.shard_lease
+       WHERE owner_instance = ${dead.me.instance}::uuid ORDER BY shard`.execute(t.db);
+    assert.deepEqual(
+      left,
+      deadShards.map((shard) => ({ shard, expired: true })),
+      'its leases expired at once: for the survivors to take over',
+    );
     const members = await t.db
       .selectFrom('shardrelay.replica')
       .select('replica_id')
@@ -176,6 +188,18 @@ describe('liveness lock statements', () => {
 
     // Run by a member on its own lock session, it never evicts itself.
     assert.deepEqual(await evictDeadReplicas(me.client, me.me.instance), []);
+
+    // Two survivors woken by the same NOTIFY take the evicted member's shards at once, each a
+    // different one (SKIP LOCKED): no survivor waits for the other or comes back empty-handed.
+    const [mine, theirs] = await Promise.all([
+      takeOverExpiredLeases(t.db, me.me, generation, 10, 2),
+      takeOverExpiredLeases(t.db, alive.me, generation, 10, 2),
+    ]);
+    assert.deepEqual(
+      [...mine, ...theirs].map((l) => l.shard).sort((a, b) => a - b),
+      deadShards,
+      'every shard of the evicted member taken, each by one survivor',
+    );
 
     // What the peer check and the fenced renewal cost (a few members, a few hundred locks).
     const n = 400;
@@ -209,6 +233,206 @@ describe('liveness lock statements', () => {
       `# peer check (evictDeadReplicas, nobody dead): ${checkMs.toFixed(3)} ms per round trip, ` +
         `its lock scan ${serverMs.toFixed(3)} ms in PostgreSQL; ` +
         `fenced renewal: ${renewMs.toFixed(3)} ms, unfenced: ${unfencedMs.toFixed(3)} ms; ${rows[0]?.locks} locks in pg_locks`,
+    );
+  });
+  /** Empties membership and leases: each test below starts from no member. */
+  const reset = async () => {
+    await t.db.deleteFrom('shardrelay.shard_lease').execute();
+    await t.db.deleteFrom('shardrelay.replica').execute();
+  };
+  /** The payloads of shardrelay_config NOTIFYs while `run` runs (delivered before it resolves). */
+  const notifications = async (run: () => Promise<unknown>): Promise<string[]> => {
+    const listener = new pg.Client(t.url);
+    await listener.connect();
+    clients.push(listener);
+    const seen: string[] = [];
+    listener.on('notification', (n) => seen.push(n.payload ?? ''));
+    await listener.query('LISTEN shardrelay_config');
+    await run();
+    // A round trip on the listening connection after the commit: the NOTIFY has arrived by then.
+    await listener.query('SELECT 1');
+    await listener.end();
+    return seen;
+  };
+
+  it('lockHeld is true exactly while the session holds the lock', async () => {
+    await reset();
+    const a = await member('fence');
+    const held = async (lock: LivenessLockHandle | undefined) =>
+      (await sql<{ held: boolean }>`SELECT ${lockHeld(lock)} AS held`.execute(t.db)).rows[0]?.held;
+    assert.equal(await held(a.lock), true);
+    assert.equal(await held(undefined), false, 'no lock: never held');
+    assert.equal(await held({ key: a.lock.key, pid: a.lock.pid + 1 }), false, 'same key, other session');
+    await terminate(a);
+    assert.equal(await held(a.lock), false, 'session gone');
+  });
+
+  it('heartbeat joins once, then only moves the heartbeat and the recorded lock', async () => {
+    await reset();
+    const client = new pg.Client(t.url);
+    await client.connect();
+    clients.push(client);
+    const lock = await takeLivenessLock(client);
+    const me = { instance: randomUUID(), replicaId: 'beat' };
+    assert.deepEqual(await heartbeat(t.db, me, generation, 10), { joined: true });
+    const first = await t.db
+      .selectFrom('shardrelay.replica')
+      .select(['heartbeat_at', 'lock_key', 'lease_timeout_seconds'])
+      .where('instance', '=', me.instance)
+      .executeTakeFirstOrThrow();
+    assert.equal(first.lock_key, null, 'a member without a lock records none');
+    assert.deepEqual(await heartbeat(t.db, { ...me, lock }, generation, 20), { joined: false });
+    const second = await t.db
+      .selectFrom('shardrelay.replica')
+      .select(['heartbeat_at', 'lock_key', 'lock_pid', 'lease_timeout_seconds'])
+      .where('instance', '=', me.instance)
+      .executeTakeFirstOrThrow();
+    assert.ok(second.heartbeat_at.getTime() >= first.heartbeat_at.getTime());
+    assert.deepEqual(
+      [second.lock_key, second.lock_pid, second.lease_timeout_seconds],
+      [lock.key, lock.pid, 20],
+    );
+    assert.equal(
+      (await t.db.selectFrom('shardrelay.replica').select('instance').execute()).length,
+      1,
+      'one row per process',
+    );
+  });
+
+  it('announceJoin NOTIFYs every replica', async () => {
+    assert.deepEqual(await notifications(() => announceJoin(t.db)), ['replica joined']);
+  });
+
+  it('releaseLeases deletes only the given leases of this process, and NOTIFYs', async () => {
+    await reset();
+    const a = await member('releaser');
+    const b = await member('bystander');
+    const config = { generation, shardCount: 8 };
+    const mine = (await acquireFreeShards(t.db, a.me, config, 10, 3)).sort((x, y) => x - y);
+    const [theirs] = await acquireFreeShards(t.db, b.me, config, 10, 1);
+    assert.equal(mine.length, 3);
+    let released: number[] = [];
+    const seen = await notifications(async () => {
+      released = await releaseLeases(t.db, a.me, generation, [
+        mine[0] as number,
+        mine[1] as number,
+        theirs as number,
+      ]);
+    });
+    assert.deepEqual(
+      released.sort((x, y) => x - y),
+      mine.slice(0, 2),
+    );
+    // One per transaction: PostgreSQL folds identical notifications of one transaction into one.
+    assert.deepEqual(seen, ['leases released']);
+    assert.deepEqual(await leasesOf(a.me.instance), mine.slice(2));
+    assert.deepEqual(await leasesOf(b.me.instance), [theirs], "another process's lease is not ours to give");
+    assert.deepEqual(
+      await releaseLeases(t.db, a.me, String(BigInt(generation) + 1n), mine.slice(2)),
+      [],
+      'other generation: nothing',
+    );
+  });
+
+  it('leaveMembership removes the membership row and every lease together, and NOTIFYs', async () => {
+    await reset();
+    const a = await member('leaver');
+    const b = await member('stayer');
+    const config = { generation, shardCount: 8 };
+    const mine = (await acquireFreeShards(t.db, a.me, config, 10, 3)).sort((x, y) => x - y);
+    const theirs = (await acquireFreeShards(t.db, b.me, config, 10, 2)).sort((x, y) => x - y);
+    let left: number[] = [];
+    const seen = await notifications(async () => {
+      left = await leaveMembership(t.db, a.me);
+    });
+    assert.deepEqual(left, mine);
+    assert.deepEqual(seen, ['replica left']);
+    assert.deepEqual(await leasesOf(a.me.instance), []);
+    assert.deepEqual(await leasesOf(b.me.instance), theirs);
+    const members = await t.db.selectFrom('shardrelay.replica').select('replica_id').execute();
+    assert.deepEqual(
+      members.map((m) => m.replica_id),
+      ['stayer'],
+    );
+  });
+
+  it("dropOtherGenerations drops our old-generation leases, anyone's expired ones and long-gone members", async () => {
+    await reset();
+    const a = await member('switcher');
+    const b = await member('other');
+    const gone = await member('long-gone');
+    const old = String(BigInt(generation) - 1n);
+    const lease = (owner: Session, g: string, shard: number, expiresIn: string) =>
+      sql`INSERT INTO shardrelay.shard_lease (generation, shard, owner, owner_instance, acquired_at, renewed_at, expires_at)
+          VALUES (${g}::bigint, ${shard}::int, ${owner.me.replicaId}, ${owner.me.instance}::uuid, now(), now(),
+                  now() + ${expiresIn}::interval)`.execute(t.db);
+    await lease(a, old, 0, '10 s'); // ours, old generation: dropped
+    await lease(a, generation, 1, '10 s'); // ours, current: kept
+    await lease(b, old, 2, '10 s'); // theirs, old, unexpired: theirs to drop
+    await lease(b, old, 3, '-1 s'); // theirs, old, expired: anyone drops it
+    await sql`UPDATE shardrelay.replica SET heartbeat_at = clock_timestamp() - interval '16 minutes'
+               WHERE instance = ${gone.me.instance}::uuid`.execute(t.db);
+    let dropped = 0;
+    const seen = await notifications(async () => {
+      dropped = await dropOtherGenerations(t.db, a.me, generation);
+    });
+    assert.equal(dropped, 1, 'counts only our own leases');
+    assert.deepEqual(seen, ['old generation released']);
+    const left = await t.db.selectFrom('shardrelay.shard_lease').select(['shard']).orderBy('shard').execute();
+    assert.deepEqual(
+      left.map((l) => l.shard),
+      [1, 2],
+    );
+    const members = await t.db
+      .selectFrom('shardrelay.replica')
+      .select('replica_id')
+      .orderBy('replica_id')
+      .execute();
+    assert.deepEqual(
+      members.map((m) => m.replica_id),
+      ['other', 'switcher'],
+      'a member silent for 15 minutes is removed',
+    );
+    assert.deepEqual(
+      await notifications(() => dropOtherGenerations(t.db, a.me, generation)),
+      [],
+      'nothing of ours dropped: no NOTIFY',
+    );
+  });
+
+  it('readBalance counts live members, valid leases, the least-loaded peer and the next foreign expiry', async () => {
+    await reset();
+    const me = await member('same');
+    const twin = await member('same');
+    const peer = await member('peer');
+    const stale = await member('stale');
+    await sql`UPDATE shardrelay.replica SET heartbeat_at = clock_timestamp() - interval '11 s'
+               WHERE instance = ${stale.me.instance}::uuid`.execute(t.db);
+    const config = { generation, shardCount: 8 };
+    await acquireFreeShards(t.db, me.me, config, 10, 3);
+    await acquireFreeShards(t.db, twin.me, config, 10, 2);
+    const [peerShard] = await acquireFreeShards(t.db, peer.me, config, 5, 1);
+    const [expiredShard] = await acquireFreeShards(t.db, peer.me, config, 10, 1);
+    await sql`UPDATE shardrelay.shard_lease SET expires_at = clock_timestamp() - interval '1 s'
+               WHERE shard = ${expiredShard}::int AND generation = ${generation}::bigint`.execute(t.db);
+    await sql`INSERT INTO shardrelay.shard_lease (generation, shard, owner, owner_instance, acquired_at, renewed_at, expires_at)
+              VALUES (${String(BigInt(generation) - 1n)}::bigint, 0, 'peer', ${peer.me.instance}::uuid, now(), now(),
+                      now() + interval '60 s')`.execute(t.db);
+    assert.ok(peerShard !== undefined);
+
+    const balance = await readBalance(t.db, me.me, config);
+    assert.equal(balance.live, 3, 'the stale member (heartbeat older than its timeout) is not live');
+    assert.equal(balance.sameReplicaId, 2);
+    assert.equal(balance.leased, 3 + 2 + 1, 'the expired lease is not counted');
+    assert.equal(balance.expired, 1, 'the expired lease, for takeOverExpiredLeases');
+    assert.equal(balance.unleased, 8 - 3 - 2 - 1 - 1, 'shards without a lease row, for acquireFreeShards');
+    assert.equal(balance.othersMinHeld, 1, "the peer's one valid lease");
+    assert.equal(balance.otherGenerationLeases, 1);
+    assert.ok(
+      balance.nextForeignExpiryMs !== null &&
+        balance.nextForeignExpiryMs > 0 &&
+        balance.nextForeignExpiryMs <= 5_000,
+      `the peer's 5 s lease expires first: ${balance.nextForeignExpiryMs}`,
     );
   });
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue, type OutboxEvent } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { createPgBossSink } from '../../src/sinks/pgBossSink.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
@@ -34,11 +34,11 @@ describe('relay into pg-boss', () => {
         name: sink.name,
         start: () => sink.start(),
         close: () => sink.close(),
-        async sendBatch(messages, context) {
+        async sendBatch(messages, context, transaction) {
           running++;
           maxConcurrent = Math.max(maxConcurrent, running);
           try {
-            return await inner(messages, context);
+            return await inner(messages, context, transaction);
           } finally {
             running--;
           }

@@ -3,8 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { replayDeadLetters } from '../../src/deadLetters.js';
 import { enqueue } from '../../src/enqueue.js';
-import { runBatch } from '../../src/relay/batchRunner.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { deliverBatch } from '../../src/relay/deliverBatch.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
 import { confirmed, retryable, type Sink } from '../../src/sinks/sink.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -21,7 +21,7 @@ function refusingSink() {
     sendBatch: async (messages) =>
       messages.map((m) => {
         attempts.set(m.eventId, (attempts.get(m.eventId) ?? 0) + 1);
-        return refusing && (m.payload as { fail?: boolean }).fail
+        return refusing && (JSON.parse(m.payloadJson) as { fail?: boolean }).fail
           ? retryable('broker said no: queue full')
           : confirmed;
       }),
@@ -53,7 +53,7 @@ describe('retries and dead letters', () => {
     };
     const delays: number[] = [];
     for (let attempt = 1; attempt <= 4; attempt++) {
-      const result = await runBatch(t.db, sink, 0, 8, 'batch', settings);
+      const result = await deliverBatch(t.db, sink, 0, 8, 'batch', settings);
       assert.ok(result.claimed >= 1);
       const row = await t.db
         .selectFrom('shardrelay.outbox')

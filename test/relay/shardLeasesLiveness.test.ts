@@ -1,6 +1,8 @@
 /**
- * The membership state machine of src/relay/shardLeases.ts (LEASE_STATES) in one process against a
- * real PostgreSQL: the liveness session is ended for real with pg_terminate_backend.
+ * Shard leases through the membership state machine (LEASE_STATES, src/relay/livenessMembership.ts;
+ * tested on its own in livenessMembership.test.ts) in one process against a real PostgreSQL: what
+ * src/relay/shardLeases.ts trusts and returns in each state. The liveness session is ended for
+ * real with pg_terminate_backend.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';

@@ -9,10 +9,10 @@ import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import { SETTINGS } from '../../src/config.js';
 import { enqueue, type OutboxEvent } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { parseRoutes } from '../../src/routing/routes.js';
 import { createRoutingSink, PROBE_BUDGET_MS } from '../../src/routing/routingSink.js';
-import type { Sink } from '../../src/sinks/sink.js';
+import type { RelaySink } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import type { ReceivedIds } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -96,7 +96,7 @@ describe('routing: one outbox, four brokers', () => {
     route === 'jobs' ? (routes.jobs.destination as Destination).topic : `${route}.created`;
 
   /** A routing sink over the conformance targets' sinks; `orders` (RabbitMQ) through `proxy` if given. */
-  function routingSink(proxyOrders?: TcpProxy): Sink {
+  function routingSink(proxyOrders?: TcpProxy): RelaySink {
     const table = parseRoutes(
       {
         sinks: {
@@ -115,7 +115,7 @@ describe('routing: one outbox, four brokers', () => {
       SETTINGS,
       {},
     );
-    const sinks = new Map<string, Sink>();
+    const sinks = new Map<string, RelaySink>();
     for (const route of ROUTES) {
       const r = routes[route];
       const destination = r.destination as Destination;
@@ -126,7 +126,7 @@ describe('routing: one outbox, four brokers', () => {
           : (destination.endpoint ?? broker.endpoint);
       sinks.set(route, destination.createSink({ via, log, secret: broker.secret }));
     }
-    return createRoutingSink({ table, sinks, transactional: new Set(['jobs']) });
+    return createRoutingSink({ table, sinks });
   }
 
   async function outboxIdsByRoute(): Promise<Map<Route, string[]>> {
@@ -292,6 +292,7 @@ describe('routing: one outbox, four brokers', () => {
       const figures = {
         beforeP50: percentile(before, 50),
         beforeP99: percentile(before, 99),
+        beforeMax: Math.max(...before),
         duringP50: percentile(during, 50),
         duringP99: percentile(during, 99),
         duringMax: Math.max(...during),
@@ -314,10 +315,15 @@ describe('routing: one outbox, four brokers', () => {
         figures.settledP99 <= figures.beforeP99 + PROBE_BUDGET_MS + 1_500,
         `other routes' p99 during the cut (${figures.settledP99} ms) within ${PROBE_BUDGET_MS + 1_500} ms of before (${figures.beforeP99} ms)`,
       );
-      // The batches in flight at the cut wait at most their deadline.
+      // The batches in flight at the cut wait at most their deadline, then a probe's budget: the
+      // worst wait during the cut is the worst wait before it plus those two. The worst before is
+      // the machine's own tail (a loaded suite has shown single waits of seconds before any cut);
+      // beforeP99 + 1.5 s keeps the bound meaningful where that tail is short.
+      const duringMaxBound =
+        Math.max(figures.beforeP99 + 1_500, figures.beforeMax) + sendTimeoutMs + PROBE_BUDGET_MS;
       assert.ok(
-        figures.duringMax <= figures.beforeP99 + sendTimeoutMs + PROBE_BUDGET_MS + 1_500,
-        `no event of another route waited past the send deadline (max ${figures.duringMax} ms)`,
+        figures.duringMax <= duringMaxBound,
+        `no event of another route waited past the send deadline and a probe (max ${figures.duringMax} ms > ${duringMaxBound} ms)`,
       );
       assert.ok(
         receivedDuring >= producedDuring * 0.9,

@@ -4,9 +4,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SETTINGS } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
 import { parseRoutes, routeOf } from '../../src/routing/routes.js';
 import { topicMatches, topicPatternCovers } from '../../src/routing/topicPattern.js';
+import { startReplica } from '../../src/wiring/replica.js';
 import { runCli } from '../support/cli.js';
+import { testConfig } from '../support/relayConfig.js';
 
 const good = {
   sinks: {
@@ -135,6 +138,16 @@ describe('routes refused before start (CLI, exit 2, place and fix)', () => {
       assert.doesNotMatch(run.stderr, /DATABASE|ECONNREFUSED/);
     });
   }
+
+  it('startReplica from code refuses bad routes before any thread or connection', async () => {
+    // The database URL points at a closed port: a connection attempt would fail differently.
+    const config = testConfig('postgres://postgres@127.0.0.1:9/none', { routes: '{"sinks":' });
+    await assert.rejects(startReplica({ config }), (error: unknown) => {
+      assert.ok(error instanceof ConfigError, String(error));
+      assert.match(error.message, /--routes \/ SHARDRELAY_ROUTES.*is not JSON/);
+      return true;
+    });
+  });
 
   it('accepts good routes and prints where sample and given events go', async () => {
     const file = path.join(dir, 'good.json');

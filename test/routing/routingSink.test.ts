@@ -5,7 +5,14 @@ import { SETTINGS } from '../../src/config.js';
 import type { Database } from '../../src/db/schema.js';
 import { parseRoutes } from '../../src/routing/routes.js';
 import { createRoutingSink, PROBE_BUDGET_MS, PROBE_INTERVAL_MS } from '../../src/routing/routingSink.js';
-import { confirmed, type OutboxMessage, type SendOutcome, type Sink } from '../../src/sinks/sink.js';
+import {
+  confirmed,
+  type InDatabaseSink,
+  type OutboxMessage,
+  type SendContext,
+  type SendOutcome,
+  type Sink,
+} from '../../src/sinks/sink.js';
 
 const table = parseRoutes(
   {
@@ -25,7 +32,7 @@ function message(i: number, topic: string): OutboxMessage {
     eventId: `e${i}`,
     topic,
     key: null,
-    payload: {},
+    payloadJson: '{}',
     headers: {},
     correlationId: null,
     traceparent: null,
@@ -53,10 +60,7 @@ function fakeSink() {
   return sink;
 }
 
-const context = (deadlineMs: number) => ({
-  transaction: undefined as unknown as Transaction<Database>, // not used by these sinks
-  deadline: Date.now() + deadlineMs,
-});
+const context = (deadlineMs: number) => ({ deadline: Date.now() + deadlineMs });
 
 describe('routing sink', () => {
   it('splits by route, merges outcomes in order, and fails a row without a route as permanent', async () => {
@@ -79,6 +83,25 @@ describe('routing sink', () => {
     );
     assert.match((outcomes[2] as { error: string }).error, /no route: no rule matches topic "c\.x"/);
     assert.equal((outcomes[2] as { retryable: boolean }).retryable, false);
+  });
+
+  it('a canary no rule routes is confirmed without a send; a routed canary is sent', async () => {
+    const a = fakeSink();
+    const sink = createRoutingSink({
+      table,
+      sinks: new Map([
+        ['a', a],
+        ['b', fakeSink()],
+      ]),
+    });
+    const canary = { ...message(1, 'shardrelay.canary'), canary: true };
+    const routedCanary = { ...message(2, 'a.canary'), canary: true };
+    const outcomes = await sink.sendBatch([canary, routedCanary, message(3, 'c.x')], context(1000));
+    assert.deepEqual(
+      outcomes.map((o) => o.status),
+      ['confirmed', 'confirmed', 'failed'],
+    );
+    assert.deepEqual(a.sent, [['e2']], 'only the routed canary reached a sink');
   });
 
   it('a stalled route settles unknown by the deadline, does not hold the other, then fails fast and is probed', async () => {
@@ -125,5 +148,58 @@ describe('routing sink', () => {
     );
     assert.ok(!sink.isDown('b'), 'a confirmed probe takes the route back up');
     assert.ok(PROBE_BUDGET_MS <= 1_000);
+  });
+
+  it('is an in-database sink if a route is, and hands the transaction to that route alone', async () => {
+    const claim = { claim: 'transaction' } as unknown as Transaction<Database>;
+    const brokerContexts: SendContext[] = [];
+    const broker: Sink = {
+      name: 'broker',
+      start: async () => {},
+      close: async () => {},
+      sendBatch: async (messages, context, ...more: unknown[]) => {
+        brokerContexts.push(context);
+        assert.equal(more.length, 0, 'a broker sink is given no transaction');
+        return messages.map(() => confirmed);
+      },
+    };
+    const given: unknown[] = [];
+    const jobs: InDatabaseSink = {
+      kind: 'in-database',
+      name: 'jobs',
+      start: async () => {},
+      close: async () => {},
+      sendBatch: async (messages, _context, transaction) => {
+        given.push(transaction);
+        return messages.map(() => confirmed);
+      },
+    };
+    const brokersOnly = createRoutingSink({
+      table,
+      sinks: new Map([
+        ['a', broker],
+        ['b', fakeSink()],
+      ]),
+    });
+    assert.equal(brokersOnly.kind, undefined, 'over broker routes only: a broker sink');
+
+    const mixed = createRoutingSink({
+      table,
+      sinks: new Map<string, Sink | InDatabaseSink>([
+        ['a', broker],
+        ['b', jobs],
+      ]),
+    });
+    assert.ok(mixed.kind === 'in-database', 'an in-database route makes the routing sink in-database');
+    const outcomes = await mixed.sendBatch([message(1, 'a.x'), message(2, 'b.x')], context(1000), claim);
+    assert.deepEqual(
+      outcomes.map((o) => o.status),
+      ['confirmed', 'confirmed'],
+    );
+    assert.deepEqual(given, [claim]);
+    assert.deepEqual(
+      brokerContexts.map((c) => Object.keys(c)),
+      [['deadline']],
+    );
   });
 });

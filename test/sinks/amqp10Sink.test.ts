@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import rhea, { type Connection, type Delivery, type EventContext, type Receiver } from 'rhea';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { createAmqp10Sink } from '../../src/sinks/amqp10Sink.js';
 import type { SendOutcome } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';

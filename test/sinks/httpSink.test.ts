@@ -174,7 +174,7 @@ describe('HTTP sink', () => {
     assert.equal(event.datacontenttype, 'application/json');
     assert.equal(event.correlationid, 'corr-1');
     assert.equal(event.partitionkey, message.key);
-    assert.deepEqual(event.data, message.payload);
+    assert.deepEqual(event.data, JSON.parse(message.payloadJson));
   });
 
   it('reports a 500 as retryable and the 200 of the re-send as confirmed', { timeout: 30_000 }, async () => {

@@ -6,6 +6,9 @@
  * (no abort in the addon at exit).
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
@@ -143,6 +146,65 @@ describe('shardrelay run --sink kafka (one producer per process)', { skip: probl
         assert.equal(received.duplicates, 0, 'each event once');
       } finally {
         await consumer.close();
+      }
+    },
+  );
+
+  it(
+    'a Kafka route inside --routes-file: the worker thread forwards that route to the main thread',
+    { timeout: 180_000 },
+    async () => {
+      // Without forwarding per route, the worker thread would load the Kafka addon itself and fail
+      // to start ("Module did not self-register"); real-time rows would never be sent.
+      const topic = uniqueName('sr_routed');
+      await createTopic(mock.bootstrap, topic);
+      const received = new ReceivedIds();
+      const consumer = await consumeTopic(mock.bootstrap, topic, received);
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'kafka-routes-'));
+      try {
+        const file = path.join(dir, 'routes.json');
+        await writeFile(
+          file,
+          JSON.stringify({
+            sinks: {
+              stream: { type: 'kafka', kafkaBrokers: mock.bootstrap, kafkaTopic: topic },
+              discard: { type: 'null' },
+            },
+            rules: [
+              { match: { topic: 'orders.*' }, sink: 'stream' },
+              { match: { topic: 'audit.*' }, sink: 'discard' },
+            ],
+          }),
+        );
+        const ids = [
+          ...(await enqueue(t.db, syntheticEvents(1_000, { topic: 'orders.bulk', lane: 'batch' }))),
+          ...(await enqueue(
+            t.db,
+            syntheticEvents(REALTIME_ROWS, { topic: 'orders.urgent', lane: 'realtime' }),
+          )),
+        ].map((e) => e.eventId);
+        const audit = await enqueue(t.db, syntheticEvents(200, { topic: 'audit.trail', lane: 'realtime' }));
+        const child = spawnCli(['run', '--routes-file', file], { DATABASE_URL: t.url });
+        const done = collect(child);
+        try {
+          await received.waitForAll(ids, 120_000);
+        } finally {
+          child.kill('SIGTERM');
+        }
+        const result = await done;
+        assert.equal(result.code, 0, `exit 0 after SIGTERM: ${result.stderr.slice(-2000)}`);
+        assert.doesNotMatch(result.stdout + result.stderr, /self-register/);
+        assert.equal(received.duplicates, 0, 'each event once');
+        assert.equal(received.counts.size, ids.length, 'exactly the routed event ids');
+        // The other route ran beside it, in both threads.
+        const auditIds = audit.map((e) => e.eventId);
+        const { rows } = await sql<{ n: number }>`
+          SELECT count(*)::int AS n FROM shardrelay.events
+           WHERE event_id = ANY(${auditIds}::uuid[]) AND status = 'sent'`.execute(t.db);
+        assert.equal(rows[0]?.n, auditIds.length, 'the null route sent its rows too');
+      } finally {
+        await consumer.close();
+        await rm(dir, { recursive: true, force: true });
       }
     },
   );

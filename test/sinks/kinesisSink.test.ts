@@ -14,7 +14,7 @@ import {
   PutRecordsCommand,
 } from '@aws-sdk/client-kinesis';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { createKinesisSink, type KinesisApi } from '../../src/sinks/kinesisSink.js';
 import type { SendOutcome } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';

@@ -16,7 +16,7 @@ function message(topic: string, n: number): OutboxMessage {
     eventId: crypto.randomUUID(),
     topic,
     key: null,
-    payload: { n },
+    payloadJson: JSON.stringify({ n }),
     headers: {},
     correlationId: null,
     traceparent: null,
@@ -47,7 +47,7 @@ describe('pg-boss queue creation from several processes at once', () => {
             t.db
               .transaction()
               .execute((trx) =>
-                sink.sendBatch([message(topic, n++)], { transaction: trx, deadline: Date.now() + 30_000 }),
+                sink.sendBatch([message(topic, n++)], { deadline: Date.now() + 30_000 }, trx),
               ),
           ),
         ),

@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import amqp from 'amqplib';
 import { connect } from 'nats';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
 import { createJetStreamSink } from '../../src/sinks/jetStreamSink.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';

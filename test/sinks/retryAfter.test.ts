@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
-import { runBatch } from '../../src/relay/batchRunner.js';
+import { deliverBatch } from '../../src/relay/deliverBatch.js';
 import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
 import { decideCompletions } from '../../src/relay/completionPolicy.js';
 import { parseRetryAfter } from '../../src/sinks/retryAfter.js';
@@ -54,7 +54,7 @@ describe('Retry-After', () => {
       t.db,
       Array.from({ length: n }, (_, i) => ({ topic: 'throttled', payload: { i } })),
     );
-    const result = await runBatch(t.db, sink, 0, 1, 'batch', {
+    const result = await deliverBatch(t.db, sink, 0, 1, 'batch', {
       lanePredicate: DEFAULT_LANE_PREDICATE,
       batchSize: 100,
       retry: { maxAttempts: 10, baseMs: 100, capMs },
@@ -110,7 +110,7 @@ describe('Retry-After', () => {
       eventId: `00000000-0000-4000-8000-${id.padStart(12, '0')}`,
       topic: 't',
       key: null,
-      payload: {},
+      payloadJson: '{}',
       headers: {},
       correlationId: null,
       traceparent: null,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { runCli } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';

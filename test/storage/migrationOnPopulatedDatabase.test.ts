@@ -6,7 +6,7 @@ import pg from 'pg';
 import { createDatabase, createPool } from '../../src/db/connection.js';
 import { migrateToLatest, ShardRelayMigrationProvider } from '../../src/db/migrate.js';
 import type { Database } from '../../src/db/schema.js';
-import { startRelay } from '../../src/relay/relay.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import { createPgBossSink } from '../../src/sinks/pgBossSink.js';
 import { testConfig } from '../support/relayConfig.js';
 

@@ -8,7 +8,7 @@ import { Socket } from 'node:net';
 import type { Kysely } from 'kysely';
 import { pino, type Logger } from 'pino';
 import type { Database } from '../../src/db/schema.js';
-import type { OutboxMessage, SendOutcome, Sink } from '../../src/sinks/sink.js';
+import type { OutboxMessage, RelaySink, SendOutcome } from '../../src/sinks/sink.js';
 
 export const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 export const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222';
@@ -52,41 +52,65 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${randomBytes(4).toString('hex')}`;
 }
 
+/** A message's fields, and `payload` as a value: it becomes `payloadJson` as a claim would give it. */
+export type MessageShape = Partial<OutboxMessage> & { readonly payload?: unknown };
+
 /** `count` distinct messages; `shape` can vary any field by index. */
 export function outboxMessages(
   count: number,
-  shape: (index: number) => Partial<OutboxMessage> = () => ({}),
+  shape: (index: number) => MessageShape = () => ({}),
 ): OutboxMessage[] {
   const createdAt = new Date();
-  return Array.from({ length: count }, (_, index) => ({
-    id: String(index + 1),
-    eventId: randomUUID(),
-    topic: 'orders.created',
-    key: `customer-${index % 7}`,
-    payload: { index, amount: index * 3, note: 'test' },
-    headers: {},
-    correlationId: null,
-    traceparent: null,
-    lane: 'batch' as const,
-    createdAt,
-    attempts: 0,
-    ...shape(index),
-  }));
+  return Array.from({ length: count }, (_, index) => {
+    const { payload, ...fields } = shape(index);
+    return {
+      id: String(index + 1),
+      eventId: randomUUID(),
+      topic: 'orders.created',
+      key: `customer-${index % 7}`,
+      payloadJson: payloadText(payload === undefined ? { index, amount: index * 3, note: 'test' } : payload),
+      headers: {},
+      correlationId: null,
+      traceparent: null,
+      lane: 'batch' as const,
+      createdAt,
+      attempts: 0,
+      ...fields,
+    };
+  });
 }
 
 /**
- * Sends a batch the way the relay does: inside a claim transaction (which broker sinks must not
- * use) with a deadline `deadlineMs` from now.
+ * A value's JSON text as PostgreSQL prints a jsonb (`payload::text`): `", "` and `": "` between
+ * members and elements, so the sinks are tested with the text a claim gives them, not JSON.stringify's.
+ */
+export function payloadText(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map((v) => payloadText(v)).join(', ')}]`;
+  if (value !== null && typeof value === 'object') {
+    const members = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => `${JSON.stringify(k)}: ${payloadText(v)}`);
+    return `{${members.join(', ')}}`;
+  }
+  return JSON.stringify(value ?? null);
+}
+
+/**
+ * Sends a batch the way the relay does: inside a claim transaction, handed to an in-database sink
+ * only, with a deadline `deadlineMs` from now.
  */
 export function sendInTransaction(
   db: Kysely<Database>,
-  sink: Sink,
+  sink: RelaySink,
   messages: readonly OutboxMessage[],
   deadlineMs = 30_000,
 ): Promise<SendOutcome[]> {
-  return db
-    .transaction()
-    .execute((transaction) => sink.sendBatch(messages, { transaction, deadline: Date.now() + deadlineMs }));
+  return db.transaction().execute((transaction) => {
+    const context = { deadline: Date.now() + deadlineMs };
+    return sink.kind === 'in-database'
+      ? sink.sendBatch(messages, context, transaction)
+      : sink.sendBatch(messages, context);
+  });
 }
 
 /** Counts the event ids a consumer receives, and resolves waiters once all of a set has arrived. */

@@ -17,6 +17,8 @@ export interface TcpProxy {
   readonly port: number;
   /** Connections accepted so far (clients reconnecting show up here). */
   readonly connectionCount: number;
+  /** Bytes forwarded from clients to the server so far. */
+  readonly clientBytes: number;
   cutAll(): void;
   stall(): void;
   resume(): void;
@@ -27,10 +29,12 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
   const sockets = new Set<net.Socket>();
   let stalled = false;
   let accepted = 0;
+  let clientBytes = 0;
 
   /** Forwards `from` → `to`, pausing `from` while `to` is full (and never resuming during a stall). */
-  function forward(from: net.Socket, to: net.Socket): void {
+  function forward(from: net.Socket, to: net.Socket, counted: boolean): void {
     from.on('data', (chunk: Buffer) => {
+      if (counted) clientBytes += chunk.length;
       if (!to.write(chunk)) from.pause();
     });
     to.on('drain', () => {
@@ -54,8 +58,8 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
       });
       if (stalled) socket.pause();
     }
-    forward(client, upstream);
-    forward(upstream, client);
+    forward(client, upstream, true);
+    forward(upstream, client, false);
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -72,6 +76,9 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     port: address.port,
     get connectionCount() {
       return accepted;
+    },
+    get clientBytes() {
+      return clientBytes;
     },
     cutAll() {
       for (const socket of sockets) socket.destroy();

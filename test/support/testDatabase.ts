@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Kysely } from 'kysely';
 import pg from 'pg';
 import { createDatabase, createPool } from '../../src/db/connection.js';
+import { migrateToLatest } from '../../src/db/migrate.js';
 import type { Database } from '../../src/db/schema.js';
 import { leakedConnections, type LeakedConnection } from './connectionLeaks.js';
 
@@ -53,12 +54,12 @@ function register(name: string): void {
   writeFileSync(path.join(registry, name), path.resolve(process.argv[1] ?? 'unknown'));
 }
 
-async function createNamed(name: string, template: string): Promise<void> {
+async function createNamed(name: string, template: string, options = ''): Promise<void> {
   register(name);
   const admin = new pg.Client(adminUrl());
   await admin.connect();
   try {
-    await admin.query(`CREATE DATABASE ${name} TEMPLATE ${template}`);
+    await admin.query(`CREATE DATABASE ${name} TEMPLATE ${template} ${options}`);
   } finally {
     await admin.end();
   }
@@ -98,6 +99,30 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
     async close() {
       await db.destroy();
       // Kysely ends the pool only if it ever ran a query through it; a test may use the pool alone.
+      if (!pool.ended) await pool.end();
+      await assertNoLeakedConnections(name);
+    },
+  };
+}
+
+/**
+ * A fresh database in another server encoding than the template's UTF-8 (e.g. WIN1252, as legacy
+ * Windows installations have), migrated from scratch; closed like `createTestDatabase`'s.
+ */
+export async function createTestDatabaseWithEncoding(label: string, encoding: string): Promise<TestDatabase> {
+  const name = uniqueName(label);
+  await createNamed(name, 'template0', `ENCODING '${encoding}' LC_COLLATE 'C' LC_CTYPE 'C'`);
+  const url = databaseUrl(name);
+  const pool = createPool({ connectionString: url, max: 4, applicationName: 'test' });
+  const db = createDatabase(pool);
+  await migrateToLatest(db);
+  return {
+    url,
+    name,
+    db,
+    pool,
+    async close() {
+      await db.destroy();
       if (!pool.ended) await pool.end();
       await assertNoLeakedConnections(name);
     },

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { backoffDelayMs } from '../../src/relay/backoff.js';
+import { backoffDelayMs } from '../../src/backoff.js';
 import type { ClaimedMessage } from '../../src/relay/claims.js';
 import { decideCompletions } from '../../src/relay/completionPolicy.js';
 import { confirmed, permanent, retryable, unknown } from '../../src/sinks/sink.js';
@@ -10,7 +10,7 @@ const message = (id: string, attempts: number, maxAttempts: number | null = null
   eventId: `00000000-0000-4000-8000-${id.padStart(12, '0')}`,
   topic: 't',
   key: null,
-  payload: {},
+  payloadJson: '{}',
   headers: {},
   correlationId: null,
   traceparent: null,

@@ -19,14 +19,10 @@ import {
   retryable,
   unknown,
   type OutboxMessage,
-  type SendContext,
   type SendOutcome,
   type Sink,
 } from '../../src/sinks/sink.js';
 import { outboxMessages } from '../support/brokers.js';
-
-// Broker sinks never touch the claim transaction; these tests give none.
-const NO_TX = {} as SendContext['transaction'];
 
 const channels: MessageChannel[] = [];
 afterEach(() => {
@@ -72,7 +68,7 @@ describe('forwarding sink', () => {
       [confirmed, retryable('busy', 500), permanent('too large'), unknown('timed out')][i % 4] as SendOutcome;
     const { sink, received } = forwarding((send) => answerForwardedSend(fakeSink(mixed), send));
     const messages = outboxMessages(8);
-    const outcomes = await sink.sendBatch(messages, { transaction: NO_TX, deadline: Date.now() + 5_000 });
+    const outcomes = await sink.sendBatch(messages, { deadline: Date.now() + 5_000 });
     assert.deepEqual(outcomes, messages.map(mixed));
     assert.equal(received.length, 1);
     assert.deepEqual(received[0]?.messages, messages, 'the messages arrive whole (dates included)');
@@ -81,7 +77,7 @@ describe('forwarding sink', () => {
   it('makes outcomes not back by the deadline unknown', async () => {
     const { sink } = forwarding(() => null);
     const started = Date.now();
-    const outcomes = await sink.sendBatch(outboxMessages(3), { transaction: NO_TX, deadline: started + 150 });
+    const outcomes = await sink.sendBatch(outboxMessages(3), { deadline: started + 150 });
     assert.ok(Date.now() - started < 2_000, 'it did not wait past the deadline');
     assert.deepEqual(
       outcomes.map((o) => o.status),
@@ -91,7 +87,7 @@ describe('forwarding sink', () => {
 
   it('makes pending and later sends unknown once the other thread is gone', async () => {
     const { sink, channel } = forwarding(() => null);
-    const pending = sink.sendBatch(outboxMessages(2), { transaction: NO_TX, deadline: Date.now() + 30_000 });
+    const pending = sink.sendBatch(outboxMessages(2), { deadline: Date.now() + 30_000 });
     setTimeout(() => channel.port2.close(), 50);
     const started = Date.now();
     const outcomes = await pending;
@@ -101,7 +97,6 @@ describe('forwarding sink', () => {
       ['unknown', 'unknown'],
     );
     const later = await sink.sendBatch(outboxMessages(1), {
-      transaction: NO_TX,
       deadline: Date.now() + 30_000,
     });
     assert.equal(later[0]?.status, 'unknown');
@@ -115,7 +110,6 @@ describe('forwarding sink', () => {
       ),
     );
     const outcomes = await sink.sendBatch(outboxMessages(2), {
-      transaction: NO_TX,
       deadline: Date.now() + 5_000,
       mayContinue: () => false,
     });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { OwnershipFence, withdraws } from '../../src/relay/ownershipFence.js';
 import { RealtimeOwnership } from '../../src/relay/realtimeOwnership.js';
 
 const config = (generation: string, shardCount = 12) => ({ generation, shardCount });
@@ -90,6 +91,44 @@ describe('real-time worker ownership', () => {
     ownership.receive({ generation: '3', shards: [1], validUntil: clock.now + 3_000 });
     await ownership.release();
     assert.equal(ownership.holds(1), false);
+  });
+
+  it('a withdrawal fenced by the main thread stops holding at once, before its message arrives', async () => {
+    const clock = { now: 1_000_000 };
+    const mainFence = new OwnershipFence();
+    // The worker's view of the same shared memory, as it gets it through workerData.
+    const ownership = new RealtimeOwnership(() => clock.now, new OwnershipFence(mainFence.buffer));
+    const held = { generation: '3', shards: [1, 5], validUntil: clock.now + 3_000 };
+    ownership.receive({ ...held, fence: mainFence.value });
+    await ownership.refresh(config('3'));
+    assert.equal(ownership.holds(1), true);
+
+    // A renewal moves the deadline: nothing is let go of, no fence, still held meanwhile.
+    const renewed = { ...held, validUntil: clock.now + 4_000 };
+    assert.equal(withdraws(held, renewed), false);
+    // The main thread steps back: it fences before it posts; the message is still on its way.
+    const steppedBack = { generation: '3', shards: [], validUntil: 0 };
+    assert.equal(withdraws(renewed, steppedBack), true);
+    mainFence.withdraw();
+    assert.equal(ownership.holds(1), false, 'held nothing from the fence on');
+    assert.equal(ownership.holds(5), false);
+    ownership.receive({ ...steppedBack, fence: mainFence.value });
+    assert.equal(ownership.holds(1), false);
+
+    // Back: the new list, posted under the current fence, is held again.
+    ownership.receive({ ...held, validUntil: clock.now + 3_000, fence: mainFence.value });
+    assert.equal(ownership.holds(1), true);
+    // Giving one shard back fences the other too until the list arrives (a tick follows it).
+    assert.equal(withdraws(held, { ...held, shards: [1] }), true);
+    mainFence.withdraw();
+    assert.equal(ownership.holds(1), false);
+    assert.equal(
+      ownership.receive({ ...held, shards: [1], fence: mainFence.value }),
+      true,
+      'asks for a tick',
+    );
+    assert.equal(ownership.holds(1), true);
+    assert.equal(withdraws(held, { ...held, generation: '4' }), true, 'a new generation lets go of the old');
   });
 
   it('a list without expiry (an ownership with no leases) stays held', async () => {

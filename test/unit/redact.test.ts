@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
-import { redact } from '../../src/redact.js';
+import { maskSecrets, redact } from '../../src/redact.js';
 
 describe('redact', () => {
   const cases: [string, string, string][] = [
@@ -45,6 +45,17 @@ describe('redact', () => {
     const url = 'postgres://u:p%40ss-w0rd@h/db?password=Other-S3cret';
     const out = redact('auth failed (p@ss-w0rd, Other-S3cret) for p%40ss-w0rd', url);
     assert.equal(out, 'auth failed (***, ***) for ***');
+  });
+
+  it('masks given secrets (a SASL password, an AWS key) wherever they occur, longest first; skips empty ones', () => {
+    const out = maskSecrets('login ab failed: key abcd, session abcd-TOKEN, again ab', [
+      'ab',
+      '',
+      undefined,
+      'abcd-TOKEN',
+    ]);
+    assert.equal(out, 'login *** failed: key ***cd, session ***, again ***');
+    assert.equal(maskSecrets('nothing to hide', [undefined, '']), 'nothing to hide');
   });
 
   it('masks every log line of the relay logger', () => {

@@ -98,4 +98,48 @@ describe('ShardLoop', () => {
     assert.equal(batches.calls.length, 1);
     assert.equal(loop.state, 'stopped');
   });
+  it('gathering: after a partial batch the next starts gatherMs after it began; full batches go at once', async () => {
+    const batches = controlledBatches();
+    const started: number[] = [];
+    const loop = new ShardLoop({
+      runBatch: () => {
+        started.push(performance.now());
+        return batches.runBatch();
+      },
+      onError: () => {},
+      errorBackoffMs: () => 10,
+      gatherMs: 80,
+    });
+    loop.trigger();
+    await batches.nextCall(1);
+    loop.trigger(); // a NOTIFY during the batch
+    batches.calls[0]?.(false); // partial: the re-run waits
+    await batches.nextCall(2);
+    assert.ok(
+      (started[1] ?? 0) - (started[0] ?? 0) >= 79,
+      `re-run after ${(started[1] ?? 0) - (started[0] ?? 0)} ms`,
+    );
+    batches.calls[1]?.(true); // full: the next goes at once
+    await batches.nextCall(3);
+    assert.ok((started[2] ?? 0) - (started[1] ?? 0) < 60, 'a full batch re-runs without gathering');
+    batches.calls[2]?.(false);
+    await tick();
+    await tick();
+    assert.equal(loop.state, 'idle');
+    // A wake-up long after the last batch starts at once.
+    await new Promise((r) => setTimeout(r, 100));
+    const woken = performance.now();
+    loop.trigger();
+    await batches.nextCall(4);
+    assert.ok((started[3] ?? 0) - woken < 60, 'an idle loop woken late is not delayed');
+    batches.calls[3]?.(false);
+    // stop() ends a gathering wait at once, without running the batch.
+    loop.trigger();
+    const stopping = performance.now();
+    await tick();
+    await loop.stop();
+    assert.ok(performance.now() - stopping < 60, 'stop() cut the wait short');
+    assert.equal(batches.calls.length, 4);
+    assert.equal(loop.state, 'stopped');
+  });
 });

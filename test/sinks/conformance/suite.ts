@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { CANARY_TOPIC } from '../../../src/observability/canary.js';
-import type { OutboxMessage, SendOutcome, Sink } from '../../../src/sinks/sink.js';
+import type { OutboxMessage, RelaySink, SendOutcome } from '../../../src/sinks/sink.js';
 import { captureLog, outboxMessages, sendInTransaction, type CapturedLog } from '../../support/brokers.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcpProxy.js';
 import { createTestDatabase, type TestDatabase } from '../../support/testDatabase.js';
@@ -83,7 +83,7 @@ export async function runConformance(target: ConformanceTarget): Promise<void> {
     return d.endpoint ?? live().endpoint;
   }
 
-  function sinkFor(d: Destination, via: Endpoint, secret = live().secret): Sink {
+  function sinkFor(d: Destination, via: Endpoint, secret = live().secret): RelaySink {
     const capture = captureLog();
     logs.push(capture);
     const sink = d.createSink({ via, log: capture.log, secret });
@@ -91,7 +91,7 @@ export async function runConformance(target: ConformanceTarget): Promise<void> {
     return sink;
   }
 
-  async function send(sink: Sink, messages: readonly OutboxMessage[], deadlineMs = 30_000) {
+  async function send(sink: RelaySink, messages: readonly OutboxMessage[], deadlineMs = 30_000) {
     const outcomes = await sendInTransaction(t.db, sink, messages, deadlineMs);
     assert.equal(outcomes.length, messages.length, 'one outcome per message');
     for (const o of outcomes) if (o.status !== 'confirmed') texts.push(o.error);
@@ -102,7 +102,7 @@ export async function runConformance(target: ConformanceTarget): Promise<void> {
    * Sends `messages` until each is confirmed, as the relay would: a message failed retryable or
    * unknown goes again with the same event id after a short back-off.
    */
-  async function sendUntilConfirmed(sink: Sink, messages: readonly OutboxMessage[]): Promise<void> {
+  async function sendUntilConfirmed(sink: RelaySink, messages: readonly OutboxMessage[]): Promise<void> {
     let pending = [...messages];
     const history: Record<string, number>[] = [];
     for (let round = 1; round <= RESEND_ROUNDS && pending.length > 0; round++) {

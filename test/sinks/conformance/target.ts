@@ -40,7 +40,7 @@
  * CI fails instead of passing without having run.
  */
 import type { Logger } from 'pino';
-import type { Sink } from '../../../src/sinks/sink.js';
+import type { RelaySink } from '../../../src/sinks/sink.js';
 import type { ReceivedIds } from '../../support/brokers.js';
 
 /** A TCP address on loopback: the broker's own, or the suite's proxy in front of it. */
@@ -82,7 +82,7 @@ export interface Destination {
    */
   readonly received: ReceivedIds;
   /** Builds a sink (not started) that sends this destination's topics to `request.via`. */
-  createSink(request: SinkRequest): Sink;
+  createSink(request: SinkRequest): RelaySink;
   /** Stops the consumer and deletes what `destination()` created. */
   close(): Promise<void>;
 }
