@@ -9,24 +9,24 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AmqpBench } from './amqp.js';
-import { killAllChildren, useCompiledChildren } from './child.js';
-import { compileForChildren } from './compile.js';
-import { writeRecoveryChart } from './chart.js';
-import { BenchDatabase } from './database.js';
-import { plannedRuns, runSchedule, type ScheduleOutcome } from './driver.js';
-import { describeMachine, finishMachine, type MachineInfo } from './machine.js';
-import { parseOptions, type BenchOptions } from './options.js';
+import { AmqpBench } from './harness/amqp.js';
+import { killAllChildren, useCompiledChildren } from './harness/child.js';
+import { compileForChildren } from './harness/compile.js';
+import { writeRecoveryChart } from './harness/chart.js';
+import { BenchDatabase } from './harness/database.js';
+import { plannedRuns, runSchedule, type ScheduleOutcome } from './harness/driver.js';
+import { describeMachine, finishMachine, type MachineInfo } from './harness/machine.js';
+import { parseOptions, type BenchOptions } from './harness/options.js';
 import type { PhaseContext } from './phases/context.js';
 import { EXTERNAL_SCENARIOS, runExternal, scenarioPresent, type ExternalResult } from './phases/external.js';
 import type { TimelinePoint } from './phases/recovery.js';
 import { runRelayDrain } from './phases/relayDrain.js';
 import { runSoak } from './phases/soak.js';
-import { createProgress, type Progress } from './progress.js';
-import { markdown, summarise, type BenchReport } from './report.js';
-import { PHASES, type RunResult } from './results.js';
-import { median } from './stats.js';
-import { evaluateTargets } from './targets.js';
+import { createProgress, type Progress } from './harness/progress.js';
+import { markdown, summarise, type BenchReport } from './harness/report.js';
+import { PHASES, type RunResult } from './harness/results.js';
+import { median } from './harness/stats.js';
+import { evaluateTargets } from './harness/targets.js';
 
 /** Past the budget by this much, the bench stops its processes and reports what it has. */
 const HARD_STOP_GRACE_MS = 60_000;
@@ -54,7 +54,7 @@ async function main(): Promise<number> {
   });
   try {
     let rabbitMqProblem: string | undefined;
-    const needsRabbit = ['relay-rabbitmq', 'confirm-pipelining'] as const;
+    const needsRabbit = ['relay-rabbitmq', 'confirm-pipelining', 'ordering'] as const;
     if (needsRabbit.some((p) => options.phases.has(p)) || options.rssBacklogRows !== undefined) {
       const opened = await AmqpBench.open(options.amqpUrl).catch((error: unknown) => String(error));
       if (typeof opened === 'string') {
@@ -68,7 +68,9 @@ async function main(): Promise<number> {
     );
     const context: PhaseContext = { options, database, amqp, log: (line) => progress.log(line) };
     if (database.postgresCpuIsShared) {
-      progress.log('PostgreSQL CPU covers the whole DATABASE_URL server, other databases included');
+      progress.log(
+        'PostgreSQL CPU: backends of the bench database and the server background processes (other databases left out)',
+      );
     }
 
     // The budget is kept by estimate (driver.ts); this is the backstop for a run that hangs.
@@ -175,7 +177,12 @@ async function runSpecial(context: PhaseContext, progress: Progress): Promise<Sc
     try {
       const result = await run();
       outcome.results.push(result);
-      progress.log(`${phase}: ${Math.round(result.rowsPerSec)} rows/s, peak RSS ${result.peakRssMb} MB`);
+      const memory = (result.detail?.memoryMb ?? {}) as Record<string, number | undefined>;
+      progress.log(
+        `${phase}: ${Math.round(result.rowsPerSec)} rows/s, peak RSS ${result.peakRssMb} MB, ` +
+          `V8 heap used / reserved ${memory.peakHeapUsed ?? '?'} / ${memory.peakHeapTotal ?? '?'} MB, ` +
+          `external ${memory.peakExternal ?? '?'} MB`,
+      );
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       outcome.failures.push({ phase, round: 1, error: message });

@@ -1,7 +1,7 @@
 /** What every phase is given by the driver. */
-import type { AmqpBench } from '../amqp.js';
-import type { BenchDatabase } from '../database.js';
-import type { BenchOptions } from '../options.js';
+import type { AmqpBench } from '../harness/amqp.js';
+import type { BenchDatabase } from '../harness/database.js';
+import type { BenchOptions } from '../harness/options.js';
 
 export interface PhaseContext {
   readonly options: BenchOptions;

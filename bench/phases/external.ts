@@ -1,7 +1,7 @@
 /**
  * Phase 7: scenarios that live in their own files, written with their own issues — the lane
- * scenario (bench/laneLatency.ts, `runLaneLatencyBench(options)`) and the confirm-pipelining
- * scenario (bench/confirmPipelining.ts, `runConfirmPipeliningBench(options)`). Each runs once,
+ * scenario (bench/studies/laneLatency.ts, `runLaneLatencyBench(options)`) and the confirm-pipelining
+ * scenario (bench/studies/confirmPipelining.ts, `runConfirmPipeliningBench(options)`). Each runs once,
  * after the rounds, when its file exists; it is loaded by path at run time so that the bench
  * builds and runs without it. Whatever it returns goes into the JSON as is.
  */
@@ -10,7 +10,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { PhaseContext } from './context.js';
 
 export interface ExternalScenario {
-  readonly phase: 'lanes' | 'confirm-pipelining' | 'activemq' | 'broker-sinks';
+  readonly phase: 'lanes' | 'confirm-pipelining' | 'activemq' | 'broker-sinks' | 'ordering';
   readonly file: string;
   readonly exportName: string;
   /** The export that turns the result into the lines the bench prints. */
@@ -26,20 +26,24 @@ export interface ExternalScenario {
 export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
   {
     phase: 'lanes',
-    file: 'laneLatency.ts',
+    file: 'studies/laneLatency.ts',
     exportName: 'runLaneLatencyBench',
     formatName: 'formatLaneReport',
     needsRabbitMq: false,
-    estimateMs: (quick) => (quick ? 45_000 : 120_000),
-    // The sizes of laneLatency.ts's own --quick.
+    estimateMs: (quick) => (quick ? 45_000 : 240_000),
+    // The sizes of laneLatency.ts's own --quick. A full run also measures the settings that were
+    // the defaults before issue 14 (8 connections per lane, no gathering), interleaved, so that
+    // the report carries its own before/after.
     options: ({ database, options }) => ({
       databaseUrl: database.url,
-      ...(options.quick ? { backlogRows: 50_000, durationSeconds: 5 } : {}),
+      ...(options.quick
+        ? { backlogRows: 50_000, durationSeconds: 5 }
+        : { compareArgs: ['--connections-per-lane', '8', '--batch-gather-ms', '0'] }),
     }),
   },
   {
     phase: 'confirm-pipelining',
-    file: 'confirmPipelining.ts',
+    file: 'studies/confirmPipelining.ts',
     exportName: 'runConfirmPipeliningBench',
     formatName: 'formatConfirmPipelining',
     needsRabbitMq: true,
@@ -47,10 +51,10 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     options: ({ amqp, options }) => ({ amqpUrl: amqp?.url ?? options.amqpUrl }),
   },
   {
-    // The STOMP sink through a throw-away ActiveMQ (bench/activemq.ts): the seed scenario, rows/s
+    // The STOMP sink through a throw-away ActiveMQ (bench/phases/activemq.ts): the seed scenario, rows/s
     // with receipts, CPU against the null sink. Measured: about 60 s in a full run.
     phase: 'activemq',
-    file: 'activemq.ts',
+    file: 'phases/activemq.ts',
     exportName: 'runActiveMqBench',
     formatName: 'formatActiveMqReport',
     needsRabbitMq: false,
@@ -59,7 +63,7 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
   },
   {
     phase: 'broker-sinks',
-    file: 'brokerSinks.ts',
+    file: 'phases/brokerSinks.ts',
     exportName: 'runBrokerSinksBench',
     formatName: 'formatBrokerSinks',
     // It starts its own brokers (AMQP 1.0 node, Kafka mock, kinesalite).
@@ -67,6 +71,20 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     // Four drains of up to 50,000 rows with their latency windows, and three broker starts.
     estimateMs: (quick) => (quick ? 90_000 : 240_000),
     // It runs the relay drain phase itself, so it needs the whole context.
+    options: (context) => ({ context }),
+  },
+  {
+    // Per-key ordering on and off, 100 keys and one key holding half the rows (phases/ordering.ts).
+    phase: 'ordering',
+    file: 'phases/ordering.ts',
+    exportName: 'runOrderingBench',
+    formatName: 'formatOrderingReport',
+    // RabbitMQ when it answers, else the null sink (the report says which).
+    needsRabbitMq: false,
+    // Eight drains of 3,000 rows (quick) or 10,000; the skewed ones with ordering on are the
+    // slowest (5,000 rows took 28 s each on RabbitMQ at load 17-18; the whole quick run of 5,000
+    // rows 112 s).
+    estimateMs: (quick) => (quick ? 90_000 : 180_000),
     options: (context) => ({ context }),
   },
 ];

@@ -8,10 +8,10 @@
  * Both sides first drain a small warm-up backlog, untimed (see warmupRows): the relay in
  * production is a long-running process, and a cold one spends its first batches compiling.
  */
-import { BenchChild } from '../child.js';
-import { CpuWindow } from '../cpuWindow.js';
-import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../results.js';
-import type { FloorMode } from '../ipc.js';
+import { BenchChild } from '../harness/child.js';
+import { CpuWindow } from '../harness/cpuWindow.js';
+import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../harness/results.js';
+import type { FloorMode } from '../harness/ipc.js';
 import type { PhaseContext } from './context.js';
 
 const PHASE_OF: Readonly<Record<FloorMode, string>> = {

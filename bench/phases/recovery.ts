@@ -9,11 +9,11 @@
  * baseline + one batch) — the lag moves in steps of a batch, so a tighter bound would measure
  * batch boundaries, not recovery.
  */
-import { CpuWindow, type CpuSpent } from '../cpuWindow.js';
-import { insertSpike, LoadGenerator } from '../loadGenerator.js';
-import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../results.js';
-import { rate, Sampler, type Sample } from '../sampler.js';
-import { percentile } from '../stats.js';
+import { CpuWindow, type CpuSpent } from '../harness/cpuWindow.js';
+import { insertSpike, LoadGenerator } from '../harness/loadGenerator.js';
+import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../harness/results.js';
+import { rate, Sampler, type Sample } from '../harness/sampler.js';
+import { percentile } from '../harness/stats.js';
 import { sleep, type PhaseContext } from './context.js';
 import { problemsOf, startRelayChild } from './relayChild.js';
 

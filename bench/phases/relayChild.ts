@@ -1,14 +1,24 @@
 /** Starts a relay process (relayProcess.ts) with the bench's settings, idle until rows arrive. */
-import { BenchChild } from '../child.js';
-import type { ChildUsage, RelayStart, SinkKind } from '../ipc.js';
-import { mb } from '../results.js';
+import { BenchChild } from '../harness/child.js';
+import type { ChildUsage, RelayStart, SinkKind } from '../harness/ipc.js';
+import { mb } from '../harness/results.js';
 import type { PhaseContext } from './context.js';
 
 export async function startRelayChild(
   context: PhaseContext,
   sink: SinkKind,
   extra: Partial<
-    Pick<RelayStart, 'stompUrl' | 'stompDestination' | 'batchSize' | 'settings' | 'sentRetention'>
+    Pick<
+      RelayStart,
+      | 'stompUrl'
+      | 'stompDestination'
+      | 'stompTransactions'
+      | 'stompConnections'
+      | 'stompConnectionsPerBatch'
+      | 'batchSize'
+      | 'settings'
+      | 'sentRetention'
+    >
   > = {},
 ): Promise<BenchChild> {
   const { options, database, amqp } = context;
@@ -25,6 +35,10 @@ export async function startRelayChild(
         batchSize: options.batchSize,
         connections: options.connections,
         ...extra,
+        settings: {
+          ...(options.batchGatherMs !== undefined ? { batchGatherMs: String(options.batchGatherMs) } : {}),
+          ...extra.settings,
+        },
       },
       120_000,
     );

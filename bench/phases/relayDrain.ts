@@ -10,11 +10,11 @@
  * latency of a drained backlog is only the time rows queued behind each other): `--latency-rate`
  * rows/s, or 40% of the rate the relay just drained at when that is lower.
  */
-import { CpuWindow, type MeasuredBroker } from '../cpuWindow.js';
-import type { Percentiles } from '../database.js';
-import type { RelayStart, SinkKind } from '../ipc.js';
-import { LoadGenerator } from '../loadGenerator.js';
-import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../results.js';
+import { CpuWindow, type MeasuredBroker } from '../harness/cpuWindow.js';
+import type { Percentiles } from '../harness/database.js';
+import type { RelayStart, SinkKind } from '../harness/ipc.js';
+import { LoadGenerator } from '../harness/loadGenerator.js';
+import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../harness/results.js';
 import { sleep, type PhaseContext } from './context.js';
 import { drainTimeoutMs, warmupRows } from './floor.js';
 import { memoryOf, problemsOf, startRelayChild } from './relayChild.js';

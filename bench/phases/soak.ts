@@ -9,11 +9,11 @@
  * 2-6, and the outbox grows ≤ 5% over the last 10 minutes. The sent record grows until the
  * retention window is full, then stays flat; it is reported beside the outbox.
  */
-import { CpuWindow } from '../cpuWindow.js';
-import { LoadGenerator } from '../loadGenerator.js';
-import { cpuPer1k, mb, otherCores, rowsPerBatch, per1k, type RunResult } from '../results.js';
-import { Sampler } from '../sampler.js';
-import { median } from '../stats.js';
+import { CpuWindow } from '../harness/cpuWindow.js';
+import { LoadGenerator } from '../harness/loadGenerator.js';
+import { cpuPer1k, mb, otherCores, rowsPerBatch, per1k, type RunResult } from '../harness/results.js';
+import { Sampler } from '../harness/sampler.js';
+import { median } from '../harness/stats.js';
 import { sleep, type PhaseContext } from './context.js';
 import { problemsOf, startRelayChild } from './relayChild.js';
 import { runSustainable } from './sustainable.js';

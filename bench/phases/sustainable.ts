@@ -9,10 +9,10 @@
  * batch (the lag moves in steps of a batch). The load generator shares the machine (and PostgreSQL) with the relay, so a step whose
  * offered rate the generator could not even insert ends the phase too, with the reason.
  */
-import { CpuWindow, type CpuSpent } from '../cpuWindow.js';
-import { LoadGenerator } from '../loadGenerator.js';
-import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../results.js';
-import { meanLag, rate, Sampler } from '../sampler.js';
+import { CpuWindow, type CpuSpent } from '../harness/cpuWindow.js';
+import { LoadGenerator } from '../harness/loadGenerator.js';
+import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../harness/results.js';
+import { meanLag, rate, Sampler } from '../harness/sampler.js';
 import { sleep, type PhaseContext } from './context.js';
 import { problemsOf, startRelayChild } from './relayChild.js';
 

@@ -9,7 +9,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, View } from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
-import type { TimelinePoint } from './phases/recovery.js';
+import type { TimelinePoint } from '../phases/recovery.js';
 
 export interface RecoveryChart {
   readonly title: string;

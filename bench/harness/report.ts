@@ -6,7 +6,7 @@
  */
 import type { Percentiles } from './database.js';
 import type { MachineInfo } from './machine.js';
-import type { ExternalResult } from './phases/external.js';
+import type { ExternalResult } from '../phases/external.js';
 import type { RunResult } from './results.js';
 import { max, median, min, round } from './stats.js';
 import type { TargetResult } from './targets.js';

@@ -15,7 +15,7 @@ import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BUILD_DIR = path.join(ROOT, 'bench', 'results', 'build');
 const SOURCE_DIRS = ['src', 'bench'];
 

@@ -4,7 +4,7 @@
  * machine — the noise of a shared machine.
  */
 import type { BenchChild } from './child.js';
-import type { BenchDatabase } from './database.js';
+import { BenchDatabase, type PostgresCpuReading } from './database.js';
 import { machineBusyMs, ownCpuMs } from './processCpu.js';
 
 /** A broker whose CPU a window measures (RabbitMQ's AmqpBench, the broker sinks' test brokers). */
@@ -31,7 +31,7 @@ export interface CpuSpent {
 interface Snapshot {
   readonly wall: number;
   readonly child: number;
-  readonly postgres: number;
+  readonly postgres: PostgresCpuReading;
   readonly broker: number;
   readonly driver: number;
   readonly machine: number;
@@ -64,7 +64,7 @@ export class CpuWindow {
     return {
       wall: performance.now(),
       child: usage.cpuUs / 1000,
-      postgres: database.postgresCpuMs(),
+      postgres: await database.postgresCpuReading(),
       broker: broker ? broker.brokerCpuMs() : Number.NaN,
       driver: ownCpuMs(),
       machine: machineBusyMs(),
@@ -77,7 +77,7 @@ export class CpuWindow {
     const end = await CpuWindow.#snapshot(this.child, this.database, this.broker);
     const wallMs = end.wall - this.start.wall;
     const childMs = end.child - this.start.child;
-    const postgresMs = end.postgres - this.start.postgres;
+    const postgresMs = BenchDatabase.postgresCpuSpentMs(this.start.postgres, end.postgres);
     const brokerMs = end.broker - this.start.broker;
     const driverMs = end.driver - this.start.driver;
     const machineMs = end.machine - this.start.machine;

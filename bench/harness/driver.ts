@@ -8,12 +8,12 @@
  * The time budget is kept by estimate: a run that would end past `deadline` is skipped and
  * reported as skipped, so the bench always ends with a table.
  */
-import { runFloor } from './phases/floor.js';
+import { runFloor } from '../phases/floor.js';
 import type { BenchOptions } from './options.js';
-import type { PhaseContext } from './phases/context.js';
-import { runRecovery } from './phases/recovery.js';
-import { runRelayDrain } from './phases/relayDrain.js';
-import { runSustainable } from './phases/sustainable.js';
+import type { PhaseContext } from '../phases/context.js';
+import { runRecovery } from '../phases/recovery.js';
+import { runRelayDrain } from '../phases/relayDrain.js';
+import { runSustainable } from '../phases/sustainable.js';
 import type { Progress } from './progress.js';
 import {
   DRAIN_PHASES,

@@ -9,15 +9,15 @@
  * relay and PostgreSQL, so their CPU is reported apart.
  */
 import rhea, { type EventContext } from 'rhea';
-import { startAmqp10Broker } from '../test/brokers/amqp10Broker.js';
-import { startKafkaMock } from '../test/brokers/kafkaMock.js';
-import { startKinesalite } from '../test/brokers/kinesalite.js';
-import type { MeasuredBroker } from './cpuWindow.js';
-import type { SinkKind } from './ipc.js';
-import type { PhaseContext } from './phases/context.js';
-import { runRelayDrain } from './phases/relayDrain.js';
-import { processTreeCpuMs } from './processCpu.js';
-import type { RunResult } from './results.js';
+import { startAmqp10Broker } from '../../test/brokers/amqp10Broker.js';
+import { startKafkaMock } from '../../test/brokers/kafkaMock.js';
+import { startKinesalite } from '../../test/brokers/kinesalite.js';
+import type { MeasuredBroker } from '../harness/cpuWindow.js';
+import type { SinkKind } from '../harness/ipc.js';
+import type { PhaseContext } from './context.js';
+import { runRelayDrain } from './relayDrain.js';
+import { processTreeCpuMs } from '../harness/processCpu.js';
+import type { RunResult } from '../harness/results.js';
 
 /** Rows per run: enough for a steady rate, few enough to keep the scenario near a minute a sink. */
 const MAX_ROWS = 50_000;

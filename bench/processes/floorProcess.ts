@@ -20,13 +20,13 @@
 import { randomBytes } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import PgBoss from 'pg-boss';
-import { createDatabase, createPool } from '../src/db/connection.js';
-import type { Database } from '../src/db/schema.js';
-import { DEFAULT_LANE_PREDICATE } from '../src/lanes/lanePredicate.js';
-import { CLAIM_SESSION_SETTINGS, claimBatch } from '../src/relay/claims.js';
-import { readShardConfig } from '../src/relay/shardConfig.js';
-import { BENCH_TOPIC } from './database.js';
-import { processUsage, serveRequests, type BenchResponse, type FloorStart } from './ipc.js';
+import { createDatabase, createPool } from '../../src/db/connection.js';
+import type { Database } from '../../src/db/schema.js';
+import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
+import { CLAIM_SESSION_SETTINGS, claimBatch } from '../../src/relay/claims.js';
+import { readShardConfig } from '../../src/relay/shardConfig.js';
+import { BENCH_TOPIC } from '../harness/database.js';
+import { processUsage, serveRequests, type BenchResponse, type FloorStart } from '../harness/ipc.js';
 
 let db: Kysely<Database> | undefined;
 let settings: FloorStart | undefined;

@@ -3,7 +3,7 @@
  * with the `((id % N), id) WHERE status = 'pending'` indexes, with plain partial indexes on `(id)`,
  * and with no pending index at all. The figures in src/db/shardIndex.ts come from this script.
  *
- * Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npx tsx bench/claimIndex.ts [rows]
+ * Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npx tsx bench/studies/claimIndex.ts [rows]
  *
  * Fair on a busy machine: all variants run against the same backlog, interleaved batch by batch,
  * so they share the load, the cache and the dead tuples. Every index exists at once; each variant
@@ -16,13 +16,13 @@
  */
 import { sql, type Kysely, type Transaction } from 'kysely';
 import pg from 'pg';
-import { createDatabase, createPool } from '../src/db/connection.js';
-import { migrateToLatest } from '../src/db/migrate.js';
-import type { Database, Lane } from '../src/db/schema.js';
-import { ensurePendingShardIndexes, pendingShardIndexSql } from '../src/db/shardIndex.js';
-import { DEFAULT_LANE_PREDICATE, laneFilter } from '../src/lanes/lanePredicate.js';
-import { completeBatch } from '../src/relay/claims.js';
-import { assertLoopback } from './database.js';
+import { createDatabase, createPool } from '../../src/db/connection.js';
+import { migrateToLatest } from '../../src/db/migrate.js';
+import type { Database, Lane } from '../../src/db/schema.js';
+import { ensurePendingShardIndexes, pendingShardIndexSql } from '../../src/db/shardIndex.js';
+import { DEFAULT_LANE_PREDICATE, laneFilter } from '../../src/lanes/lanePredicate.js';
+import { completeBatch } from '../../src/relay/claims.js';
+import { assertLoopback } from '../harness/database.js';
 
 const ROWS = Number(process.argv[2] ?? 500_000);
 const N = 16;

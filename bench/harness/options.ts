@@ -4,6 +4,7 @@
  * (see bench/RESULTS.md); the driver also enforces the time budget (main.ts).
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_BATCH_GATHER_MS, defaultConnectionsPerLane } from '../../src/config.js';
 import { EXTERNAL_PHASES, PHASES, type PhaseName } from './results.js';
 
 export interface BenchOptions {
@@ -17,8 +18,10 @@ export interface BenchOptions {
   readonly payloadBytes: number;
   readonly shards: number;
   readonly batchSize: number;
-  /** Connections of the relay's batch lane, and of the floor. */
+  /** Connections of the relay's batch lane, and of the floor; default the relay's own default. */
   readonly connections: number;
+  /** The relay's --batch-gather-ms; default the relay's own default. */
+  readonly batchGatherMs: number | undefined;
   /** Offered load of the latency window after each relay drain, rows/s, and its length. */
   readonly latencyRowsPerSec: number;
   readonly latencyWindowMs: number;
@@ -82,7 +85,21 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     .option('--payload-bytes <n>', 'JSON payload size of a row', positiveInt, 200)
     .option('--shards <n>', 'shard count', positiveInt, 8)
     .option('--batch-size <n>', 'batch size of the relay batch lane and the floor', positiveInt, 1000)
-    .option('--connections <n>', 'connections of the relay batch lane and the floor', positiveInt, 8)
+    .option(
+      '--connections <n>',
+      `connections of the relay batch lane and the floor (default the relay's: ${defaultConnectionsPerLane()} on this machine)`,
+      positiveInt,
+      defaultConnectionsPerLane(),
+    )
+    .option(
+      '--batch-gather-ms <n>',
+      `the relay's --batch-gather-ms (default the relay's, ${DEFAULT_BATCH_GATHER_MS})`,
+      (value: string) => {
+        const n = Number(value);
+        if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number ≥ 0');
+        return n;
+      },
+    )
     .option(
       '--latency-rate <n>',
       'offered rows/s while measuring latency after each drain',
@@ -99,7 +116,7 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     .option('--chart <path>', 'where to write the recovery chart (.svg)', 'bench/results/recovery.svg')
     .option('--database-url <url>', 'a local PostgreSQL server (default: DATABASE_URL, else an embedded one)')
     .option('--amqp-url <url>', 'RabbitMQ (default: AMQP_URL, else amqp://guest:guest@127.0.0.1:5672)')
-    .option('--budget-minutes <n>', 'time budget (default 10, quick 2)', positiveInt)
+    .option('--budget-minutes <n>', 'time budget (default 10, quick 2, soak its minutes + 5)', positiveInt)
     .option('--cpu-prof <dir>', 'write a V8 CPU profile of every relay process into this folder')
     .option(
       '--soak [minutes]',
@@ -120,6 +137,7 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     shards: number;
     batchSize: number;
     connections: number;
+    batchGatherMs?: number;
     latencyRate: number;
     only?: PhaseName[];
     skip?: PhaseName[];
@@ -155,6 +173,7 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     shards: o.shards,
     batchSize: o.batchSize,
     connections: o.connections,
+    batchGatherMs: o.batchGatherMs,
     latencyRowsPerSec: o.latencyRate,
     latencyWindowMs: quick ? 1_000 : 4_000,
     sustainStepMs: quick ? 1_200 : 3_000,
@@ -163,7 +182,10 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     recoverySpikeRows: quick ? 50_000 : 100_000,
     recoveryBaselineMs: quick ? 1_000 : 3_000,
     recoveryMaxMs: 60_000,
-    budgetMs: (o.budgetMinutes ?? (quick ? 2 : 10)) * 60_000,
+    // A soak runs as long as asked, plus its max-sustainable measurement and start-up.
+    budgetMs:
+      (o.budgetMinutes ?? (o.soak !== undefined ? (optionalNumber(o.soak, 30) ?? 30) + 5 : quick ? 2 : 10)) *
+      60_000,
     jsonPath: o.json,
     chartPath: o.chart,
     databaseUrl: o.databaseUrl ?? (env.DATABASE_URL || undefined),

@@ -1,13 +1,17 @@
 /**
- * The relay under test, in a process of its own (started by bench/child.ts). It runs the real
+ * The relay under test, in a process of its own (started by bench/harness/child.ts). It runs the real
  * `startRelay` with the sink the driver asks for and counts what the relay reports through its
  * `onBatch` hook; the driver reads the counters and this process's CPU and peak RSS over IPC.
  */
 import { destination, pino, type Logger } from 'pino';
-import { loadConfig } from '../src/config.js';
-import { startRelay, type Relay } from '../src/relay/relay.js';
-import type { Sink } from '../src/sinks/sink.js';
-import { processUsage, serveRequests, type BenchResponse, type RelayStart } from './ipc.js';
+import { loadConfig } from '../../src/config.js';
+import { limitHeapGrowth } from '../../src/wiring/heapGrowth.js';
+import { startRelay, type Relay } from '../../src/wiring/relay.js';
+import type { Sink } from '../../src/sinks/sink.js';
+import { processUsage, serveRequests, type BenchResponse, type RelayStart } from '../harness/ipc.js';
+
+// The relay under test runs with the heap policy of `shardrelay run` (src/wiring/heapGrowth.ts).
+limitHeapGrowth();
 
 let relay: Relay | undefined;
 let sent = 0;
@@ -57,16 +61,21 @@ function benchLogger(): Logger {
 
 async function createSink(start: RelayStart): Promise<Sink | undefined> {
   if (start.sink === 'stomp') {
-    const { createStompSink } = await import('../src/sinks/stompSink.js');
+    const { createStompSink } = await import('../../src/sinks/stompSink.js');
     if (!start.stompUrl) throw new Error('the stomp sink needs stompUrl');
     return createStompSink({
       url: start.stompUrl,
       ...(start.stompDestination ? { destination: start.stompDestination } : {}),
+      ...(start.stompTransactions === undefined ? {} : { transactions: start.stompTransactions }),
+      ...(start.stompConnections === undefined ? {} : { connections: start.stompConnections }),
+      ...(start.stompConnectionsPerBatch === undefined
+        ? {}
+        : { connectionsPerBatch: start.stompConnectionsPerBatch }),
     });
   }
   if (start.sink !== 'rabbitmq') return undefined; // null and pgboss: the relay builds them from its config
   // Loaded only when asked for, so the other phases do not pay for amqplib.
-  const { createRabbitMqSink } = await import('../src/sinks/rabbitmqSink.js');
+  const { createRabbitMqSink } = await import('../../src/sinks/rabbitmqSink.js');
   return createRabbitMqSink({ url: start.amqpUrl, exchange: start.amqpExchange });
 }
 

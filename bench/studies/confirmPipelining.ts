@@ -11,19 +11,17 @@
  *    only `delayedSample` events are measured and the time is extrapolated linearly (the output
  *    says so); `--full` measures all of them. Pipelined, a batch pays the 20 ms once.
  *
- * Usage: npx tsx bench/confirmPipelining.ts [--json PATH] [--full]
+ * Usage: npx tsx bench/studies/confirmPipelining.ts [--json PATH] [--full]
  * Environment: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672); loopback addresses only.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import amqplib, { type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
-import type { Transaction } from 'kysely';
-import type { Database } from '../src/db/schema.js';
-import { redactUrl } from '../src/errors.js';
-import { encodeBinary, toCloudEvent } from '../src/sinks/cloudEvent.js';
-import { createRabbitMqSink } from '../src/sinks/rabbitmqSink.js';
-import type { OutboxMessage, SendContext, SendOutcome, Sink } from '../src/sinks/sink.js';
+import { redact } from '../../src/redact.js';
+import { encodeBinary } from '../../src/sinks/cloudEvent.js';
+import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
+import type { OutboxMessage, SendContext, SendOutcome, Sink } from '../../src/sinks/sink.js';
 
 export interface ConfirmPipeliningOptions {
   readonly amqpUrl?: string;
@@ -81,7 +79,7 @@ export async function runConfirmPipeliningBench(
 ): Promise<ConfirmPipeliningResult> {
   const url = options.amqpUrl ?? process.env.AMQP_URL ?? DEFAULTS.amqpUrl;
   if (!LOOPBACK.has(new URL(url).hostname)) {
-    throw new Error(`the bench talks to 127.0.0.1 only; AMQP_URL points at ${redactUrl(url)}`);
+    throw new Error(`the bench talks to 127.0.0.1 only; AMQP_URL points at ${redact(url)}`);
   }
   const events = options.events ?? DEFAULTS.events;
   const batchSize = options.batchSize ?? DEFAULTS.batchSize;
@@ -125,7 +123,7 @@ export async function runConfirmPipeliningBench(
     const rawOneByOne = figure(events, events, rawOneByOneMs);
     const delayedOneByOne = figure(events, delayedSample, delayedOneByOneMs);
     return {
-      broker: redactUrl(url),
+      broker: redact(url),
       events,
       batchSize,
       raw: {
@@ -174,7 +172,7 @@ export function withConfirmDelay(inner: Sink, delayMs: number): Sink {
 /** The legacy loop: publish, wait for the confirm, then the next one. */
 async function publishOneByOne(channel: ConfirmChannel, exchange: string, batch: readonly OutboxMessage[]) {
   for (const message of batch) {
-    const { headers, body } = encodeBinary(toCloudEvent(message));
+    const { headers, body } = encodeBinary(message);
     await new Promise<void>((resolve, reject) => {
       channel.publish(
         exchange,
@@ -189,11 +187,7 @@ async function publishOneByOne(channel: ConfirmChannel, exchange: string, batch:
 }
 
 async function sendPipelined(sink: Sink, batch: readonly OutboxMessage[], batchSize: number): Promise<void> {
-  // Broker sinks never touch the claim transaction; the bench has none to give.
-  const context = (): SendContext => ({
-    transaction: undefined as unknown as Transaction<Database>,
-    deadline: Date.now() + 30_000,
-  });
+  const context = (): SendContext => ({ deadline: Date.now() + 30_000 });
   for (let i = 0; i < batch.length; i += batchSize) {
     const outcomes: SendOutcome[] = await sink.sendBatch(batch.slice(i, i + batchSize), context());
     const failed = outcomes.find((o) => o.status !== 'confirmed');
@@ -208,7 +202,7 @@ function messages(count: number): OutboxMessage[] {
     eventId: randomUUID(),
     topic: 'bench.confirm',
     key: null,
-    payload: { index, amount: 42, currency: 'EUR' },
+    payloadJson: JSON.stringify({ index, amount: 42, currency: 'EUR' }),
     headers: {},
     correlationId: null,
     traceparent: null,

@@ -75,10 +75,13 @@ export function evaluateTargets(phases: readonly PhaseSummary[]): TargetResult[]
 
   const rss = phases.filter((p) => p.name.startsWith('rss-backlog'));
   for (const phase of rss) {
+    // Issue 14: 150 MB with the null sink, 180 MB with RabbitMQ (its client and confirms).
+    const sink = phase.name.replace('rss-backlog-', '');
+    const limit = sink === 'rabbitmq' ? 180 : 150;
     targets.push({
-      target: `relay RSS ≤ 200 MB with a 1,000,000-row backlog (${phase.name.replace('rss-backlog-', '')} sink)`,
+      target: `relay RSS ≤ ${limit} MB with a 1,000,000-row backlog (${sink} sink)`,
       measured: `${fmt(phase.peakRssMb ?? Number.NaN)} MB peak`,
-      met: phase.peakRssMb !== null && phase.peakRssMb <= 200,
+      met: phase.peakRssMb !== null && phase.peakRssMb <= limit,
     });
   }
 

@@ -5,15 +5,32 @@
  */
 import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
-import { createDatabase, createPool } from '../src/db/connection.js';
-import { startEmbeddedPostgres } from '../src/db/embeddedPostgres.js';
-import { migrateToLatest } from '../src/db/migrate.js';
-import type { Database } from '../src/db/schema.js';
-import { ensurePendingShardIndexes } from '../src/db/shardIndex.js';
-import { postmasterOf, processTreeCpuMs } from './processCpu.js';
+import { createDatabase, createPool } from '../../src/db/connection.js';
+import { startEmbeddedPostgres } from '../../src/db/embeddedPostgres.js';
+import { migrateToLatest } from '../../src/db/migrate.js';
+import type { Database } from '../../src/db/schema.js';
+import { ensurePendingShardIndexes } from '../../src/db/shardIndex.js';
+import { postmasterOf, processCpuMs, processTreeCpuMs } from './processCpu.js';
 
-/** The database the bench creates on a DATABASE_URL server, so it never truncates real data. */
-const BENCH_DATABASE = 'shardrelay_bench';
+/** A reading of PostgreSQL's CPU: the whole server's, or per process of the bench (see below). */
+export interface PostgresCpuReading {
+  readonly totalMs: number;
+  readonly byPid?: ReadonlyMap<number, number>;
+}
+
+/**
+ * The database the bench creates on a DATABASE_URL server, so it never truncates real data.
+ * SHARDRELAY_BENCH_DATABASE names another one, so that two benches can share one server without
+ * truncating each other's tables.
+ */
+const BENCH_DATABASE = benchDatabaseName(process.env.SHARDRELAY_BENCH_DATABASE);
+
+function benchDatabaseName(given: string | undefined): string {
+  if (!given) return 'shardrelay_bench';
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(given))
+    throw new Error(`SHARDRELAY_BENCH_DATABASE=${given}: use a lower-case SQL identifier`);
+  return given;
+}
 export const BENCH_TOPIC = 'bench.event';
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
@@ -98,12 +115,40 @@ export class BenchDatabase {
     await ensurePendingShardIndexes(this.db, shards);
   }
 
-  /** CPU of the PostgreSQL server so far, ms; NaN when its processes cannot be read. */
-  postgresCpuMs(): number {
-    return this.#postmasterPid === undefined ? Number.NaN : processTreeCpuMs(this.#postmasterPid);
+  /**
+   * CPU of PostgreSQL so far (`postgresCpuSpentMs` takes the difference of two readings).
+   *
+   * Embedded server: the whole server, all its processes (it serves nothing else). A DATABASE_URL
+   * server may serve other work too, so there only the processes that work for the bench count: the
+   * backends connected to the bench's database and the server's background processes (WAL writer,
+   * checkpointer, ...), by pid. Why: on this project's shared 2-core machine other databases' tests
+   * made the whole-server figure of the same phase 16.0 ms per 1,000 rows in one run and 37.6 in
+   * the next (sql-floor-narrow, load average 4-20), which made the "× floor by CPU" column useless.
+   * Not counted: a bench backend that ends inside the window (the phases keep their connections).
+   */
+  async postgresCpuReading(): Promise<PostgresCpuReading> {
+    if (this.#postmasterPid === undefined) return { totalMs: Number.NaN };
+    if (this.kind !== 'DATABASE_URL') return { totalMs: processTreeCpuMs(this.#postmasterPid) };
+    const { rows } = await this.#pool.query<{ pid: number }>(
+      'SELECT pid FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL',
+    );
+    const byPid = new Map<number, number>();
+    for (const { pid } of rows) {
+      const ms = processCpuMs(pid);
+      if (ms !== undefined) byPid.set(pid, ms);
+    }
+    return { totalMs: Number.NaN, byPid };
   }
 
-  /** Whether other databases' work may be in postgresCpuMs (a shared DATABASE_URL server). */
+  /** PostgreSQL CPU between two readings, ms (see postgresCpuReading); NaN when unknown. */
+  static postgresCpuSpentMs(from: PostgresCpuReading, to: PostgresCpuReading): number {
+    if (!from.byPid || !to.byPid) return to.totalMs - from.totalMs;
+    let ms = 0;
+    for (const [pid, now] of to.byPid) ms += now - (from.byPid.get(pid) ?? 0);
+    return ms;
+  }
+
+  /** Whether PostgreSQL's CPU is that of the bench's processes on a shared DATABASE_URL server. */
   get postgresCpuIsShared(): boolean {
     return this.kind === 'DATABASE_URL';
   }

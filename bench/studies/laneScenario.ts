@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { sql, type Kysely } from 'kysely';
-import { createDatabase, createPool } from '../src/db/connection.js';
-import type { Database } from '../src/db/schema.js';
+import { createDatabase, createPool } from '../../src/db/connection.js';
+import type { Database } from '../../src/db/schema.js';
 
 /**
  * The lane scenario: a batch backlog drains while real-time rows arrive at a steady rate. The relay
@@ -39,11 +39,19 @@ export interface LaneScenarioResult {
   readonly batchRowsPerSecond: number | null;
 }
 
-const ENTRY = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+const ENTRY = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
-async function until(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+/** Polls `check`; gives up at the timeout, or at once when the relay exited (`exited()` says how). */
+async function until(
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+  exited: () => string | undefined = () => undefined,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
+    const exit = exited();
+    if (exit !== undefined) throw new Error(`the relay exited (${exit}) while waiting for ${what}`);
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -99,7 +107,14 @@ export async function runLaneScenario(options: LaneScenarioOptions): Promise<Lan
         stdio: ['ignore', 'inherit', 'inherit'],
       },
     );
-    const exited = new Promise<number | null>((resolve) => relay?.on('exit', (code) => resolve(code)));
+    let exit: string | undefined;
+    const exited = new Promise<number | null>((resolve) =>
+      relay?.on('exit', (code, signal) => {
+        exit = `${code ?? signal}`;
+        resolve(code);
+      }),
+    );
+    const relayExit = () => exit;
     // Ready = a real-time probe row went through end to end (worker thread, LISTEN, sink).
     await sql`INSERT INTO shardrelay.outbox (topic, payload, lane) VALUES ('bench.probe', '{}', 'realtime')`.execute(
       db,
@@ -112,14 +127,17 @@ export async function runLaneScenario(options: LaneScenarioOptions): Promise<Lan
           .where('topic', '=', 'bench.probe')
           .where('status', '=', 'pending')
           .executeTakeFirst()),
-      60_000,
+      // The relay compiles its TypeScript as it starts (tsx), twice (the worker thread): on a
+      // loaded 2-core machine (load average 30) that alone took 80 s.
+      240_000,
       'the relay to deliver a real-time probe',
+      relayExit,
     );
     const started = Date.now();
 
     let batchDrainedAt: number | null = options.backlogRows === 0 ? started : null;
     const watchBatch = (async () => {
-      while (batchDrainedAt === null && Date.now() - started < 600_000) {
+      while (batchDrainedAt === null && exit === undefined && Date.now() - started < 600_000) {
         const pending = await db
           .selectFrom('shardrelay.outbox')
           .select('id')
@@ -153,6 +171,7 @@ export async function runLaneScenario(options: LaneScenarioOptions): Promise<Lan
           .executeTakeFirst()),
       60_000,
       'every real-time row to be sent',
+      relayExit,
     );
     await watchBatch;
 

@@ -15,9 +15,14 @@ export interface RelayStart {
   readonly sink: SinkKind;
   readonly amqpUrl: string;
   readonly amqpExchange: string;
-  /** The STOMP sink's broker and destination template (bench/activemq.ts). */
+  /** The STOMP sink's broker and destination template (bench/phases/activemq.ts). */
   readonly stompUrl?: string;
   readonly stompDestination?: string;
+  /** The STOMP sink's transaction per batch (default on, the sink's default). */
+  readonly stompTransactions?: boolean;
+  /** The STOMP sink's connections, and how many of them one batch is spread over. */
+  readonly stompConnections?: number;
+  readonly stompConnectionsPerBatch?: number;
   readonly batchSize: number;
   readonly connections: number;
   /** More relay settings by RelayConfig key (the broker sinks' addresses), as flags would give them. */

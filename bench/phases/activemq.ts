@@ -20,15 +20,15 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { Client } from '@stomp/stompjs';
 import { TCPWrapper } from '@stomp/tcp-wrapper';
-import { activeMqMissing, startActiveMq, type ActiveMq } from '../test/support/activemq.js';
-import { subscribeStomp } from '../test/support/stompSubscriber.js';
-import { startDelayProxy } from './delayProxy.js';
-import type { PhaseContext } from './phases/context.js';
-import { startRelayChild } from './phases/relayChild.js';
-import { runRelayDrain } from './phases/relayDrain.js';
-import { processTreeCpuMs } from './processCpu.js';
-import type { RunResult } from './results.js';
-import { median } from './stats.js';
+import { activeMqMissing, startActiveMq, type ActiveMq } from '../../test/support/activemq.js';
+import { subscribeStomp } from '../../test/support/stompSubscriber.js';
+import { startDelayProxy } from '../harness/delayProxy.js';
+import type { PhaseContext } from './context.js';
+import { startRelayChild } from './relayChild.js';
+import { runRelayDrain } from './relayDrain.js';
+import { processTreeCpuMs } from '../harness/processCpu.js';
+import type { RunResult } from '../harness/results.js';
+import { median } from '../harness/stats.js';
 
 export interface ActiveMqBenchOptions {
   readonly context: PhaseContext;
@@ -48,6 +48,8 @@ export interface ActiveMqBenchOptions {
    * messages/s) does not return within the relay's 10 s send deadline.
    */
   readonly drainBatchSize?: number;
+  /** Also run the seed in every SEED_SHAPES shape. Default true. */
+  readonly seedShapes?: boolean;
 }
 
 export interface ActiveMqBenchResult {
@@ -75,10 +77,22 @@ export interface ActiveMqBenchResult {
    * how much of the seed's time is the broker's store rather than the relay.
    */
   readonly seedPeriodicSyncMs?: { readonly runs: readonly number[]; readonly median: number };
+  /**
+   * The seed again with a receipt per SEND and no transaction (the sink before transactions, and
+   * `--stomp-transactions off`): the broker then syncs its store once per message.
+   */
+  readonly seedPerSendMs?: { readonly runs: readonly number[]; readonly median: number };
+  /** The seed in each SEED_SHAPES shape, same run, interleaved. */
+  readonly seedShapes?: readonly (SeedShape & {
+    readonly runs: readonly number[];
+    readonly median: number;
+  })[];
   readonly stomp?: RunResult;
   readonly null?: RunResult;
   /** Relay CPU per 1,000 rows, STOMP / null. */
   readonly relayCpuRatio?: number | null;
+  /** The relay's CPU with nothing to send, ms per second (idleCpuMsPerSec). */
+  readonly relayIdleCpuMsPerSec?: number;
   readonly consumed?: { readonly unique: number; readonly duplicates: number };
 }
 
@@ -126,11 +140,47 @@ async function naiveJob(host: string, port: number, events: number): Promise<num
   }
 }
 
+/** How the STOMP sink sends in a seed run; what is left out is the sink's default. */
+export interface SeedShape {
+  readonly transactions: boolean;
+  /** The sink's connections. */
+  readonly connections: number;
+  /** Connections one batch is spread over. */
+  readonly perBatch: number;
+}
+
+/**
+ * The shapes the seed is run in, interleaved round by round: one connection per batch (4 in all,
+ * the sink before batches were spread), each batch spread over 1, 2, 4 and 8 connections, in
+ * transactions; and a receipt per SEND, one connection per batch or a batch over 8.
+ */
+const SEED_SHAPES: readonly SeedShape[] = [
+  { transactions: true, connections: 4, perBatch: 1 },
+  ...[1, 2, 4, 8].map((n) => ({ transactions: true, connections: n, perBatch: n })),
+  { transactions: false, connections: 4, perBatch: 1 },
+  { transactions: false, connections: 8, perBatch: 8 },
+];
+
+function shapeName(shape: SeedShape): string {
+  return `${shape.transactions ? 'transactions of 100' : 'a receipt per SEND'}, ${shape.connections} connection(s), ${shape.perBatch} per batch`;
+}
+
 /** One seed run: the relay drains `rows` through the delaying link; ms from commit to last batch. */
-async function seedRun(context: PhaseContext, stompUrl: string, rows: number): Promise<number> {
+async function seedRun(
+  context: PhaseContext,
+  stompUrl: string,
+  rows: number,
+  shape: Partial<SeedShape> = {},
+): Promise<number> {
   const { database, options } = context;
   await database.reset();
-  const child = await startRelayChild(context, 'stomp', { stompUrl, stompDestination: DESTINATION });
+  const child = await startRelayChild(context, 'stomp', {
+    stompUrl,
+    stompDestination: DESTINATION,
+    ...(shape.transactions === undefined ? {} : { stompTransactions: shape.transactions }),
+    ...(shape.connections === undefined ? {} : { stompConnections: shape.connections }),
+    ...(shape.perBatch === undefined ? {} : { stompConnectionsPerBatch: shape.perBatch }),
+  });
   try {
     // Untimed warm-up: the connection, the first claim plans, the JIT.
     await database.loadBacklog(100, options.payloadBytes);
@@ -141,6 +191,25 @@ async function seedRun(context: PhaseContext, stompUrl: string, rows: number): P
     });
     const drained = await child.waitForSent(100 + rows, 60_000, 5);
     return drained.lastBatchAt - startedAt;
+  } finally {
+    await child.stop();
+  }
+}
+
+/**
+ * The relay's CPU while it has nothing to send, ms per second: its timers (lease checks, the
+ * scheduler's ticks, the bench's own sampling). A drain bounded by the broker pays it for longer
+ * than a null-sink drain, per row; the report sets it against both drains.
+ */
+async function idleCpuMsPerSec(context: PhaseContext, stompUrl: string): Promise<number> {
+  await context.database.reset();
+  const child = await startRelayChild(context, 'stomp', { stompUrl, stompDestination: DESTINATION });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    const first = await child.usage();
+    await new Promise((resolve) => setTimeout(resolve, 5_000));
+    const last = await child.usage();
+    return (last.cpuUs - first.cpuUs) / (last.at - first.at);
   } finally {
     await child.stop();
   }
@@ -171,11 +240,41 @@ export async function runActiveMqBench(options: ActiveMqBenchOptions): Promise<A
     const naiveMs = await naiveJob('127.0.0.1', proxy.port, naiveEvents);
     const naiveTotal = (naiveMs * seedRows) / naiveEvents;
     const relayRunsMs: number[] = [];
+    const perSendRuns: number[] = [];
+    const shapeRuns: number[][] = SEED_SHAPES.map(() => []);
+    const through = `stomp://bench:bench@127.0.0.1:${proxy.port}`;
+    // Interleaved, so that a change in the machine's load hits every shape alike.
     for (let run = 0; run < (options.seedRuns ?? 3); run++) {
-      relayRunsMs.push(await seedRun(context, `stomp://bench:bench@127.0.0.1:${proxy.port}`, seedRows));
+      relayRunsMs.push(await seedRun(context, through, seedRows));
+      perSendRuns.push(await seedRun(context, through, seedRows, { transactions: false }));
+      if (options.seedShapes !== false) {
+        for (const [i, shape] of SEED_SHAPES.entries()) {
+          // A run that fails (ActiveMQ stopped answering, seen on a loaded machine) is reported
+          // and left out; the other shapes still run.
+          const ms = await seedRun(context, through, seedRows, shape).catch((error: unknown) => {
+            const lines = broker.output().split('\n');
+            context.log(
+              `activemq: seed round ${run + 1}, ${shapeName(shape)} failed: ${String(error)}; ` +
+                `broker's last lines:\n${lines.slice(-15).join('\n')}`,
+            );
+            return Number.NaN;
+          });
+          if (!Number.isNaN(ms)) (shapeRuns[i] as number[]).push(ms);
+          context.log(`activemq: seed round ${run + 1}, ${shapeName(shape)}: ${ms} ms`);
+        }
+      }
     }
     const relayMs = median(relayRunsMs);
     context.log(`activemq: seed ${seedRows} rows in ${relayMs} ms (naive ${Math.round(naiveTotal)} ms)`);
+    context.log(`activemq: seed with a receipt per SEND, no transaction: ${median(perSendRuns)} ms`);
+    const seedShapes =
+      options.seedShapes === false
+        ? undefined
+        : SEED_SHAPES.map((shape, i) => {
+            const runs = shapeRuns[i] as number[];
+            context.log(`activemq: seed, ${shapeName(shape)}: ${median(runs)} ms (runs ${runs.join(', ')})`);
+            return { ...shape, runs, median: median(runs) };
+          });
 
     const periodic = await startActiveMq({ kahaDb: { journalDiskSyncStrategy: 'periodic' } });
     const periodicRuns: number[] = [];
@@ -210,6 +309,7 @@ export async function runActiveMqBench(options: ActiveMqBenchOptions): Promise<A
       phase: 'relay-null (activemq bench)',
       relayStart: { batchSize: drainBatchSize },
     });
+    const idleMsPerSec = await idleCpuMsPerSec(context, direct);
     const stompCpu = stomp.cpuMsPer1kRows.client;
     const nullCpu = nullRun.cpuMsPer1kRows.client;
     let duplicates = 0;
@@ -230,9 +330,12 @@ export async function runActiveMqBench(options: ActiveMqBenchOptions): Promise<A
         metSpeedup: naiveTotal / relayMs >= 40,
       },
       seedPeriodicSyncMs: { runs: periodicRuns, median: median(periodicRuns) },
+      seedPerSendMs: { runs: perSendRuns, median: median(perSendRuns) },
+      ...(seedShapes ? { seedShapes } : {}),
       stomp,
       null: nullRun,
       relayCpuRatio: stompCpu !== null && nullCpu !== null && nullCpu > 0 ? stompCpu / nullCpu : null,
+      relayIdleCpuMsPerSec: idleMsPerSec,
       consumed: { unique: seen.size, duplicates },
     };
   } finally {
@@ -266,6 +369,17 @@ export function formatActiveMqReport(result: ActiveMqBenchResult): string {
         `${fmt(seed.speedup, 1)}× — target ≤ 500 ms ${seed.metTime ? 'met' : 'NOT met'}, ≥ 40× ${seed.metSpeedup ? 'met' : 'NOT met'}`,
     );
   }
+  if (result.seedPerSendMs) {
+    lines.push(
+      `seed with a receipt per SEND and no transaction (a store sync per message): relay ` +
+        `${fmt(result.seedPerSendMs.median)} ms (runs ${result.seedPerSendMs.runs.map((ms) => fmt(ms)).join(', ')})`,
+    );
+  }
+  for (const shape of result.seedShapes ?? []) {
+    lines.push(
+      `seed, ${shapeName(shape)}: relay ${fmt(shape.median)} ms (runs ${shape.runs.map((ms) => fmt(ms)).join(', ')})`,
+    );
+  }
   if (result.seedPeriodicSyncMs) {
     lines.push(
       `seed with the broker's disk syncs batched (KahaDB journalDiskSyncStrategy=periodic): relay ` +
@@ -287,6 +401,20 @@ export function formatActiveMqReport(result: ActiveMqBenchResult): string {
       `relay → null sink, same backlog: ${fmt(result.null.rowsPerSec)} rows/s; relay CPU per 1,000 rows ` +
         `${fmt(result.null.cpuMsPer1kRows.client)} ms; STOMP / null = ${fmt(result.relayCpuRatio, 2)}× ` +
         `(target ≤ 2×: ${result.relayCpuRatio == null ? 'not measured' : result.relayCpuRatio <= 2 ? 'met' : 'NOT met'})`,
+    );
+  }
+  if (result.relayIdleCpuMsPerSec !== undefined && stomp && result.null) {
+    const idle = result.relayIdleCpuMsPerSec;
+    // ms of idle CPU per 1,000 rows of a drain of that rate: idle ms/s × s per 1,000 rows.
+    const idleOf = (run: RunResult): number => (idle * 1_000) / run.rowsPerSec;
+    const net = (run: RunResult): number | null =>
+      run.cpuMsPer1kRows.client === null ? null : run.cpuMsPer1kRows.client - idleOf(run);
+    const stompNet = net(stomp);
+    const nullNet = net(result.null);
+    lines.push(
+      `relay idle CPU: ${fmt(idle, 1)} ms per second; of that, in the drains' CPU per 1,000 rows: ` +
+        `STOMP ${fmt(idleOf(stomp))} ms, null ${fmt(idleOf(result.null))} ms; net of it ` +
+        `STOMP / null = ${stompNet !== null && nullNet !== null && nullNet > 0 ? fmt(stompNet / nullNet, 2) : 'n/a'}× (an estimate)`,
     );
   }
   if (result.consumed) {

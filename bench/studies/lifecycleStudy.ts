@@ -1,5 +1,5 @@
 /**
- * The row-lifecycle study (`npx tsx bench/lifecycleStudy.ts [rows] [rounds]`): which life a row
+ * The row-lifecycle study (`npx tsx bench/studies/lifecycleStudy.ts [rows] [rounds]`): which life a row
  * should have after its broker confirm, measured, not guessed. Every candidate drains the same
  * backlog with the relay's shape of work: 8 shards, 8 connections, batch 1,000, a claim
  * `FOR UPDATE SKIP LOCKED` through the partial expression index `((id % 8), id) WHERE status =

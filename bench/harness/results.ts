@@ -11,7 +11,13 @@ export const DRAIN_PHASES = [
   'relay-rabbitmq',
 ] as const;
 export const LOAD_PHASES = ['max-sustainable', 'recovery'] as const;
-export const EXTERNAL_PHASES = ['lanes', 'confirm-pipelining', 'activemq', 'broker-sinks'] as const;
+export const EXTERNAL_PHASES = [
+  'lanes',
+  'confirm-pipelining',
+  'activemq',
+  'broker-sinks',
+  'ordering',
+] as const;
 export const PHASES = [...DRAIN_PHASES, ...LOAD_PHASES, ...EXTERNAL_PHASES] as const;
 export type PhaseName = (typeof PHASES)[number];
 

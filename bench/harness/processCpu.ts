@@ -74,6 +74,12 @@ export function processTreeCpuMs(...rootPids: readonly number[]): number {
   return ticks * MS_PER_TICK;
 }
 
+/** CPU time of one process (not its children), ms; undefined when it has exited. */
+export function processCpuMs(pid: number): number | undefined {
+  const stat = readStat(pid);
+  return stat ? stat.own * MS_PER_TICK : undefined;
+}
+
 /** Processes whose command name is `command` (e.g. `beam.smp`, RabbitMQ's Erlang VM). */
 export function processesNamed(command: string): number[] {
   return allPids().filter((pid) => readStat(pid)?.command === command);

@@ -14,7 +14,10 @@ import type {
   ResponseEnvelope,
 } from './ipc.js';
 
-const SOURCES = { relay: 'bench/relayProcess.ts', floor: 'bench/floorProcess.ts' } as const;
+const SOURCES = {
+  relay: 'bench/processes/relayProcess.ts',
+  floor: 'bench/processes/floorProcess.ts',
+} as const;
 type ChildKind = keyof typeof SOURCES;
 
 /**
@@ -23,7 +26,7 @@ type ChildKind = keyof typeof SOURCES;
  * compile.ts for why), run by plain Node.
  */
 let locate = (kind: ChildKind) => ({
-  script: fileURLToPath(new URL(`../${SOURCES[kind]}`, import.meta.url)),
+  script: fileURLToPath(new URL(`../../${SOURCES[kind]}`, import.meta.url)),
   execArgv: process.execArgv,
 });
 
