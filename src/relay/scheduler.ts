@@ -65,9 +65,17 @@ export interface SchedulerOptions {
  * of the new generation start, so a batch claimed under `id % 8` is completed before `id % 16`
  * claims begin on this replica.
  */
+/** A shard's loop in one lane; `retired` turns true the moment the scheduler stops it. */
+interface LoopEntry {
+  readonly shard: number;
+  readonly lane: Lane;
+  readonly loop: ShardLoop;
+  readonly retired: { now: boolean };
+}
+
 export class Scheduler {
   readonly #options: SchedulerOptions;
-  readonly #loops = new Map<string, { shard: number; lane: Lane; loop: ShardLoop }>();
+  readonly #loops = new Map<string, LoopEntry>();
   #config: ShardConfig | undefined;
   #task: ScheduledTask | undefined;
   #ticking: Promise<void> | undefined;
@@ -154,7 +162,10 @@ export class Scheduler {
 
   async #tick(): Promise<void> {
     const config = await readShardConfig(this.#options.db);
+    /** Set when this tick switches to a new shard count: how long its in-flight batches took. */
+    let switched: { readonly from: number; readonly seenAt: number; readonly inFlightMs: number } | undefined;
     if (this.#config && this.#config.generation !== config.generation) {
+      const seenAt = performance.now();
       this.#options.logger.info(
         { from: this.#config.shardCount, to: config.shardCount, generation: config.generation },
         'shard count changed; finishing in-flight batches before switching',
@@ -163,6 +174,11 @@ export class Scheduler {
       // (heldShards): its shard numbers mean other rows now. The refresh below sets the new ones.
       this.#owned = [];
       await this.#stopLoops([...this.#loops.keys()]);
+      switched = {
+        from: this.#config.shardCount,
+        seenAt,
+        inFlightMs: Math.round(performance.now() - seenAt),
+      };
     }
     // Also on the first tick: the count may have changed while no replica ran.
     if (this.#config?.generation !== config.generation) this.#buildIndexes(config.shardCount);
@@ -171,6 +187,20 @@ export class Scheduler {
     const owned = await this.#options.ownership.refresh(config);
     this.#owned = owned;
     this.#ownedGeneration = config.generation;
+    if (switched)
+      // The switch's two parts apart: the in-flight batches (as long as a batch takes, by design)
+      // and the rest (the refresh that announces the new generation), for an operator timing a
+      // change and for the shard-count test, which bounds each.
+      this.#options.logger.info(
+        {
+          from: switched.from,
+          to: config.shardCount,
+          generation: config.generation,
+          inFlightMs: switched.inFlightMs,
+          switchMs: Math.round(performance.now() - switched.seenAt),
+        },
+        'switched to the new shard count',
+      );
     const wanted = new Set<string>();
     const created = new Set<string>();
     for (const shard of owned) {
@@ -178,7 +208,13 @@ export class Scheduler {
         const key = `${shard}:${lane.lane}`;
         wanted.add(key);
         if (!this.#loops.has(key)) {
-          this.#loops.set(key, { shard, lane: lane.lane, loop: this.#newLoop(shard, lane) });
+          const retired = { now: false };
+          this.#loops.set(key, {
+            shard,
+            lane: lane.lane,
+            loop: this.#newLoop(shard, lane, retired),
+            retired,
+          });
           created.add(key);
         }
       }
@@ -233,7 +269,7 @@ export class Scheduler {
     );
   }
 
-  #newLoop(shard: number, lane: LaneRunner): ShardLoop {
+  #newLoop(shard: number, lane: LaneRunner, retired: { readonly now: boolean }): ShardLoop {
     const shardCount = this.#config?.shardCount ?? 1;
     return new ShardLoop({
       // Asked before every batch, not only per tick, and again right before the claim (a batch
@@ -241,7 +277,10 @@ export class Scheduler {
       // lapsed (it was paused, its heartbeats failed) claims nothing until a refresh re-validates it.
       runBatch: () => {
         const ownership = this.#options.ownership;
-        const holds = () => ownership.holds?.(shard) !== false;
+        // A retired loop (its shard given away, or a new shard count) starts no batch: one that
+        // waited for a pooled connection when the loop was stopped would otherwise claim a whole
+        // batch of a shard number that is no longer ours, and the switch would wait for it.
+        const holds = () => !retired.now && ownership.holds?.(shard) !== false;
         const leaseUnexpired = () => ownership.leaseUnexpired?.(shard) !== false;
         return holds()
           ? lane.runShardBatch(shard, shardCount, { mayClaim: holds, mayKeepSending: leaseUnexpired })
@@ -260,6 +299,7 @@ export class Scheduler {
   async #stopLoops(keys: readonly string[]): Promise<void> {
     const stopping = keys.map((key) => {
       const entry = this.#loops.get(key);
+      if (entry) entry.retired.now = true;
       this.#loops.delete(key);
       return entry?.loop.stop();
     });

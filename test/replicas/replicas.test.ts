@@ -315,7 +315,8 @@ describe('changing the shard count by migration while replicas run', () => {
   before(async () => {
     t = await createTestDatabase('replica_shard_count');
     dir = await mkdtemp(path.join(os.tmpdir(), 'shardrelay-migrations-'));
-    replicas = new ReplicaProcesses({ DATABASE_URL: t.url }, [
+    // At info, each replica logs how long a switch of the shard count took, in-flight batches apart.
+    replicas = new ReplicaProcesses({ DATABASE_URL: t.url, SHARDRELAY_LOG_LEVEL: 'info' }, [
       '--sink',
       'pgboss',
       '--connections-per-lane',
@@ -409,16 +410,29 @@ describe('changing the shard count by migration while replicas run', () => {
           20,
         );
         const switchSeconds = Math.round(performance.now() - committedAt) / 1000;
+        let switches: SwitchLog[] = [];
+        await replicas.waitFor(`every replica's switch to generation ${now} logged`, async () => {
+          switches = started.flatMap((p) => switchLogged(p.stderr(), now));
+          return switches.length === started.length;
+        });
+        const inFlightSeconds = Math.max(...switches.map((s) => s.inFlightMs)) / 1000;
         await replicas.waitFor(`${count} shards divided ${split.join('/')}`, async () =>
           isDivided(await leasePicture(t.db), split),
         );
         console.log(
           `# ${count} shards: migration transaction <= ${migrationMs} ms (lock timeout ${LOCK_TIMEOUT_MS} ms), ` +
             `${rows[0]?.pending} rows pending at the change, all replicas on generation ${now} ` +
-            `${switchSeconds} s after the commit`,
+            `${switchSeconds} s after the commit; in-flight batches finished in ` +
+            `${switches.map((s) => s.inFlightMs).join('/')} ms, switches took ${switches.map((s) => s.switchMs).join('/')} ms`,
         );
         assert.ok(migrationMs < LOCK_TIMEOUT_MS, `the migration waited ${migrationMs} ms`);
-        assert.ok(switchSeconds <= 2 * TICK_SECONDS, `switched within 2 ticks (${switchSeconds} s)`);
+        // The README's promise: each replica lets its in-flight batches finish (as long as a batch
+        // takes), then switches within a tick or two. Seen in CI at load 10-16: 2.85 s in all,
+        // against a bound of 2 s that left the batches out.
+        assert.ok(
+          switchSeconds <= 2 * TICK_SECONDS + inFlightSeconds,
+          `switched within 2 ticks of its in-flight batches (${switchSeconds} s, in-flight ${inFlightSeconds} s)`,
+        );
       }
 
       let enqueued = initial + (await load.stop());
@@ -747,3 +761,24 @@ describe('duplicate and stale replicas', () => {
     },
   );
 });
+
+/** A replica's log line 'switched to the new shard count' (scheduler.ts), at info. */
+interface SwitchLog {
+  readonly generation: string;
+  readonly inFlightMs: number;
+  readonly switchMs: number;
+}
+
+/**
+ * The main thread's switch to `generation` in a replica's JSON log, or nothing while it has not
+ * logged it. The main thread's heartbeat announces the generation; the real-time worker thread
+ * (`"thread":"realtime"`) logs its own switch, which the announcement does not wait for.
+ */
+function switchLogged(log: string, generation: string): SwitchLog[] {
+  for (const line of log.split('\n')) {
+    if (!line.includes('switched to the new shard count')) continue;
+    const entry = JSON.parse(line) as SwitchLog & { readonly thread?: string };
+    if (entry.thread === undefined && String(entry.generation) === String(generation)) return [entry];
+  }
+  return [];
+}
