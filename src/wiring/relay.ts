@@ -21,9 +21,18 @@ import { holdOrderingMode, type OrderingModeHold } from '../relay/orderingMode.j
 import { OutboxListener } from '../relay/outboxListener.js';
 import { isPoolCheckoutTimeout, poolWaitReporter } from '../relay/poolWait.js';
 import { logBatchProblems } from '../relay/problemLog.js';
+import { retryWakeDelays } from '../relay/retryWakes.js';
 import { Scheduler, type LaneRunner } from '../relay/scheduler.js';
 import { ShardLeases } from '../relay/shardLeases.js';
 import type { ShardOwnership } from '../relay/shardOwnership.js';
+
+/**
+ * A retried row is claimed at most this long after its retry is due (relay/retryWakes.ts), with at
+ * most RETRY_WAKES_PER_BATCH timers per batch: a batch's retries share one attempt count and spread
+ * over [delay/2, delay] by the jitter, 10 wakes for the default first retry of 1 s.
+ */
+const RETRY_WAKE_SPACING_MS = 50;
+const RETRY_WAKES_PER_BATCH = 20;
 
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
@@ -263,7 +272,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
           return { full: false };
         }
         if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);
-        if (ordering) wakeAtFirstRetry(shard, lane, result);
+        wakeAtRetries(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result);
         return { full: result.claimed >= batchSize };
@@ -272,16 +281,16 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   });
 
   /**
-   * Ordering on: a failed keyed row holds its key's later rows until its retry is due; wake the
-   * shard's loop then, rather than at the next tick (up to `tickSeconds` later for every failure of
-   * every key). One timer per batch with retries, at its earliest retry.
+   * A failed row is claimed again when its retry is due, not at the next tick's poll (up to
+   * `tickSeconds` later). With ordering on it matters more: the row holds its key's later rows
+   * until then. A loop already running folds a wake in. Timers: relay/retryWakes.ts.
    */
-  const wakeAtFirstRetry = (shard: number, lane: Lane, result: BatchResult) => {
-    let first = Number.POSITIVE_INFINITY;
-    for (const p of result.problems) if (p.retryInMs !== undefined) first = Math.min(first, p.retryInMs);
-    if (!Number.isFinite(first)) return;
+  const wakeAtRetries = (shard: number, lane: Lane, result: BatchResult) => {
+    const delays = result.problems.flatMap((p) => (p.retryInMs === undefined ? [] : [p.retryInMs]));
+    if (delays.length === 0) return;
     // A few ms late: available_at is stamped at the completion, after this batch's send.
-    setTimeout(() => scheduler.wake([shard], lane), first + 5).unref();
+    for (const ms of retryWakeDelays(delays, RETRY_WAKE_SPACING_MS, RETRY_WAKES_PER_BATCH))
+      setTimeout(() => scheduler.wake([shard], lane), ms + 5).unref();
   };
 
   const checkDrained = async () => {

@@ -138,4 +138,65 @@ describe('retries and dead letters', () => {
       .executeTakeFirstOrThrow();
     assert.equal(dead.n, 0, 'replayed rows were delivered');
   });
+  it(
+    'a failed row is claimed again when its retry is due, not at the next tick',
+    { timeout: 60_000 },
+    async () => {
+      await t.db.deleteFrom('shardrelay.outbox').execute();
+      await t.db.deleteFrom('shardrelay.sent_event').execute();
+      /** Per event: when each attempt reached the sink (performance.now()). The first is refused. */
+      const attempts = new Map<string, number[]>();
+      let confirmedCount = 0;
+      let allConfirmed: () => void = () => {};
+      const done = new Promise<void>((resolve) => (allConfirmed = resolve));
+      const sink: Sink = {
+        name: 'refuses-once',
+        start: async () => {},
+        close: async () => {},
+        sendBatch: async (messages) =>
+          messages.map((m) => {
+            const seen = attempts.get(m.eventId) ?? [];
+            seen.push(performance.now());
+            attempts.set(m.eventId, seen);
+            if (seen.length === 1) return retryable('broker said no: try again');
+            if (++confirmedCount === 40) allConfirmed();
+            return confirmed;
+          }),
+      };
+      // Ticks 30 s apart: a retry that waited for the tick's poll would wait up to 30 s (15 s on
+      // average); the retry itself is due 200-400 ms after the failure (jitter in [cap/2, cap]).
+      const config = testConfig(t.url, {
+        retryBaseMs: 400,
+        retryCapMs: 400,
+        tickSeconds: 30,
+        realtimeTickSeconds: 30,
+      });
+      const relay = await startRelay({ config, sink });
+      try {
+        await enqueue(
+          t.db,
+          Array.from({ length: 40 }, (_, i) => ({ topic: 't', payload: { i } })),
+        );
+        await done;
+      } finally {
+        await relay.stop();
+      }
+      const left = await t.db.selectFrom('shardrelay.outbox').select('id').execute();
+      assert.deepEqual(left, [], 'every row was sent');
+      assert.equal(attempts.size, 40);
+      const waits = [...attempts.values()].map((a) => {
+        assert.equal(a.length, 2, 'refused once, then confirmed');
+        return (a[1] as number) - (a[0] as number);
+      });
+      const longest = Math.max(...waits);
+      console.log(
+        `# retry waits: shortest ${Math.round(Math.min(...waits))} ms, longest ${Math.round(longest)} ms`,
+      );
+      // The retry's delay plus the completion and a claim: well under a second, far from a tick.
+      assert.ok(
+        longest < 400 + 1_500,
+        `every retry was claimed when due (longest wait ${Math.round(longest)} ms)`,
+      );
+    },
+  );
 });
