@@ -126,7 +126,9 @@ describe('canaries through pg-boss', { timeout: 180_000 }, () => {
 
   it('a canary that does not come back within 3 intervals is logged and its latency gauge rises', async () => {
     await relay?.stop();
-    // A sink whose broker never confirms canaries (an unknown outcome, retried forever).
+    // A sink whose broker never confirms canaries (an unknown outcome, retried until max_attempts:
+    // 1000 here, since retries are woken when due and the default 10 at 50-100 ms would make the
+    // canary dead within a second, before it is 3 intervals old).
     const blackhole: Sink = {
       name: 'blackhole',
       start: async () => {},
@@ -139,6 +141,7 @@ describe('canaries through pg-boss', { timeout: 180_000 }, () => {
       config: testConfig(t.url, {
         canaryIntervalSeconds: 1,
         metricsPort: 0,
+        maxAttempts: 1000,
         retryBaseMs: 50,
         retryCapMs: 100,
       }),
