@@ -129,6 +129,9 @@ interface CanaryRow {
   last_sent_at: Date | null;
   last_latency_seconds: number | null;
   oldest_outstanding_seconds: number | null;
+  /** Canaries given up (dead) that housekeeping has not deleted yet; bigint, as text. */
+  dead: string;
+  last_error: string | null;
 }
 
 /** Canaries are overdue after this many intervals without coming back. */
@@ -151,6 +154,8 @@ export function createObserver(options: ObserverOptions): Observer {
   let exported = new Set<number>();
   const lastCanary = new Map<string, number>();
   const overdue = new Set<string>();
+  /** Dead canaries per shard and lane at the last observation: a rise is a canary given up. */
+  const deadCanaries = new Map<string, number>();
 
   async function observeOnce(): Promise<void> {
     if (!scheduler?.config) return;
@@ -160,7 +165,7 @@ export function createObserver(options: ObserverOptions): Observer {
       config.canaryIntervalSeconds > 0
         ? (
             await sql<CanaryRow>`
-              SELECT shard, lane, last_sent_at, last_latency_seconds, oldest_outstanding_seconds
+              SELECT shard, lane, last_sent_at, last_latency_seconds, oldest_outstanding_seconds, dead, last_error
                 FROM shardrelay.canaries WHERE shard = ANY(${[...owned]}::integer[])`.execute(db)
           ).rows
         : [];
@@ -195,6 +200,18 @@ export function createObserver(options: ObserverOptions): Observer {
       if (sentAt !== undefined && row.last_latency_seconds !== null && lastCanary.get(key) !== sentAt) {
         lastCanary.set(key, sentAt);
         metrics?.observeCanary(row.shard, row.lane, Math.max(0, row.last_latency_seconds));
+      }
+      // A canary can die before it is overdue (a permanent refusal, or max_attempts spent by quick
+      // retries): not delivered either. Counted from the first observation on; housekeeping's
+      // deletions lower the count and are not reported.
+      const dead = Number(row.dead);
+      const deadBefore = deadCanaries.get(key);
+      deadCanaries.set(key, dead);
+      if (deadBefore !== undefined && dead > deadBefore) {
+        logger.warn(
+          { shard: row.shard, lane: row.lane, given: dead - deadBefore, lastError: row.last_error },
+          'canary event given up (dead) without being delivered: delivery on this shard and lane is broken; lastError says why',
+        );
       }
       const age = row.oldest_outstanding_seconds ?? 0;
       if (age > limit) {

@@ -13,7 +13,7 @@ import { enqueue } from '../../src/enqueue.js';
 import { CANARY_TOPIC } from '../../src/observability/canary.js';
 import { startRelay, type Relay } from '../../src/wiring/relay.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
-import { confirmed, unknown, type Sink } from '../../src/sinks/sink.js';
+import { confirmed, permanent, unknown, type Sink } from '../../src/sinks/sink.js';
 import { AMQP_URL, captureLog, hostAndPort, requireBroker, uniqueName } from '../support/brokers.js';
 import { waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -161,6 +161,29 @@ describe('canaries through pg-boss', { timeout: 180_000 }, () => {
       first > 3 && later > first,
       `canary latency of ${shard} rises while it is missing: ${first} s, then ${later} s`,
     );
+  });
+
+  it('a canary given up (dead) before it is overdue is logged with its error', async () => {
+    await relay?.stop();
+    // The broker refuses canaries for good (say, no queue bound for their routing key): each one is
+    // dead at its first attempt, long before it is 3 intervals old.
+    const refusing: Sink = {
+      name: 'refusing',
+      start: async () => {},
+      close: async () => {},
+      sendBatch: async (messages) =>
+        messages.map((m) => (m.topic === CANARY_TOPIC ? permanent('NO_ROUTE: no queue bound') : confirmed)),
+    };
+    const capture = captureLog();
+    relay = await startRelay({
+      config: testConfig(t.url, { canaryIntervalSeconds: 1, metricsPort: 0 }),
+      sink: refusing,
+      logger: capture.log,
+      observeIntervalMs: 300,
+    });
+    const line = await capture.waitFor('canary event given up (dead) without being delivered', 30_000);
+    assert.ok(Number(line.given) >= 1);
+    assert.match(String(line.lastError), /NO_ROUTE/);
   });
 });
 
