@@ -65,17 +65,9 @@ export interface SchedulerOptions {
  * of the new generation start, so a batch claimed under `id % 8` is completed before `id % 16`
  * claims begin on this replica.
  */
-/** A shard's loop in one lane; `retired` turns true the moment the scheduler stops it. */
-interface LoopEntry {
-  readonly shard: number;
-  readonly lane: Lane;
-  readonly loop: ShardLoop;
-  readonly retired: { now: boolean };
-}
-
 export class Scheduler {
   readonly #options: SchedulerOptions;
-  readonly #loops = new Map<string, LoopEntry>();
+  readonly #loops = new Map<string, { shard: number; lane: Lane; loop: ShardLoop }>();
   #config: ShardConfig | undefined;
   #task: ScheduledTask | undefined;
   #ticking: Promise<void> | undefined;
@@ -208,13 +200,7 @@ export class Scheduler {
         const key = `${shard}:${lane.lane}`;
         wanted.add(key);
         if (!this.#loops.has(key)) {
-          const retired = { now: false };
-          this.#loops.set(key, {
-            shard,
-            lane: lane.lane,
-            loop: this.#newLoop(shard, lane, retired),
-            retired,
-          });
+          this.#loops.set(key, { shard, lane: lane.lane, loop: this.#newLoop(shard, lane) });
           created.add(key);
         }
       }
@@ -269,18 +255,18 @@ export class Scheduler {
     );
   }
 
-  #newLoop(shard: number, lane: LaneRunner, retired: { readonly now: boolean }): ShardLoop {
+  #newLoop(shard: number, lane: LaneRunner): ShardLoop {
     const shardCount = this.#config?.shardCount ?? 1;
     return new ShardLoop({
       // Asked before every batch, not only per tick, and again right before the claim (a batch
       // may wait for a pooled connection, e.g. across a pause): a replica whose lease may have
       // lapsed (it was paused, its heartbeats failed) claims nothing until a refresh re-validates it.
-      runBatch: () => {
+      runBatch: (running) => {
         const ownership = this.#options.ownership;
-        // A retired loop (its shard given away, or a new shard count) starts no batch: one that
+        // A stopped loop (its shard given away, or a new shard count) claims nothing: a batch that
         // waited for a pooled connection when the loop was stopped would otherwise claim a whole
         // batch of a shard number that is no longer ours, and the switch would wait for it.
-        const holds = () => !retired.now && ownership.holds?.(shard) !== false;
+        const holds = () => running() && ownership.holds?.(shard) !== false;
         const leaseUnexpired = () => ownership.leaseUnexpired?.(shard) !== false;
         return holds()
           ? lane.runShardBatch(shard, shardCount, { mayClaim: holds, mayKeepSending: leaseUnexpired })
@@ -299,7 +285,6 @@ export class Scheduler {
   async #stopLoops(keys: readonly string[]): Promise<void> {
     const stopping = keys.map((key) => {
       const entry = this.#loops.get(key);
-      if (entry) entry.retired.now = true;
       this.#loops.delete(key);
       return entry?.loop.stop();
     });

@@ -30,8 +30,12 @@ export const LOOP_STATES = {
 export type LoopState = (typeof LOOP_STATES)[keyof typeof LOOP_STATES];
 
 export interface ShardLoopOptions {
-  /** Runs one batch; answers whether it was full (a full batch means more rows may wait). */
-  readonly runBatch: () => Promise<{ readonly full: boolean }>;
+  /**
+   * Runs one batch; answers whether it was full (a full batch means more rows may wait).
+   * `running()` turns false once stop() is called: a batch that has not claimed yet (say, it waits
+   * for a pooled connection) asks it right before its claim and claims nothing after a stop.
+   */
+  readonly runBatch: (running: () => boolean) => Promise<{ readonly full: boolean }>;
   readonly onError: (error: unknown, consecutiveFailures: number) => void;
   /** Pause after a failed batch before the next trigger may run one, by consecutive failures. */
   readonly errorBackoffMs: (consecutiveFailures: number) => number;
@@ -54,6 +58,8 @@ export class ShardLoop {
   constructor(options: ShardLoopOptions) {
     this.#options = options;
   }
+
+  readonly #running = (): boolean => this.#state === LOOP_STATES.running;
 
   get state(): LoopState {
     return this.#state;
@@ -80,7 +86,7 @@ export class ShardLoop {
       const started = performance.now();
       let full: boolean;
       try {
-        ({ full } = await this.#options.runBatch());
+        ({ full } = await this.#options.runBatch(this.#running));
         this.#failures = 0;
       } catch (error) {
         this.#failures++;

@@ -98,6 +98,25 @@ describe('ShardLoop', () => {
     assert.equal(batches.calls.length, 1);
     assert.equal(loop.state, 'stopped');
   });
+  it('tells the batch in flight that the loop was stopped, so a batch that has not claimed yet claims nothing', async () => {
+    const batches = controlledBatches();
+    let running: (() => boolean) | undefined;
+    const loop = new ShardLoop({
+      runBatch: (isRunning) => {
+        running = isRunning;
+        return batches.runBatch();
+      },
+      onError: () => {},
+      errorBackoffMs: () => 10,
+    });
+    loop.trigger();
+    await batches.nextCall(1);
+    assert.equal(running?.(), true, 'running while not stopped');
+    const stopping = loop.stop();
+    assert.equal(running?.(), false, 'false from the moment stop() is called');
+    batches.calls[0]?.(false);
+    await stopping;
+  });
   it('gathering: after a partial batch the next starts gatherMs after it began; full batches go at once', async () => {
     const batches = controlledBatches();
     const started: number[] = [];
