@@ -13,7 +13,7 @@ import { enqueue } from '../../src/enqueue.js';
 import { CANARY_TOPIC } from '../../src/observability/canary.js';
 import { startRelay, type Relay } from '../../src/wiring/relay.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
-import { confirmed, permanent, unknown, type Sink } from '../../src/sinks/sink.js';
+import { confirmed, permanent, unknown, type SendOutcome, type Sink } from '../../src/sinks/sink.js';
 import { AMQP_URL, captureLog, hostAndPort, requireBroker, uniqueName } from '../support/brokers.js';
 import { waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -129,13 +129,7 @@ describe('canaries through pg-boss', { timeout: 180_000 }, () => {
     // A sink whose broker never confirms canaries (an unknown outcome, retried until max_attempts:
     // 1000 here, since retries are woken when due and the default 10 at 50-100 ms would make the
     // canary dead within a second, before it is 3 intervals old).
-    const blackhole: Sink = {
-      name: 'blackhole',
-      start: async () => {},
-      close: async () => {},
-      sendBatch: async (messages) =>
-        messages.map((m) => (m.topic === CANARY_TOPIC ? unknown('no confirm') : confirmed)),
-    };
+    const blackhole = answeringCanariesWith(unknown('no confirm'));
     const capture = captureLog();
     relay = await startRelay({
       config: testConfig(t.url, {
@@ -167,13 +161,7 @@ describe('canaries through pg-boss', { timeout: 180_000 }, () => {
     await relay?.stop();
     // The broker refuses canaries for good (say, no queue bound for their routing key): each one is
     // dead at its first attempt, long before it is 3 intervals old.
-    const refusing: Sink = {
-      name: 'refusing',
-      start: async () => {},
-      close: async () => {},
-      sendBatch: async (messages) =>
-        messages.map((m) => (m.topic === CANARY_TOPIC ? permanent('NO_ROUTE: no queue bound') : confirmed)),
-    };
+    const refusing = answeringCanariesWith(permanent('NO_ROUTE: no queue bound'));
     const capture = captureLog();
     relay = await startRelay({
       config: testConfig(t.url, { canaryIntervalSeconds: 1, metricsPort: 0 }),
@@ -239,3 +227,13 @@ describe('canaries through RabbitMQ', { skip, timeout: 180_000 }, () => {
     await assertBusinessCounts(t, relay, 40);
   });
 });
+
+/** A sink that confirms business events and answers every canary with `outcome`. */
+function answeringCanariesWith(outcome: SendOutcome): Sink {
+  return {
+    name: 'canary-answering',
+    start: async () => {},
+    close: async () => {},
+    sendBatch: async (messages) => messages.map((m) => (m.topic === CANARY_TOPIC ? outcome : confirmed)),
+  };
+}
