@@ -378,6 +378,7 @@ export class ShardLeases implements ShardOwnership {
     }
 
     const balance = await readBalance(db, this.#me, config);
+    this.#membership.peersPresent = balance.live > 1;
     const share = shareOf(config.shardCount, balance.live, balance.othersMinHeld);
     const waitedMs = performance.now() - this.#generationSeenAt;
     if (balance.otherGenerationLeases > 0 && waitedMs < this.#leaseMs) {

@@ -216,6 +216,47 @@ describe('liveness membership', () => {
     assert.equal(live.times('steppedBack').length, 0);
   });
 
+  it('a member told it is alone runs no peer check; told of a peer, it checks and evicts again', async () => {
+    // Earlier tests' members would evict the peer themselves.
+    for (const earlier of all) earlier.stop();
+    const checkMs = 50;
+    const lone = membership({ peerCheckMs: checkMs });
+    const peer = membership({ peerCheckMs: 60_000 });
+    await lone.m.join();
+    lone.m.peersPresent = false;
+    const lonePid = lone.m.lock?.pid as number;
+    // The lock session's last statement: a check would replace it (and its start) every period.
+    const lastStatement = async () =>
+      (
+        await sql<{ query: string; started: Date }>`
+          SELECT query, query_start AS started FROM pg_stat_activity WHERE pid = ${lonePid}::int`.execute(
+          t.db,
+        )
+      ).rows[0];
+    const before = await lastStatement();
+    await new Promise((resolve) => setTimeout(resolve, 10 * checkMs));
+    assert.deepEqual(
+      await lastStatement(),
+      before,
+      'ten check periods alone: no statement on the lock session',
+    );
+
+    await peer.m.join();
+    await heartbeat(t.db, { instance: peer.instance, replicaId: 'p', lock: peer.m.lock }, generation, 10);
+    const peerPid = peer.m.lock?.pid as number;
+    peer.m.stop();
+    await terminate(peerPid);
+    await new Promise((resolve) => setTimeout(resolve, 4 * checkMs));
+    assert.equal(lone.times('evicted').length, 0, 'still told it is alone: nobody evicted');
+    lone.m.peersPresent = true;
+    await lone.until(() => lone.times('evicted').length > 0, 'the eviction once told of a peer');
+    assert.deepEqual(
+      lone.events.find((e) => e.what === 'evicted')?.evicted?.map((e) => e.instance),
+      [peer.instance],
+    );
+    lone.m.stop();
+  });
+
   it('stop: left for good; a lost session neither steps back nor re-locks', async () => {
     const { m, times } = membership();
     await m.join();
