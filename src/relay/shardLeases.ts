@@ -319,11 +319,14 @@ export class ShardLeases implements ShardOwnership {
     this.#validUntil = 0;
     this.#validUntilWall = 0;
     this.#lastRenewal = undefined;
+    // Tell the real-time worker first (its fence, relay/ownershipFence.ts), then log: the log line's
+    // time is then one after which no batch of ours starts. Logged first, a main thread preempted
+    // between the two (load 12 on 2 cores) let a worker batch start after the line (seen once in CI).
+    this.#options.onChange?.();
     this.#options.logger.warn(
       { reason, shards: [...this.#held].sort((a, b) => a - b) },
       'liveness lock lost; stepping back: no new batch on any shard until the lock is re-taken (peers may take the shards meanwhile)',
     );
-    this.#options.onChange?.();
     this.#options.requestRefresh?.();
   }
 

@@ -112,7 +112,11 @@ describe('a replica killed with SIGKILL under steady load', () => {
   let replicas: ReplicaProcesses;
   before(async () => {
     t = await createTestDatabase('takeover_kill');
-    replicas = new ReplicaProcesses({ DATABASE_URL: t.url }, REPLICA_ARGS);
+    // At info: each survivor's 'took over expired shard leases' line times its part of a takeover.
+    replicas = new ReplicaProcesses(
+      { DATABASE_URL: t.url, SHARDRELAY_LOG_LEVEL: process.env.SHARDRELAY_TEST_REPLICA_LOG_LEVEL ?? 'info' },
+      REPLICA_ARGS,
+    );
     await installSendAudit(t.db);
     await sql`SELECT shardrelay.set_shard_count(${SHARDS}::int)`.execute(t.db);
   });
