@@ -64,6 +64,33 @@ describe('shard leases: liveness lock states', () => {
     ).lock_pid as number;
   const config = { generation: '1', shardCount: 4 };
 
+  it('a replica alone runs no peer check; the refresh that sees a second member turns the checks on', async () => {
+    const solo = leases('solo');
+    assert.deepEqual(await solo.ownership.refresh(config), [0, 1, 2, 3]);
+    const pid = await lockPid(solo.ownership.instance);
+    const lastStatement = async () =>
+      (
+        await sql<{ query: string; started: Date }>`
+          SELECT query, query_start AS started FROM pg_stat_activity WHERE pid = ${pid}::int`.execute(t.db)
+      ).rows[0];
+    const quiet = await lastStatement();
+    await new Promise((resolve) => setTimeout(resolve, 500)); // ten check periods
+    assert.deepEqual(await lastStatement(), quiet, 'alone: no statement on its liveness session');
+
+    const other = leases('other');
+    await other.ownership.refresh(config);
+    await solo.ownership.refresh(config); // its balance sees two live members
+    const deadline = Date.now() + 10_000;
+    let checking = false;
+    while (!checking && Date.now() < deadline) {
+      const now = await lastStatement();
+      checking = now?.started.getTime() !== quiet?.started.getTime();
+      if (!checking) await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.ok(checking, 'with a peer: the checks run on its liveness session again');
+    await Promise.all([solo.ownership.release(), other.ownership.release()]);
+  });
+
   it('starting → member → steppedBack (holds nothing at once) → member (trusts nothing before a refresh)', async () => {
     const a = leases('a');
     assert.equal(a.ownership.state, LEASE_STATES.starting);
