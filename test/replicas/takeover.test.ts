@@ -28,6 +28,7 @@ import {
 } from '../support/replicaHarness.js';
 import { startTcpProxy, type TcpProxy } from '../support/tcpProxy.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
+import { TimedPoll } from '../support/timedPoll.js';
 
 /** Process start-up is not what is measured; on a busy 2-core machine it can take long. */
 const STARTUP_MS = 150_000;
@@ -173,23 +174,9 @@ describe('a replica killed with SIGKILL under steady load', () => {
              AND owner_instance <> ${victim.instance}`.execute(t.db);
         return rows[0]?.taken === victim.shards.length;
       };
-      // How long each of the test's own polls took (two trivial statements): a PostgreSQL that
-      // answers late (a checkpoint, another file's CREATE DATABASE, a saturated machine) slows the
-      // survivors' statements just as much, and that is not the relay's share.
-      let slowestPollMs = 0;
-      await replicas.waitFor(
-        'the victim’s shards are leased by the survivors',
-        async () => {
-          const pollStarted = performance.now();
-          try {
-            return await takenOver();
-          } finally {
-            slowestPollMs = Math.max(slowestPollMs, performance.now() - pollStarted);
-          }
-        },
-        30_000,
-        20,
-      );
+      // How long each of the test's own polls took (two trivial statements): see TimedPoll.
+      const poll = new TimedPoll(takenOver);
+      await replicas.waitFor('the victim’s shards are leased by the survivors', poll.run, 30_000, 20);
       const { rows: taken } = await sql<{ taken: number }>`
         SELECT extract(epoch FROM max(l.acquired_at) - ${killedAt}::timestamptz)::float8 AS taken
           FROM shardrelay.shard_lease l
@@ -255,7 +242,7 @@ describe('a replica killed with SIGKILL under steady load', () => {
       // (a few ms when it answers at once): the survivors' eviction, balance and take-over wait
       // for the same server. Seen once in CI: 0.677 s from the session's end, with nothing but
       // this assertion's message to tell where it went; the breakdown below now says.
-      const takeoverBound = Math.max(TAKEOVER_BOUND_S, sessionEnded + RELAY_SHARE_S + slowestPollMs / 1000);
+      const takeoverBound = Math.max(TAKEOVER_BOUND_S, sessionEnded + RELAY_SHARE_S + poll.slowestMs / 1000);
       const since = (at: number | undefined) =>
         at === undefined ? 'never' : `${((at - killedAt.getTime()) / 1000).toFixed(3)} s`;
       const breakdown = survivors
@@ -265,12 +252,12 @@ describe('a replica killed with SIGKILL under steady load', () => {
             since(logTime(p, /took over expired shard leases/)),
         )
         .join('; ');
-      console.log(`# per survivor: ${breakdown}; the test's slowest poll ${Math.round(slowestPollMs)} ms`);
+      console.log(`# per survivor: ${breakdown}; the test's slowest poll ${Math.round(poll.slowestMs)} ms`);
       assert.ok(
         takeover <= takeoverBound,
         `taken over ${takeover} s after the kill, ${(takeover - sessionEnded).toFixed(3)} s after the ` +
           `session ended (lock seen free ${since(lockFreedAt?.getTime())}; ${breakdown}; the test's ` +
-          `slowest poll ${Math.round(slowestPollMs)} ms; load average ${os.loadavg()[0]?.toFixed(1)})`,
+          `slowest poll ${Math.round(poll.slowestMs)} ms; load average ${os.loadavg()[0]?.toFixed(1)})`,
       );
       assert.ok(firstBatch <= takeoverBound + 0.2, `first claim ${firstBatch} s after the kill`);
       assert.ok(during.n > 100, 'rows arrived on the victim’s shards during the event');
