@@ -321,6 +321,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     });
   const scheduler = new Scheduler({
     db: controlDb,
+    // Connects only while a build runs (a shard-count change), and closes when idle.
+    indexDb: createDatabase(newPool(1, 'index')),
     lanes: laneRunners,
     ownership,
     tickSeconds: config.tickSeconds,
