@@ -21,6 +21,22 @@ function controlledBatches() {
 
 const tick = () => new Promise((r) => setImmediate(r));
 
+/** A loop that gathers for `gatherMs`, recording when each batch started (performance.now()). */
+function gatheringLoop(gatherMs: number) {
+  const batches = controlledBatches();
+  const started: number[] = [];
+  const loop = new ShardLoop({
+    runBatch: () => {
+      started.push(performance.now());
+      return batches.runBatch();
+    },
+    onError: () => {},
+    errorBackoffMs: () => 10,
+    gatherMs,
+  });
+  return { batches, started, loop };
+}
+
 describe('ShardLoop', () => {
   it('never runs two batches at once and folds triggers during a batch into one re-run', async () => {
     const batches = controlledBatches();
@@ -120,17 +136,7 @@ describe('ShardLoop', () => {
   it('gathering never starts a batch early, though timers fire up to ~1.6 ms before performance.now() says', async () => {
     // A timer's clock is the event loop's, in whole milliseconds, read at the turn's start: a
     // 78.6 ms gap of 80 was seen in CI. 100 partial batches with a fractional gatherMs.
-    const batches = controlledBatches();
-    const started: number[] = [];
-    const loop = new ShardLoop({
-      runBatch: () => {
-        started.push(performance.now());
-        return batches.runBatch();
-      },
-      onError: () => {},
-      errorBackoffMs: () => 10,
-      gatherMs: 5.5,
-    });
+    const { batches, started, loop } = gatheringLoop(5.5);
     loop.trigger();
     for (let n = 1; n <= 100; n++) {
       await batches.nextCall(n);
@@ -145,17 +151,7 @@ describe('ShardLoop', () => {
     assert.ok(Math.min(...gaps) >= 5.4, `shortest gap ${Math.min(...gaps).toFixed(3)} ms`);
   });
   it('gathering: after a partial batch the next starts gatherMs after it began; full batches go at once', async () => {
-    const batches = controlledBatches();
-    const started: number[] = [];
-    const loop = new ShardLoop({
-      runBatch: () => {
-        started.push(performance.now());
-        return batches.runBatch();
-      },
-      onError: () => {},
-      errorBackoffMs: () => 10,
-      gatherMs: 80,
-    });
+    const { batches, started, loop } = gatheringLoop(80);
     loop.trigger();
     await batches.nextCall(1);
     loop.trigger(); // a NOTIFY during the batch
