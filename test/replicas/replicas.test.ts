@@ -502,7 +502,7 @@ describe('changing the shard count by migration while replicas run', () => {
     'a migration that cannot get the shard_config row gives up after its lock timeout, retryably',
     { timeout: 60_000 },
     async () => {
-      // Whatever the scenario before left unapplied (all of it unless it failed midway) goes in
+      // Whatever the scenario before left unapplied (nothing, unless it failed midway) goes in
       // first, so that this one counts only its own change.
       const settled = await migrate(dir);
       assert.equal(settled.code, 0, settled.stderr);
