@@ -4,15 +4,17 @@
  * Targets on a 2-core machine (issue 14), with the relay's default settings: idle p99 <= 10 ms;
  * under backlog p99 <= 25 ms; batch drain rate under real-time load >= 90% of its rate alone.
  *
- *   npx tsx bench/studies/laneLatency.ts [--quick] [--json PATH] [--compare '--connections-per-lane 8 --batch-gather-ms 0']
+ *   npx tsx bench/studies/laneLatency.ts [--quick] [--rounds N] [--json PATH] [--compare '--connections-per-lane 8 --batch-gather-ms 0']
  *
  * (DATABASE_URL or an embedded PostgreSQL.) `--compare` runs the three scenarios a second time,
  * interleaved with the first, with those extra `shardrelay run` flags: a before/after of settings in
- * the same run, on the same machine load.
+ * the same run, on the same machine load. `--rounds N` drains the backlog N times each way,
+ * alternated, and judges the medians.
  */
 import os from 'node:os';
 import { writeFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
+import { median } from '../harness/stats.js';
 import { runLaneScenario, type LaneScenarioResult } from './laneScenario.js';
 import { withStudyDatabase } from './studyDatabase.js';
 
@@ -24,13 +26,29 @@ export interface LaneLatencyOptions {
   readonly relayArgs?: readonly string[];
   /** Also run every scenario with these extra flags (after relayArgs), interleaved. */
   readonly compareArgs?: readonly string[];
+  /**
+   * Backlog drains per scenario, alternated (alone, under real-time load, alone, ...); default 1.
+   * The verdicts use the medians: two single 3-second drains of the same code differ by ±0.1 in
+   * their ratio (seventh session, bench/RESULTS.md).
+   */
+  readonly rounds?: number;
+}
+
+/** One pair of backlog drains: alone, then under the real-time load. */
+export interface LaneDrainRound {
+  readonly batchAlone: LaneScenarioResult;
+  readonly underBacklog: LaneScenarioResult;
+  /** underBacklog's batch rate over batchAlone's. */
+  readonly batchRateRatio: number | null;
 }
 
 export interface LaneLatencyReport {
   readonly idle: LaneScenarioResult;
-  readonly underBacklog: LaneScenarioResult;
-  readonly batchAlone: LaneScenarioResult;
-  /** Batch drain rate with real-time load / without. */
+  /** The drains, in the order they ran. */
+  readonly rounds: readonly LaneDrainRound[];
+  /** Median over the rounds of the real-time p99 while the backlog drained, ms. */
+  readonly backlogP99Ms: number;
+  /** Median over the rounds of the batch drain rate with real-time load / without. */
   readonly batchRateRatio: number | null;
   readonly targets: {
     readonly idleP99Ms: boolean;
@@ -66,18 +84,21 @@ export async function runLaneLatencyBench(options: LaneLatencyOptions): Promise<
       Promise.resolve([]),
     );
   const idles = await each((args) => runLaneScenario({ ...common(args), backlogRows: 0 }));
-  const alones = await each((args) =>
-    runLaneScenario({ ...common(args), backlogRows, realtimePerSecond: 0, durationSeconds: 0 }),
-  );
-  const unders = await each((args) => runLaneScenario({ ...common(args), backlogRows }));
+  const roundsByVariant = variants.map((): LaneDrainRound[] => []);
+  for (let round = 0; round < Math.max(1, options.rounds ?? 1); round++) {
+    const alones = await each((args) =>
+      runLaneScenario({ ...common(args), backlogRows, realtimePerSecond: 0, durationSeconds: 0 }),
+    );
+    const unders = await each((args) => runLaneScenario({ ...common(args), backlogRows }));
+    roundsByVariant.forEach((rounds, i) => {
+      const batchAlone = alones[i] as LaneScenarioResult;
+      const underBacklog = unders[i] as LaneScenarioResult;
+      rounds.push({ batchAlone, underBacklog, batchRateRatio: drainRatio(underBacklog, batchAlone) });
+    });
+  }
   const loadAtEnd = load();
   const reports = variants.map((_, i) =>
-    laneReport(
-      idles[i] as LaneScenarioResult,
-      unders[i] as LaneScenarioResult,
-      alones[i] as LaneScenarioResult,
-      [loadAtStart, loadAtEnd],
-    ),
+    laneReport(idles[i] as LaneScenarioResult, roundsByVariant[i] ?? [], [loadAtStart, loadAtEnd]),
   );
   const first = reports[0] as LaneLatencyReport;
   return reports[1] && options.compareArgs
@@ -85,24 +106,28 @@ export async function runLaneLatencyBench(options: LaneLatencyOptions): Promise<
     : first;
 }
 
+function drainRatio(underBacklog: LaneScenarioResult, batchAlone: LaneScenarioResult): number | null {
+  return underBacklog.batchRowsPerSecond && batchAlone.batchRowsPerSecond
+    ? Math.round((underBacklog.batchRowsPerSecond / batchAlone.batchRowsPerSecond) * 1000) / 1000
+    : null;
+}
+
 function laneReport(
   idle: LaneScenarioResult,
-  underBacklog: LaneScenarioResult,
-  batchAlone: LaneScenarioResult,
+  rounds: readonly LaneDrainRound[],
   loadAverage: readonly [number, number],
 ): LaneLatencyReport {
-  const ratio =
-    underBacklog.batchRowsPerSecond && batchAlone.batchRowsPerSecond
-      ? Math.round((underBacklog.batchRowsPerSecond / batchAlone.batchRowsPerSecond) * 1000) / 1000
-      : null;
+  const ratios = rounds.flatMap((r) => (r.batchRateRatio === null ? [] : [r.batchRateRatio]));
+  const ratio = ratios.length > 0 ? median(ratios) : null;
+  const backlogP99Ms = median(rounds.map((r) => r.underBacklog.realtimeLatencyMs.p99));
   return {
     idle,
-    underBacklog,
-    batchAlone,
+    rounds,
+    backlogP99Ms,
     batchRateRatio: ratio,
     targets: {
       idleP99Ms: idle.realtimeLatencyMs.p99 <= IDLE_P99_TARGET_MS,
-      backlogP99Ms: underBacklog.realtimeLatencyMs.p99 <= BACKLOG_P99_TARGET_MS,
+      backlogP99Ms: backlogP99Ms <= BACKLOG_P99_TARGET_MS,
       batchRateRatio: ratio !== null && ratio >= 0.9,
     },
     loadAverage,
@@ -126,16 +151,27 @@ export function formatLaneReport(report: LaneLatencyReport): string {
 function formatOne(report: LaneLatencyReport): string {
   const l = (r: LaneScenarioResult) => r.realtimeLatencyMs;
   const mark = (ok: boolean) => (ok ? 'met' : 'missed');
-  return [
+  const several = report.rounds.length > 1;
+  const lines = [
     '| lane scenario | real-time rows | p50 ms | p95 ms | p99 ms | batch rows/s |',
     '| --- | ---: | ---: | ---: | ---: | ---: |',
     `| idle | ${l(report.idle).count} | ${l(report.idle).p50} | ${l(report.idle).p95} | ${l(report.idle).p99} | - |`,
-    `| ${Math.round(report.underBacklog.batchRows / 1000)}k batch backlog draining | ${l(report.underBacklog).count} | ${l(report.underBacklog).p50} | ${l(report.underBacklog).p95} | ${l(report.underBacklog).p99} | ${report.underBacklog.batchRowsPerSecond ?? '-'} |`,
-    `| batch backlog alone | - | - | - | - | ${report.batchAlone.batchRowsPerSecond ?? '-'} |`,
+  ];
+  report.rounds.forEach((round, i) => {
+    const under = round.underBacklog;
+    const label = several ? ` (round ${i + 1}, batch ratio ${round.batchRateRatio ?? '-'})` : '';
+    lines.push(
+      `| ${Math.round(under.batchRows / 1000)}k batch backlog draining${label} | ${l(under).count} | ${l(under).p50} | ${l(under).p95} | ${l(under).p99} | ${under.batchRowsPerSecond ?? '-'} |`,
+      `| batch backlog alone${several ? ` (round ${i + 1})` : ''} | - | - | - | - | ${round.batchAlone.batchRowsPerSecond ?? '-'} |`,
+    );
+  });
+  const over = several ? ` (medians of ${report.rounds.length} rounds)` : '';
+  lines.push(
     '',
-    `targets: idle p99 <= ${IDLE_P99_TARGET_MS} ms ${mark(report.targets.idleP99Ms)}; backlog p99 <= ${BACKLOG_P99_TARGET_MS} ms ${mark(report.targets.backlogP99Ms)}; ` +
+    `targets${over}: idle p99 <= ${IDLE_P99_TARGET_MS} ms ${mark(report.targets.idleP99Ms)}; backlog p99 ${report.backlogP99Ms} <= ${BACKLOG_P99_TARGET_MS} ms ${mark(report.targets.backlogP99Ms)}; ` +
       `batch rate under real-time load ${report.batchRateRatio ?? '-'} of alone (>= 0.9) ${mark(report.targets.batchRateRatio)}`,
-  ].join('\n');
+  );
+  return lines.join('\n');
 }
 
 async function main(): Promise<void> {
@@ -145,11 +181,15 @@ async function main(): Promise<void> {
   const compareIndex = args.indexOf('--compare');
   const compareArgs =
     compareIndex >= 0 ? (args[compareIndex + 1] ?? '').split(/\s+/).filter(Boolean) : undefined;
+  const roundsIndex = args.indexOf('--rounds');
+  const rounds = roundsIndex >= 0 ? Number(args[roundsIndex + 1]) : 1;
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error('--rounds takes a whole number of at least 1');
   await withStudyDatabase(async (url) => {
     const report = await runLaneLatencyBench({
       databaseUrl: url,
       ...(quick ? { backlogRows: 50_000, durationSeconds: 5 } : {}),
       ...(compareArgs ? { compareArgs } : {}),
+      rounds,
     });
     console.log(formatLaneReport(report));
     if (jsonIndex >= 0 && args[jsonIndex + 1])
