@@ -17,6 +17,7 @@ import {
   RELOCK_FIRST_MS,
   RELOCK_MAX_MS,
 } from '../../src/relay/livenessMembership.js';
+import { lastStatement } from '../support/sessionActivity.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 /** Read through a call, so an assertion on it does not narrow later reads of the getter. */
@@ -226,20 +227,10 @@ describe('liveness membership', () => {
     lone.m.peersPresent = false;
     const lonePid = lone.m.lock?.pid as number;
     // The lock session's last statement: a check would replace it (and its start) every period.
-    const lastStatement = async () =>
-      (
-        await sql<{ query: string; started: Date }>`
-          SELECT query, query_start AS started FROM pg_stat_activity WHERE pid = ${lonePid}::int`.execute(
-          t.db,
-        )
-      ).rows[0];
-    const before = await lastStatement();
+    const lastOnLock = () => lastStatement(t.db, lonePid);
+    const before = await lastOnLock();
     await new Promise((resolve) => setTimeout(resolve, 10 * checkMs));
-    assert.deepEqual(
-      await lastStatement(),
-      before,
-      'ten check periods alone: no statement on the lock session',
-    );
+    assert.deepEqual(await lastOnLock(), before, 'ten check periods alone: no statement on the lock session');
 
     await peer.m.join();
     await heartbeat(t.db, { instance: peer.instance, replicaId: 'p', lock: peer.m.lock }, generation, 10);

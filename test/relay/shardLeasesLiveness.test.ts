@@ -9,6 +9,8 @@ import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { silentLogger } from '../../src/logger.js';
 import { LEASE_STATES, ShardLeases } from '../../src/relay/shardLeases.js';
+import { waitFor } from '../support/cli.js';
+import { lastStatement } from '../support/sessionActivity.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 describe('shard leases: liveness lock states', () => {
@@ -68,26 +70,19 @@ describe('shard leases: liveness lock states', () => {
     const solo = leases('solo');
     assert.deepEqual(await solo.ownership.refresh(config), [0, 1, 2, 3]);
     const pid = await lockPid(solo.ownership.instance);
-    const lastStatement = async () =>
-      (
-        await sql<{ query: string; started: Date }>`
-          SELECT query, query_start AS started FROM pg_stat_activity WHERE pid = ${pid}::int`.execute(t.db)
-      ).rows[0];
-    const quiet = await lastStatement();
+    const quiet = await lastStatement(t.db, pid);
     await new Promise((resolve) => setTimeout(resolve, 500)); // ten check periods
-    assert.deepEqual(await lastStatement(), quiet, 'alone: no statement on its liveness session');
+    assert.deepEqual(await lastStatement(t.db, pid), quiet, 'alone: no statement on its liveness session');
 
     const other = leases('other');
     await other.ownership.refresh(config);
     await solo.ownership.refresh(config); // its balance sees two live members
-    const deadline = Date.now() + 10_000;
-    let checking = false;
-    while (!checking && Date.now() < deadline) {
-      const now = await lastStatement();
-      checking = now?.started.getTime() !== quiet?.started.getTime();
-      if (!checking) await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    assert.ok(checking, 'with a peer: the checks run on its liveness session again');
+    await waitFor(
+      'with a peer: the checks run on its liveness session again',
+      async () => (await lastStatement(t.db, pid))?.started.getTime() !== quiet?.started.getTime(),
+      10_000,
+      20,
+    );
     await Promise.all([solo.ownership.release(), other.ownership.release()]);
   });
 
