@@ -43,13 +43,14 @@ export interface SchedulerOptions {
   readonly tickSeconds: number;
   readonly logger: Logger;
   /**
-   * Builds the claim indexes of a new shard count (db/shardIndex.ts); default `db`. A pool of its
-   * own: a build holds its connection for as long as CREATE INDEX CONCURRENTLY takes, which
-   * includes waiting for every transaction older than it (a batch stuck on a hung sink, up to
-   * its idle-in-transaction timeout), and the control pool's two connections carry the lease
-   * renewals and the due-rows probe meanwhile.
+   * Builds the claim indexes of a new shard count (db/shardIndex.ts); default `db`; `null`: this
+   * scheduler builds none (the process's other one does). A pool of its own: a build holds its
+   * connection for as long as CREATE INDEX CONCURRENTLY takes, which includes waiting for every
+   * transaction older than it (a batch stuck on a hung sink, up to its idle-in-transaction
+   * timeout), and the control pool's two connections carry the lease renewals and the due-rows
+   * probe meanwhile.
    */
-  readonly indexDb?: Kysely<Database>;
+  readonly indexDb?: Kysely<Database> | null;
   /** Per-key ordering on: build the claim indexes of its key-aware sharding (db/shardIndex.ts). */
   readonly ordering?: boolean;
   /** Called after every tick (e.g. to check for a drained outbox or refresh gauges). */
@@ -252,7 +253,8 @@ export class Scheduler {
 
   #buildIndexes(shardCount: number): void {
     // In the background: a large outbox takes a while to index, and ticks must go on meanwhile.
-    const db = this.#options.indexDb ?? this.#options.db;
+    const db = this.#options.indexDb === undefined ? this.#options.db : this.#options.indexDb;
+    if (db === null) return;
     ensurePendingShardIndexes(db, shardCount, this.#options.ordering ?? false).catch((error: unknown) =>
       error instanceof ShardRelayError
         ? this.#options.logger.warn({ shardCount, fix: error.fix }, error.message)

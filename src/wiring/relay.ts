@@ -321,8 +321,9 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     });
   const scheduler = new Scheduler({
     db: controlDb,
-    // Connects only while a build runs (a shard-count change), and closes when idle.
-    indexDb: createDatabase(newPool(1, 'index')),
+    // Connects only while a build runs (a shard-count change), and closes when idle. The
+    // real-time worker thread's relay (observe: false) leaves the builds to the main thread's.
+    indexDb: options.observe === false ? null : createDatabase(newPool(1, 'index')),
     lanes: laneRunners,
     ownership,
     tickSeconds: config.tickSeconds,
