@@ -5,7 +5,7 @@
  * migration runs on a populated outbox without waiting on the previous release's transactions.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { Migrator, sql, type Kysely } from 'kysely';
 import pg from 'pg';
@@ -118,6 +118,101 @@ describe('per-shard counts follow the recorded ordering mode', () => {
   it('the two modes give different counts on these rows (the test above is not vacuous)', async () => {
     const [on, off] = [await expected('key'), await expected('off')];
     assert.notDeepEqual(on.pending, off.pending);
+  });
+});
+
+describe('the insert trigger announces each row in the shard it is claimed from (migration 0013)', () => {
+  let t: TestDatabase;
+  let listener: pg.Client;
+  const heard: string[] = [];
+  let onNotice: (() => void) | undefined;
+  const role = `producer_${randomBytes(4).toString('hex')}`;
+  const rolePassword = randomBytes(8).toString('hex');
+  before(async () => {
+    t = await createTestDatabase('insert_notify');
+    await sql`SELECT shardrelay.set_shard_count(${N})`.execute(t.db);
+    listener = new pg.Client({ connectionString: t.url, application_name: 'test-listener' });
+    await listener.connect();
+    listener.on('notification', (n) => {
+      heard.push(n.payload ?? '');
+      onNotice?.();
+    });
+    await listener.query('LISTEN shardrelay_outbox');
+    // A producer as applications have them: it may insert into the outbox and nothing more.
+    await sql.raw(`CREATE ROLE ${role} LOGIN PASSWORD '${rolePassword}'`).execute(t.db);
+    for (const grant of [
+      `GRANT CONNECT ON DATABASE ${t.name} TO ${role}`,
+      `GRANT USAGE ON SCHEMA shardrelay TO ${role}`,
+      `GRANT INSERT ON shardrelay.outbox TO ${role}`,
+      `GRANT USAGE ON ALL SEQUENCES IN SCHEMA shardrelay TO ${role}`,
+    ])
+      await sql.raw(grant).execute(t.db);
+  });
+  after(async () => {
+    await listener.end();
+    await sql.raw(`DROP OWNED BY ${role}`).execute(t.db);
+    await t.close();
+    const admin = new URL(t.url);
+    admin.pathname = '/postgres';
+    const client = new pg.Client(admin.toString());
+    await client.connect();
+    await client.query(`DROP ROLE IF EXISTS ${role}`);
+    await client.end();
+  });
+
+  /** Inserts one row with plain SQL on `db` and returns it with the payload of its NOTIFY. */
+  async function insertAndHear(db: Kysely<Database>, key: string | null) {
+    const before = heard.length;
+    const arrived = new Promise<void>((resolve) => {
+      onNotice = () => heard.length > before && resolve();
+    });
+    await sql`INSERT INTO shardrelay.outbox (topic, payload, key) VALUES ('t', '{}', ${key})`.execute(db);
+    await arrived;
+    // The producer role cannot read the outbox: the row is looked up as the owner.
+    const row = await t.db
+      .selectFrom('shardrelay.outbox')
+      .select(['id', 'key'])
+      .orderBy('id', 'desc')
+      .limit(1)
+      .executeTakeFirstOrThrow();
+    return { id: String(row.id), key: row.key, payload: heard.at(-1) };
+  }
+
+  for (const mode of ['off', 'key'] as const) {
+    it(`ordering ${mode}: a keyed row's NOTIFY names its one shard, as does an unkeyed row's`, async () => {
+      await sql`UPDATE shardrelay.ordering_mode SET mode = ${mode}`.execute(t.db);
+      let discriminating = 0;
+      for (const key of ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', null]) {
+        const row = await insertAndHear(t.db, key);
+        assert.equal(row.payload, String(expectedShard(row.id, row.key, mode)), `row ${row.id} key ${key}`);
+        if (key !== null && expectedShard(row.id, key, 'off') !== expectedShard(row.id, key, 'key'))
+          discriminating += 1;
+      }
+      // Rows whose two candidate shards differ: the ones that tell the old trigger from the new.
+      assert.ok(discriminating > 0, 'some keyed row has two different candidate shards');
+    });
+  }
+
+  it('a producer role that may only insert gets its rows announced (the trigger reads the config as its owner); enqueue needs two SELECTs more', async () => {
+    await sql`UPDATE shardrelay.ordering_mode SET mode = 'off'`.execute(t.db);
+    const url = new URL(t.url);
+    url.username = role;
+    url.password = rolePassword;
+    const pool = createPool({ connectionString: url.toString(), max: 1, applicationName: 'test-producer' });
+    const producer = createDatabase(pool);
+    try {
+      const row = await insertAndHear(producer, 'customer-1');
+      assert.equal(row.payload, String(expectedShard(row.id, row.key, 'off')));
+      // `enqueue` with the two further grants the README names: RETURNING reads the outbox, and an
+      // event id is looked up in the sent record.
+      await sql.raw(`GRANT SELECT ON shardrelay.outbox, shardrelay.sent_event TO ${role}`).execute(t.db);
+      const eventId = '0190a6e0-0000-7000-8000-000000000001';
+      const first = await enqueue(producer, [{ topic: 't', payload: {}, eventId }]);
+      const again = await enqueue(producer, [{ topic: 't', payload: {}, eventId }]);
+      assert.deepEqual([first.length, first.skipped, again.length, again.skipped], [1, [], 0, [eventId]]);
+    } finally {
+      await producer.destroy();
+    }
   });
 });
 

@@ -1264,17 +1264,15 @@ AS $function$
 CREATE OR REPLACE FUNCTION shardrelay.notify_outbox_insert()
  RETURNS trigger
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     DECLARE
-      n integer;
       shards text;
     BEGIN
-      SELECT shard_count INTO n FROM shardrelay.shard_config;
-      SELECT string_agg(DISTINCT s::text, ',') INTO shards
-        FROM inserted,
-             LATERAL (VALUES (inserted.id % n),
-                             (CASE WHEN inserted.key IS NOT NULL THEN shardrelay.key_hash(inserted.key) % n END)) AS v(s)
-       WHERE s IS NOT NULL;
+      SELECT string_agg(DISTINCT shardrelay.shard_of(i.id, i.key, c.shard_count, m.mode)::text, ',')
+        INTO shards
+        FROM inserted AS i, shardrelay.shard_config AS c, shardrelay.ordering_mode AS m;
       IF shards IS NOT NULL THEN
         PERFORM pg_notify('shardrelay_outbox', shards);
       END IF;
@@ -1404,3 +1402,4 @@ CREATE TRIGGER outbox_notify_insert AFTER INSERT ON shardrelay.outbox REFERENCIN
 0010_complete_outcomes
 0011_one_clock
 0012_ordering_mode
+0013_notify_own_shard
