@@ -5,10 +5,11 @@
  *
  * - Batches: `recordBatch` counts every committed batch (wiring/relay.ts calls it from its batch hook).
  *   In flight: `trackInflight` wraps the sink and counts messages between hand-over and outcome.
- * - Every `intervalMs` (default 5 s) one observe cycle: a single statement reads `shardrelay.health`
- *   (which includes the lag), records the lag of the shards this replica owns into `lag_minute`
- *   (the history behind WARN and the status trend) and samples max(id) into `produced_minute`; a
- *   second reads `shardrelay.canaries`. From their answers it sets the lag, status, ownership,
+ * - Every `intervalMs` (default 5 s), or less often while that read is costly (observePacing.ts),
+ *   one observe cycle: a single statement reads `shardrelay.health` (which includes the lag),
+ *   records the lag of the shards this replica owns into `lag_minute` (the history behind WARN
+ *   and the status trend) and samples max(id) into `produced_minute`; a second reads
+ *   `shardrelay.canaries`. From their answers it sets the lag, status, ownership,
  *   canary and outbox-id gauges, so the metrics show what the views show, at most one cycle late.
  *   Why 5 s and not every tick: the lag counts pending rows, which costs in proportion to the
  *   backlog (see sql/lag.sql); Prometheus scrapes every 15 s or so, and the views answer live anyway.
@@ -27,6 +28,7 @@ import { startCanaries, type Canaries } from './canary.js';
 import { startObservabilityServer, type ObservabilityServer } from './httpServer.js';
 import { syncLaneFunction } from './lanes.js';
 import { createMetrics, type RelayMetrics } from './metrics.js';
+import { observePeriodMs } from './observePacing.js';
 import { toHealthRow, type HealthRow, type RawHealth } from './views.js';
 
 export interface ObserverOptions {
@@ -148,6 +150,7 @@ export function createObserver(options: ObserverOptions): Observer {
   let server: ObservabilityServer | undefined;
   let canaries: Canaries | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
   let cycle: Promise<void> | undefined;
   let inflight = 0;
   /** Shards whose gauges this replica exports, to drop those it no longer should. */
@@ -234,15 +237,43 @@ export function createObserver(options: ObserverOptions): Observer {
     }
   }
 
-  const observe = (): Promise<void> =>
-    (cycle ??= observeOnce()
+  /** The last cycle's duration, which paces the next (observePacing.ts). */
+  let lastCycleMs = 0;
+  let stretched = false;
+  const observe = (): Promise<void> => {
+    const started = performance.now();
+    return (cycle ??= observeOnce()
       .catch((error: unknown) =>
         logger.warn(
           { err: toError(error).message },
           'observing the views failed; metrics keep their last values',
         ),
       )
-      .finally(() => (cycle = undefined)));
+      .finally(() => {
+        cycle = undefined;
+        lastCycleMs = performance.now() - started;
+      }));
+  };
+
+  /** Runs a cycle, then schedules the next at the paced period; stops with `stop`. */
+  const observeAndSchedule = async (): Promise<void> => {
+    await observe();
+    if (stopped) return;
+    const periodMs = observePeriodMs(intervalMs, lastCycleMs);
+    // Said when the period doubles and when it is back, not at every cycle near the threshold.
+    if (stretched ? periodMs <= intervalMs : periodMs >= 2 * intervalMs) {
+      stretched = !stretched;
+      const figures = { cycleMs: Math.round(lastCycleMs), periodMs: Math.round(periodMs), intervalMs };
+      if (stretched)
+        logger.info(
+          figures,
+          'observing less often: reading shardrelay.health (it counts every pending row) took cycleMs; metrics now refresh every periodMs',
+        );
+      else logger.info(figures, 'observing at the configured interval again');
+    }
+    timer = setTimeout(() => void observeAndSchedule(), Math.max(0, periodMs - lastCycleMs));
+    timer.unref();
+  };
 
   return {
     metrics,
@@ -335,11 +366,7 @@ export function createObserver(options: ObserverOptions): Observer {
         });
         logger.info({ url: server.url }, 'serving /metrics, /healthz and /readyz');
       }
-      if (options.observe ?? true) {
-        await observe();
-        timer = setInterval(() => void observe(), intervalMs);
-        timer.unref();
-      }
+      if (options.observe ?? true) await observeAndSchedule();
       if (config.canaryIntervalSeconds > 0) {
         void canaries
           .inject()
@@ -352,7 +379,8 @@ export function createObserver(options: ObserverOptions): Observer {
     observe,
 
     async stop() {
-      if (timer) clearInterval(timer);
+      stopped = true;
+      clearTimeout(timer);
       await canaries?.stop();
       await cycle;
       await server?.close();
