@@ -10,6 +10,17 @@ import type { Database } from './schema.js';
 /** How long a checkout waits for a free client of a full pool, and a connect for the server. */
 export const CONNECTION_TIMEOUT_MS = 10_000;
 
+/**
+ * TCP keepalive on every connection to PostgreSQL. Without it, a connection whose server vanished
+ * without a reset (host lost, a failover that moved the address, a NAT that forgot the flow) waits
+ * for an answer forever: the statement was acknowledged, so TCP has nothing to retransmit, and the
+ * batch, lease renewal or LISTEN on it never ends. With it, the kernel probes after 10 s of silence
+ * and the connection fails once the probes go unanswered (the system's probe interval and count:
+ * Linux defaults, 9 probes 75 s apart), and the relay reconnects. It costs nothing while the
+ * connection carries traffic.
+ */
+export const TCP_KEEPALIVE = { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } as const;
+
 export interface PoolOptions {
   readonly connectionString: string;
   readonly max: number;
@@ -37,6 +48,7 @@ export function createPool(options: PoolOptions): pg.Pool {
     application_name: options.applicationName,
     connectionTimeoutMillis: CONNECTION_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
+    ...TCP_KEEPALIVE,
     ...(options.deferTransactionControl ? { Client: DeferringClient } : {}),
     ...(options.settings && Object.keys(options.settings).length > 0
       ? {

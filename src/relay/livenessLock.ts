@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { TCP_KEEPALIVE } from '../db/connection.js';
 import { toError } from '../errors.js';
 import { takeLivenessLock, type LivenessLockHandle } from './leaseStatements.js';
 
@@ -41,7 +42,7 @@ export class LivenessLock {
     const client = new pg.Client({
       connectionString: this.#options.connectionString,
       application_name: 'shardrelay-liveness',
-      keepAlive: true,
+      ...TCP_KEEPALIVE,
       connectionTimeoutMillis: 10_000,
     });
     // Without an 'error' listener a dropped connection is an unhandled event that ends the process.

@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import pg from 'pg';
+import { TCP_KEEPALIVE } from '../db/connection.js';
 import type { Database } from '../db/schema.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import type { Logger } from '../logger.js';
@@ -85,7 +86,7 @@ export async function holdOrderingMode(options: HoldOrderingModeOptions): Promis
     const session = new pg.Client({
       connectionString: options.connectionString,
       application_name: 'shardrelay-ordering',
-      keepAlive: true,
+      ...TCP_KEEPALIVE,
       connectionTimeoutMillis: 10_000,
     });
     // Without a listener a dropped connection would end the process.

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { backoffDelayMs } from '../backoff.js';
+import { TCP_KEEPALIVE } from '../db/connection.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
@@ -48,6 +49,7 @@ export class OutboxListener {
     const client = new pg.Client({
       connectionString: this.#options.connectionString,
       application_name: 'shardrelay-listener',
+      ...TCP_KEEPALIVE,
     });
     this.#client = client;
     // Without an 'error' listener a dropped connection is an unhandled event that kills the process.
