@@ -33,6 +33,11 @@ export interface RelayConfig {
   readonly connectionsPerLane: number;
   /** Batch lane: least ms from a partial batch's start to the next on its shard (wake-ups gather rows). */
   readonly batchGatherMs: number;
+  /**
+   * `shardrelay run`: how much lower than the real-time thread the batch lane's thread runs on the
+   * CPU (a nice increment; 0 = the same). wiring/batchLanePriority.ts.
+   */
+  readonly batchLaneNice: number;
   readonly maxAttempts: number;
   /**
    * Per-key ordering: 'off' (default) shards by `id % N` and sends a batch concurrently; 'key'
@@ -113,6 +118,9 @@ export function defaultConnectionsPerLane(cores: number = os.availableParallelis
  * the default, same machine state).
  */
 export const DEFAULT_BATCH_GATHER_MS = 100;
+
+/** See wiring/batchLanePriority.ts for the measurement behind it. */
+export const DEFAULT_BATCH_LANE_NICE = 10;
 
 /**
  * What is wrong with a URL setting, most specific first: `new URL()` refuses a port of 99999 just
@@ -240,6 +248,13 @@ export const SETTINGS: Settings = {
     schema: z.coerce.number().int().min(0).max(10_000),
     default: () => DEFAULT_BATCH_GATHER_MS,
     fix: 'use a whole number of milliseconds from 0 to 10000 (0 = claim at every wake-up)',
+  },
+  batchLaneNice: {
+    env: 'SHARDRELAY_BATCH_LANE_NICE',
+    flag: '--batch-lane-nice',
+    schema: z.coerce.number().int().min(0).max(19),
+    default: () => DEFAULT_BATCH_LANE_NICE,
+    fix: "use a whole number from 0 to 19 (a nice increment for the batch lane's thread; 0 = same priority as the real-time lane)",
   },
   maxAttempts: {
     env: 'SHARDRELAY_MAX_ATTEMPTS',

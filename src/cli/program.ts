@@ -171,13 +171,16 @@ export function buildProgram(): Command {
     const logger = createLogger(config.logLevel, { replica: config.replicaId });
     // This process is the relay's own: it sets its heap policy (wiring/heapGrowth.ts).
     limitHeapGrowth();
-    const relay = await startReplica({ config, logger, routeTable }).catch((error: unknown) => {
-      const code = (error as NodeJS.ErrnoException | null)?.code;
-      // The port was taken between the check above and the server's bind.
-      throw metricsPort !== undefined && (code === 'EADDRINUSE' || code === 'EACCES')
-        ? portError(metricsHost, metricsPort, error as NodeJS.ErrnoException)
-        : error;
-    });
+    // ... and its threads' priorities: real-time first (wiring/batchLanePriority.ts).
+    const relay = await startReplica({ config, logger, routeTable, lowerBatchLanePriority: true }).catch(
+      (error: unknown) => {
+        const code = (error as NodeJS.ErrnoException | null)?.code;
+        // The port was taken between the check above and the server's bind.
+        throw metricsPort !== undefined && (code === 'EADDRINUSE' || code === 'EACCES')
+          ? portError(metricsHost, metricsPort, error as NodeJS.ErrnoException)
+          : error;
+      },
+    );
     let exiting = false;
     const shutdown = async (reason: string) => {
       if (exiting) return;

@@ -7,6 +7,8 @@ import { routeTableOf } from '../routing/loadRoutes.js';
 import { answerForwardedSend } from '../sinks/forwardingSink.js';
 import type { RelaySink } from '../sinks/sink.js';
 import type { BatchResult } from '../relay/deliverBatch.js';
+import { silentLogger } from '../logger.js';
+import { lowerBatchLanePriority } from './batchLanePriority.js';
 import { startRelay, type Relay, type StartRelayOptions } from './relay.js';
 import type { FromRealtimeWorker, ToRealtimeWorker } from '../relay/realtimeThreadMessages.js';
 import { OwnershipFence, withdraws } from '../relay/ownershipFence.js';
@@ -39,7 +41,15 @@ function startWorker(workerData: unknown): Worker {
  * valid (realtimeOwnership.ts).
  */
 export async function startReplica(
-  options: StartRelayOptions & { readonly realtimeThread?: boolean },
+  options: StartRelayOptions & {
+    readonly realtimeThread?: boolean;
+    /**
+     * Lower this thread's CPU priority by `config.batchLaneNice` once the real-time thread runs
+     * (batchLanePriority.ts). For a process that is the relay's own (`shardrelay run`): in an
+     * embedding application the calling thread is the application's.
+     */
+    readonly lowerBatchLanePriority?: boolean;
+  },
 ): Promise<Relay> {
   const lanes = options.lanes ?? (['realtime', 'batch'] as const);
   // A sink object given by the caller (tests) cannot cross a thread boundary; nor is a thread
@@ -104,6 +114,12 @@ export async function startReplica(
   // The worker first: until it is up, real-time rows would wait, and it boots slowly on a CPU
   // that a starting batch lane already keeps busy.
   await ready;
+  // After the worker started: it keeps the priority it was created with.
+  if (options.lowerBatchLanePriority)
+    lowerBatchLanePriority(options.config.batchLaneNice, {
+      realtimeSendsOnMainThread: forwardSends,
+      logger: options.logger ?? silentLogger,
+    });
   let main: Relay;
   try {
     main = await startRelay({
