@@ -10,14 +10,14 @@ import type { Logger } from '../logger.js';
  * one.
  *
  * Why: on a machine whose cores the batch lane saturates (its thread and PostgreSQL's backends),
- * a real-time row waits for CPU at every step of its way. Measured on 2 cores, this repository's
- * lane study (`bench/studies/laneLatency.ts --rounds 3 --compare`, twice, nice 10 against 0 in
- * alternation, 200,000-row backlog, real-time rows by plain SQL at 50/s, null sink), medians of six
- * drains each: real-time p50 / p95 / p99 while the backlog drained 10.1 / 24.6 / 43.3 ms against
- * 11.4 / 36.0 / 64.8; idle p99 11.5-11.9 against 14.2-15.9 ms; the batch lane's drain alone
- * 32,061 against 33,152 rows/s and under the real-time load 0.85 against 0.89 of that, both inside
- * the runs' spread (bench/RESULTS.md). PostgreSQL's backends are not the relay's to renice: only
- * the relay's own share moves.
+ * a real-time row waits for CPU at every step of its way. Measured on 2 cores with this
+ * repository's lane study (`bench/studies/laneLatency.ts --rounds 3 --compare`, three runs, nice 10
+ * and 0 alternated, 200,000-row backlog, real-time rows by plain SQL at 50/s, null sink), medians of
+ * nine drains each: real-time p99 while the backlog drained 33.4 ms against 50.7; idle p99
+ * 11.5-13.5 against 14.2-16.8 ms; the batch lane under the real-time load at 0.925 of its rate
+ * alone against 0.906, and its drain alone about 6% slower (32,510 against 34,722 rows/s, ranges
+ * overlapping: the thread also yields to PostgreSQL's backends). bench/RESULTS.md, eighth session.
+ * PostgreSQL's backends are not the relay's to renice: only the relay's own share moves.
  *
  * Not done (and said) where it would slow the real-time lane instead: off Linux, where the value is
  * the whole process's; and where the real-time lane's sends run on the main thread (a Kafka
