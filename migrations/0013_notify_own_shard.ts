@@ -20,6 +20,14 @@ import { sql, type Kysely } from 'kysely';
  * mode's shard, and the new mode's relays find them at their first tick's poll, as they find any
  * row whose NOTIFY they missed.
  *
+ * Cost: the two settings are read first, on their own, and the rows are aggregated alone. Joined to
+ * the rows, the two one-row tables (which have no statistics) made the planner estimate 33 million
+ * rows, so every insert statement was JIT-compiled: 190-250 ms for an insert of 25 rows, where the
+ * previous trigger took 1 ms (pgbench on a 2-core machine; the bench's relay-null phase showed it as
+ * a steady-load latency of 322 ms against 69). `jit = off` keeps a large multi-row insert from
+ * paying the same compile for a statement this cheap. Measured after the change: see
+ * bench/RESULTS.md, eighth session.
+ *
  * Safe on a populated outbox while replicas run: CREATE OR REPLACE FUNCTION locks only the
  * function; an insert uses the old body or the new. The payload keeps its format (shard numbers,
  * comma-separated), so relays of the previous release read it as before.
@@ -27,13 +35,16 @@ import { sql, type Kysely } from 'kysely';
 export async function up(db: Kysely<unknown>): Promise<void> {
   await sql`
     CREATE OR REPLACE FUNCTION shardrelay.notify_outbox_insert() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     DECLARE
+      n integer;
+      ordering text;
       shards text;
     BEGIN
-      SELECT string_agg(DISTINCT shardrelay.shard_of(i.id, i.key, c.shard_count, m.mode)::text, ',')
-        INTO shards
-        FROM inserted AS i, shardrelay.shard_config AS c, shardrelay.ordering_mode AS m;
+      SELECT c.shard_count, m.mode INTO n, ordering
+        FROM shardrelay.shard_config AS c, shardrelay.ordering_mode AS m;
+      SELECT string_agg(DISTINCT shardrelay.shard_of(id, key, n, ordering)::text, ',') INTO shards
+        FROM inserted;
       IF shards IS NOT NULL THEN
         PERFORM pg_notify('shardrelay_outbox', shards);
       END IF;

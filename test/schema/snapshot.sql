@@ -1266,13 +1266,17 @@ CREATE OR REPLACE FUNCTION shardrelay.notify_outbox_insert()
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET jit TO 'off'
 AS $function$
     DECLARE
+      n integer;
+      ordering text;
       shards text;
     BEGIN
-      SELECT string_agg(DISTINCT shardrelay.shard_of(i.id, i.key, c.shard_count, m.mode)::text, ',')
-        INTO shards
-        FROM inserted AS i, shardrelay.shard_config AS c, shardrelay.ordering_mode AS m;
+      SELECT c.shard_count, m.mode INTO n, ordering
+        FROM shardrelay.shard_config AS c, shardrelay.ordering_mode AS m;
+      SELECT string_agg(DISTINCT shardrelay.shard_of(id, key, n, ordering)::text, ',') INTO shards
+        FROM inserted;
       IF shards IS NOT NULL THEN
         PERFORM pg_notify('shardrelay_outbox', shards);
       END IF;
