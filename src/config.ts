@@ -35,7 +35,7 @@ export interface RelayConfig {
   readonly batchGatherMs: number;
   /**
    * `shardrelay run`: how much lower than the real-time thread the batch lane's thread runs on the
-   * CPU (a nice increment; 0 = the same). wiring/batchLanePriority.ts.
+   * CPU (a nice increment; 0, the default, = the same). wiring/batchLanePriority.ts.
    */
   readonly batchLaneNice: number;
   readonly maxAttempts: number;
@@ -119,8 +119,11 @@ export function defaultConnectionsPerLane(cores: number = os.availableParallelis
  */
 export const DEFAULT_BATCH_GATHER_MS = 100;
 
-/** See wiring/batchLanePriority.ts for the measurement behind it. */
-export const DEFAULT_BATCH_LANE_NICE = 10;
+/**
+ * Off by default: the main thread also runs the leases and takeovers (wiring/batchLanePriority.ts
+ * has the measurements for and against).
+ */
+export const DEFAULT_BATCH_LANE_NICE = 0;
 
 /**
  * What is wrong with a URL setting, most specific first: `new URL()` refuses a port of 99999 just

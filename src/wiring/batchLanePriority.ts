@@ -3,8 +3,8 @@ import { toError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 /**
- * Real-time first on the CPU: `shardrelay run` lowers the scheduling priority of its main thread,
- * which runs the batch lane, by `--batch-lane-nice` (default 10), once the real-time lane's worker
+ * Real-time first on the CPU, when asked: `shardrelay run --batch-lane-nice N` lowers the scheduling
+ * priority of its main thread, which runs the batch lane, by N once the real-time lane's worker
  * thread has started. On Linux a nice value belongs to a thread, not to the process, so the
  * real-time thread keeps its priority; a thread the main thread starts later inherits the lower
  * one.
@@ -18,6 +18,14 @@ import type { Logger } from '../logger.js';
  * alone against 0.906, and its drain alone about 6% slower (32,510 against 34,722 rows/s, ranges
  * overlapping: the thread also yields to PostgreSQL's backends). bench/RESULTS.md, eighth session.
  * PostgreSQL's backends are not the relay's to renice: only the relay's own share moves.
+ *
+ * Why it is off by default: the main thread also runs the leases, the peer checks and the
+ * takeovers. In a clean-clone CI run at load average 9.6 with 10 as the default, a replica killed
+ * with SIGKILL had its shards taken 1.67 s after the kill (0.71 s after PostgreSQL ended its
+ * session; the test's bounds are 1 s and 0.6 s): one survivor took its share 2.0 s after the kill
+ * and never ran the eviction the other ran at 0.98 s. A faster takeover of a dead replica's shards
+ * matters to real-time rows too, and a busy host costs it more with the setting; so it is an
+ * operator's choice for a host whose batch backlogs, not other processes, fill the cores.
  *
  * Not done (and said) where it would slow the real-time lane instead: off Linux, where the value is
  * the whole process's; and where the real-time lane's sends run on the main thread (a Kafka
