@@ -62,6 +62,22 @@ export function evaluateTargets(phases: readonly PhaseSummary[]): TargetResult[]
         : { target: 'relay to RabbitMQ with confirms ≥ 10,000 rows/s', measured: 'not run', met: null },
     );
 
+  // Issue 14: the rate a producer can keep up, against the null sink's drain of a backlog.
+  const sustained = byName('max-sustainable');
+  if (sustained?.rowsPerSec != null && relayNull?.rowsPerSec != null && relayNull.rowsPerSec > 0) {
+    const ratio = sustained.rowsPerSec / relayNull.rowsPerSec;
+    // Ended by the generator: the relay kept up with all it could insert, so the ratio is a lower
+    // bound; below the target that says nothing about the relay either way.
+    const bound = sustained.results.some((r) => r.detail?.generatorLimited === true);
+    targets.push({
+      target: 'max sustainable rate ≥ 0.8 × the relay-null drain rate',
+      measured:
+        `${bound ? '≥ ' : ''}${fmt(ratio, 2)} × (${fmt(sustained.rowsPerSec)} against ${fmt(relayNull.rowsPerSec)} rows/s)` +
+        (bound ? '; the load generator could offer no more' : ''),
+      met: ratio >= 0.8 ? true : bound ? null : false,
+    });
+  }
+
   const recovery = byName('recovery');
   const ratios = detailNumbers(recovery, 'ratioToPeak');
   if (ratios.length > 0) {

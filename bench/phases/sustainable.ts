@@ -6,8 +6,11 @@
  * skipping the first fifth of the step (the lag settles at a new level when the rate rises, which
  * is not falling behind): the relay falls behind when the mean lag of the step's last 30% exceeds
  * that of its 20–50% part by more than 5% of the offered rate per second, and by more than one
- * batch (the lag moves in steps of a batch). The load generator shares the machine (and PostgreSQL) with the relay, so a step whose
- * offered rate the generator could not even insert ends the phase too, with the reason.
+ * batch (the lag moves in steps of a batch). The load generator shares the machine (and PostgreSQL)
+ * with the relay, so a step whose offered rate the generator could not even insert ends the phase
+ * too, with the reason; when that happens at the first step, the phase starts again just below what
+ * the generator did insert instead of reporting nothing (the eighth session's slower machine reported
+ * 0 rows/s that way). A phase ended by the generator gives a lower bound, marked as such.
  */
 import { CpuWindow, type CpuSpent } from '../harness/cpuWindow.js';
 import { LoadGenerator } from '../harness/loadGenerator.js';
@@ -18,6 +21,8 @@ import { problemsOf, startRelayChild } from './relayChild.js';
 
 const STEP_FACTOR = 1.2;
 const GROWTH_TOLERANCE = 0.05;
+/** Restarts below the generator's own rate when it cannot offer even the first step's. */
+const MAX_RESTARTS = 3;
 
 export interface SustainStep {
   readonly offeredRowsPerSec: number;
@@ -46,9 +51,10 @@ export async function runSustainable(
   const steps: SustainStep[] = [];
   try {
     let offered = startRowsPerSec;
+    let restarts = 0;
     load.start(offered);
     sampler.start();
-    for (let k = 0; k < options.sustainMaxSteps; k++) {
+    for (let k = 0; k < options.sustainMaxSteps + restarts; k++) {
       const from = Date.now();
       const insertedBefore = load.inserted;
       const window = await CpuWindow.open(child, database);
@@ -63,6 +69,14 @@ export async function runSustainable(
           `sent ${Math.round(step.sentRowsPerSec)} in batches of ${rowsPerBatch(cpu) ?? '?'} rows, ` +
           `lag ${Math.round(step.lagEarly)} → ${Math.round(step.lagLate)}: ${step.verdict}`,
       );
+      const nothingKept = !steps.some((s) => s.verdict === 'kept up');
+      if (step.verdict === 'generator limited' && nothingKept && restarts < MAX_RESTARTS) {
+        restarts += 1;
+        offered = Math.max(100, Math.round((step.insertedRowsPerSec * 0.9) / 100) * 100);
+        context.log(`  the generator could not offer that: starting again at ${offered} rows/s`);
+        load.setRate(offered);
+        continue;
+      }
       if (step.verdict !== 'kept up') break;
       offered = Math.round(offered * STEP_FACTOR);
       load.setRate(offered);
@@ -96,6 +110,9 @@ export async function runSustainable(
         stepFactor: STEP_FACTOR,
         stepMs: options.sustainStepMs,
         endedBy: last?.verdict === 'kept up' ? 'last step reached' : (last?.verdict ?? 'no step'),
+        // The relay kept up with all the generator could insert: the rate is a lower bound.
+        generatorLimited: last?.verdict === 'generator limited',
+        restarts,
         steps,
       },
     };
