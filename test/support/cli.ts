@@ -1,11 +1,17 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const ENTRY = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+/**
+ * The CLI the tests start: compiled by the test command (test/run.ts, which says why), else, for a
+ * test file run on its own with `node --import tsx --test`, the sources through tsx.
+ */
+const CLI = process.env.SHARDRELAY_TEST_CLI
+  ? [process.env.SHARDRELAY_TEST_CLI]
+  : ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
 
-/** Starts the real CLI as an OS process (TypeScript through tsx), with the given environment additions. */
+/** Starts the real CLI as an OS process, with the given environment additions. */
 export function spawnCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', ENTRY, ...args], {
+  return spawn(process.execPath, [...CLI, ...args], {
     // No synthetic canary rows unless a test asks for them: tests count rows exactly.
     env: { ...process.env, SHARDRELAY_LOG_LEVEL: 'warn', SHARDRELAY_CANARY_INTERVAL_SECONDS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
