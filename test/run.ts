@@ -75,9 +75,10 @@ const CLI_BUILD_DIR = path.resolve('.test-build');
  * Compiles `src` and `migrations` for the CLI processes the tests start (test/support/cli.ts) and
  * returns the entry point. Started through tsx, each process spent 2.3 s of CPU transpiling before
  * its first statement against 0.7 s compiled (`shardrelay --help`, measured), and the suite starts
- * about 120 of them in a full run (replicas, `migrate`, `status`, `shards`) on two cores. Incremental: a
- * tree that did not change costs one type check of nothing. The layout is the package's (`dist`):
- * `sql/` beside `src/` and `migrations/`, which find it relative to themselves.
+ * about 120 of them in a full run (replicas, `migrate`, `status`, `shards`) on two cores: the suite
+ * took 700 s against 880 s. Incremental: 3.6 s when nothing changed, ~9 s from scratch. The layout
+ * is the package's (`dist`): `sql/` beside `src/` and `migrations/`, which find it relative to
+ * themselves. Output whose source is gone is removed, so a renamed migration never runs twice.
  */
 function buildCli(): string {
   const tsc = fileURLToPath(import.meta.resolve('typescript/bin/tsc'));
@@ -97,8 +98,23 @@ function buildCli(): string {
     ],
     { stdio: 'inherit' },
   );
+  for (const dir of ['src', 'migrations']) removeOrphans(path.join(CLI_BUILD_DIR, dir), dir);
+  rmSync(path.join(CLI_BUILD_DIR, 'sql'), { recursive: true, force: true });
   cpSync('sql', path.join(CLI_BUILD_DIR, 'sql'), { recursive: true });
   return path.join(CLI_BUILD_DIR, 'src', 'cli', 'main.js');
+}
+
+/** Deletes compiled files under `built` whose TypeScript source under `source` no longer exists. */
+function removeOrphans(built: string, source: string): void {
+  for (const name of existsSync(built) ? readdirSync(built) : []) {
+    const full = path.join(built, name);
+    if (statSync(full).isDirectory()) {
+      removeOrphans(full, path.join(source, name));
+      continue;
+    }
+    const compiled = /\.js(\.map)?$/;
+    if (compiled.test(name) && !existsSync(path.join(source, name.replace(compiled, '.ts')))) rmSync(full);
+  }
 }
 
 const args = process.argv.slice(2);
