@@ -203,9 +203,9 @@ describe('routing: one outbox, four brokers', () => {
         assertExactly(route, ids, resent);
       }
       // Re-sends are not faults of routing, but they are reported: on a quiet machine there are
-      // none (a loaded CI run once had a batch wait past its 30 s deadline for the webhook's 16
-      // request slots, shared by 8 concurrent batches: 14 requests the receiver had taken ended
-      // unknown and were re-sent).
+      // none. A loaded CI run (drain 56 s, 7.5 s quiet) had 14 webhook events twice, fewer than
+      // the sink's 16 request slots, which 8 concurrent batches share: most likely a batch that
+      // waited past its 30 s deadline behind the others', whose requests in flight ended unknown.
       const duplicates = ROUTES.map(
         (r) => `${r} ${(routes[r].destination as Destination).received.duplicates}`,
       );
