@@ -17,12 +17,16 @@
  * Receivers see each event at least once and must deduplicate on the CloudEvent `id`.
  *
  * At most `concurrency` requests are in flight per sink, across all concurrent batches, so a
- * burst of batches cannot open hundreds of sockets to the receiver.
+ * burst of batches cannot open hundreds of sockets to the receiver. A request whose batch has less
+ * than 1.5 times the receiver's recent answer time left is not started (failed retryable, nothing
+ * sent): it would likely be cut off at the deadline after the receiver took it (answerTime.ts).
+ * The first request of a batch always starts, so the answer time stays current.
  */
 import { ConfigError, toError } from '../errors.js';
 import { redact } from '../redact.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { parseRetryAfter } from './retryAfter.js';
+import { AnswerTime } from './answerTime.js';
 import {
   STRUCTURED_CONTENT_TYPE,
   eventSource,
@@ -88,9 +92,14 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
     positiveInteger('http concurrency', options.concurrency ?? DEFAULTS.concurrency, 'e.g. 16'),
   );
   const fixedHeaders = lowerCaseKeys(options.headers ?? {});
+  const answerTime = new AnswerTime();
   let closed = false;
 
-  async function post(message: OutboxMessage, deadline: number): Promise<SendOutcome> {
+  async function post(
+    message: OutboxMessage,
+    deadline: number,
+    batch: { started: boolean },
+  ): Promise<SendOutcome> {
     let body: Buffer;
     let headers: Record<string, string>;
     try {
@@ -106,6 +115,12 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
     // Queued behind the concurrency limit until the deadline: nothing was sent.
     if (remaining <= 0)
       return retryable('not sent: the batch deadline passed while waiting for a free request slot');
+    if (batch.started && !answerTime.fits(remaining))
+      return retryable(
+        `not sent: ${remaining} ms left before the batch deadline, too little for the receiver's recent answer time (${Math.round(answerTime.ms ?? 0)} ms)`,
+      );
+    batch.started = true;
+    const startedAt = performance.now();
     // Whichever comes first: the per-request timeout (retryable) or the batch deadline (unknown,
     // the same verdict settleByDeadline gives; aborting also frees the socket at once).
     const byDeadline = remaining <= timeoutMs;
@@ -119,6 +134,7 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
         redirect: 'manual',
         signal: controller.signal,
       });
+      answerTime.record(performance.now() - startedAt);
       if (response.status >= 200 && response.status < 300) {
         // Read the body to the end so undici can reuse the connection.
         await response.arrayBuffer().catch(() => undefined);
@@ -168,8 +184,9 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
 
     async sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]> {
       if (closed) return messages.map(() => retryable('the HTTP sink is closed'));
+      const batch = { started: false };
       return settleByDeadline(
-        messages.map((message) => limit(() => post(message, context.deadline))),
+        messages.map((message) => limit(() => post(message, context.deadline, batch))),
         context.deadline,
       );
     },

@@ -237,6 +237,40 @@ describe('HTTP sink', () => {
     },
   );
 
+  it(
+    'starts no request its batch deadline would cut off: no unknown, nothing received unconfirmed',
+    { timeout: 30_000 },
+    async () => {
+      // Each request is answered 300 ms after it arrived; one at a time, 2 s for the batch: about
+      // six fit. Started regardless, the one in flight at the deadline would end unknown although
+      // the receiver had it (then a re-send: a duplicate).
+      receiver.answerWith(() => null);
+      receiver.onHold(() => setTimeout(() => receiver.releaseAll(200), 300));
+      const sink = createHttpSink({ url: receiver.url, concurrency: 1 });
+      try {
+        const outcomes = await sendInTransaction(t.db, sink, outboxMessages(20), 2_000);
+        const counts = statuses(outcomes);
+        assert.equal(counts.unknown, undefined, JSON.stringify(counts));
+        assert.ok((counts.confirmed ?? 0) >= 1, JSON.stringify(counts));
+        assert.equal((counts.confirmed ?? 0) + (counts['failed-retryable'] ?? 0), 20, JSON.stringify(counts));
+        // Let a request the sink might have started late reach the receiver before counting.
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        assert.equal(
+          receiver.received.counts.size,
+          counts.confirmed,
+          'the receiver got only what was confirmed',
+        );
+        const notSent = outcomes.find((o) => o.status === 'failed');
+        assert.match(
+          notSent?.status === 'failed' ? notSent.error : '',
+          /^not sent: \d+ ms left before the batch deadline, too little for the receiver's recent answer time \(\d+ ms\)$/,
+        );
+      } finally {
+        receiver.onHold(() => {});
+      }
+    },
+  );
+
   it('rejects credentials in the URL with a fix, without echoing them', () => {
     assert.throws(
       () => createHttpSink({ url: 'https://user:s3cret@receiver.example/events' }),
