@@ -171,7 +171,8 @@ export function buildProgram(): Command {
     const logger = createLogger(config.logLevel, { replica: config.replicaId });
     // This process is the relay's own: it sets its heap policy (wiring/heapGrowth.ts).
     limitHeapGrowth();
-    // ... and its threads' priorities: real-time first (wiring/batchLanePriority.ts).
+    // ... and, when --batch-lane-nice asks for it, the batch lane thread's priority
+    // (wiring/batchLanePriority.ts; off by default).
     const relay = await startReplica({ config, logger, routeTable, lowerBatchLanePriority: true }).catch(
       (error: unknown) => {
         const code = (error as NodeJS.ErrnoException | null)?.code;

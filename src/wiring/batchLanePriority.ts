@@ -55,6 +55,14 @@ export function lowerBatchLanePriority(
     // Relative to what the process was started with (`nice -n 5 shardrelay run` gives 15); raising
     // a nice value needs no privilege.
     const current = os.getPriority(0);
+    if (current >= 19) {
+      // Started at the lowest priority already (`nice -n 19 shardrelay run`): nothing is lower.
+      logger.info(
+        { nice, was: current },
+        "batch lane priority left as it is: the process already runs at the lowest priority (19), the real-time lane's too",
+      );
+      return;
+    }
     os.setPriority(0, Math.min(19, current + nice));
     logger.info(
       { nice: os.getPriority(0), was: current },

@@ -6,6 +6,7 @@
  * than the main one, that spends the most CPU while only real-time rows flow.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
@@ -93,6 +94,24 @@ describe(
         }
       });
     }
+
+    it('left alone, and said so, when the process already runs at the lowest priority', () => {
+      // A process of its own: a nice value raised in this one could not be lowered again.
+      const script = `
+        import { pino } from 'pino';
+        import { lowerBatchLanePriority } from ${JSON.stringify(new URL('../../src/wiring/batchLanePriority.ts', import.meta.url).href)};
+        lowerBatchLanePriority(10, { realtimeSendsOnMainThread: false, logger: pino({ level: 'info' }) });`;
+      const run = spawnSync(
+        'nice',
+        ['-n', '19', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script],
+        {
+          encoding: 'utf8',
+        },
+      );
+      assert.equal(run.status, 0, run.stderr);
+      assert.match(run.stdout, /left as it is: the process already runs at the lowest priority \(19\)/);
+      assert.doesNotMatch(run.stdout, /runs at a lower priority than/);
+    });
 
     it('left alone where the real-time lane sends through the main thread (a Kafka producer)', () => {
       const lines: string[] = [];
