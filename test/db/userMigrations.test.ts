@@ -4,29 +4,18 @@
  * adds (numbered below the timestamps of the operator's files, which already ran) still applies.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { down as dropCompleteBatch } from '../../migrations/0005_complete_batch_function.js';
-import { collect, type CliResult } from '../support/cli.js';
+import { collect, spawnCli, type CliResult } from '../support/cli.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
-
-const ENTRY = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-// Resolved here: `--import tsx` would look for tsx from the project folder, which has none.
-const TSX = import.meta.resolve('tsx');
 
 /** The CLI as an operator runs it in a project folder: working directory `cwd`. */
 function cliIn(cwd: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, ...args], {
-    cwd,
-    env: { ...process.env, SHARDRELAY_LOG_LEVEL: 'warn', SHARDRELAY_MIGRATIONS_DIR: '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  return collect(child);
+  return collect(spawnCli(args, { SHARDRELAY_MIGRATIONS_DIR: '', ...env }, { cwd }));
 }
 
 describe('user migrations', () => {

@@ -1,17 +1,23 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+
+/** The CLI the tests start, compiled by the test command (test/run.ts, which says why). */
+function cliEntry(): string {
+  const entry = process.env.SHARDRELAY_TEST_CLI;
+  if (!entry) throw new Error('SHARDRELAY_TEST_CLI is not set; run tests with `npm test`');
+  return entry;
+}
 
 /**
- * The CLI the tests start: compiled by the test command (test/run.ts, which says why), else, for a
- * test file run on its own with `node --import tsx --test`, the sources through tsx.
+ * Starts the real CLI as an OS process, with the given environment additions, in the test's
+ * working directory or in `cwd` (as an operator runs it in a project folder).
  */
-const CLI = process.env.SHARDRELAY_TEST_CLI
-  ? [process.env.SHARDRELAY_TEST_CLI]
-  : ['--import', 'tsx', fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))];
-
-/** Starts the real CLI as an OS process, with the given environment additions. */
-export function spawnCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [...CLI, ...args], {
+export function spawnCli(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = {},
+  options: { readonly cwd?: string } = {},
+): ChildProcess {
+  return spawn(process.execPath, [cliEntry(), ...args], {
+    cwd: options.cwd,
     // No synthetic canary rows unless a test asks for them: tests count rows exactly.
     env: { ...process.env, SHARDRELAY_LOG_LEVEL: 'warn', SHARDRELAY_CANARY_INTERVAL_SECONDS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
