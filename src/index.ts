@@ -33,6 +33,7 @@ export type { BatchResult } from './relay/deliverBatch.js';
 export { createLogger, type Logger } from './logger.js';
 export {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,

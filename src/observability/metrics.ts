@@ -63,6 +63,11 @@ export interface BatchRecord {
   readonly unknown: number;
   /** Rows moved to dead letters in this batch (permanent error or attempts exhausted). */
   readonly dead: number;
+  /**
+   * Rows claimed but not offered to the sink before the batch's deadline (outcome `deferred`):
+   * pending again as they were, no attempt counted. Default 0.
+   */
+  readonly deferred?: number;
   /** Claim to commit, in seconds. */
   readonly batchSeconds: number;
   /** The sink's sendBatch alone, in seconds; omit for a batch that sent nothing. */
@@ -95,6 +100,7 @@ export interface RelayMetrics {
     readonly eventsSent: Counter<SinkShardLabels>;
     readonly eventsFailed: Counter<SinkShardLabels | 'kind'>;
     readonly eventsDead: Counter<SinkShardLabels>;
+    readonly eventsDeferred: Counter<SinkShardLabels>;
     readonly lagEvents: Gauge<ShardLabels>;
     readonly lagSeconds: Gauge<ShardLabels>;
     readonly endToEndLatency: Histogram<SinkLaneLabels>;
@@ -187,6 +193,12 @@ export function createMetrics(options: MetricsOptions): RelayMetrics {
       name: 'shardrelay_events_failed_total',
       help: 'Delivery attempts without a confirm, by kind: retryable (retried with backoff), permanent (dead-lettered), unknown (no confirm before the deadline; re-sent with the same event id).',
       labelNames: [...sinkShardLabels, 'kind'] as const,
+      registers,
+    }),
+    eventsDeferred: new Counter({
+      name: 'shardrelay_events_deferred_total',
+      help: "Outbox rows claimed but not offered to the sink before the batch deadline (no free request slot, no credit, the broker's back-pressure); pending again with no attempt counted. Growing steadily: the sink cannot take what the relay claims.",
+      labelNames: sinkShardLabels,
       registers,
     }),
     eventsDead: new Counter({
@@ -286,6 +298,7 @@ export function createMetrics(options: MetricsOptions): RelayMetrics {
     const labels = { replica, sink, shard: shardLabel(shard), lane };
     handles.eventsSent.inc(labels, 0);
     handles.eventsDead.inc(labels, 0);
+    handles.eventsDeferred.inc(labels, 0);
     for (const kind of FAILURE_KINDS) handles.eventsFailed.inc({ ...labels, kind }, 0);
   }
 
@@ -307,6 +320,7 @@ export function createMetrics(options: MetricsOptions): RelayMetrics {
         unknown: count('unknown', batch.unknown),
       };
       const dead = count('dead', batch.dead);
+      const deferred = count('deferred', batch.deferred ?? 0);
       const batchSeconds = seconds('batchSeconds', batch.batchSeconds);
       const confirmSeconds =
         batch.confirmSeconds === undefined ? undefined : seconds('confirmSeconds', batch.confirmSeconds);
@@ -322,6 +336,7 @@ export function createMetrics(options: MetricsOptions): RelayMetrics {
         if (failed[kind] > 0) handles.eventsFailed.inc({ ...labels, kind }, failed[kind]);
       }
       if (dead > 0) handles.eventsDead.inc(labels, dead);
+      if (deferred > 0) handles.eventsDeferred.inc(labels, deferred);
       const laneLabels = { replica, sink, lane };
       handles.batchDuration.observe(laneLabels, batchSeconds);
       if (confirmSeconds !== undefined) handles.confirmDuration.observe(laneLabels, confirmSeconds);

@@ -55,6 +55,7 @@ export interface ObserverOptions {
  */
 export interface ObservedBatch {
   readonly claimed: number;
+  readonly deferred: number;
   readonly sent: number;
   readonly dead: number;
   readonly failures: { readonly retryable: number; readonly permanent: number; readonly unknown: number };
@@ -322,6 +323,7 @@ export function createObserver(options: ObserverOptions): Observer {
         failedPermanent: result.failures.permanent,
         unknown: result.failures.unknown,
         dead: result.dead,
+        deferred: result.deferred,
         batchSeconds: result.batchMs / 1000,
         confirmSeconds: result.sendMs / 1000,
         latenciesSeconds: result.latenciesMs.map((ms) => ms / 1000),

@@ -3,8 +3,9 @@
  * its values are the sink names of the routes configuration (at most a handful, fixed at start).
  *
  * - shardrelay_route_events_total{route, outcome}: rows handed to a route and how each ended
- *   (confirmed, retryable, permanent, unknown). A down route shows retryable growing while its
- *   confirmed stays flat; the alert "ShardRelayRouteDown" reads exactly that.
+ *   (confirmed, retryable, permanent, unknown, deferred: not offered before the batch deadline). A
+ *   down route shows retryable growing while its confirmed stays flat; the alert
+ *   "ShardRelayRouteDown" reads exactly that.
  * - shardrelay_route_send_duration_seconds{route}: one part's send, to its confirms.
  * - shardrelay_route_down{route}: 1 while the route's breaker is open (see routingSink.ts).
  */
@@ -12,7 +13,7 @@ import { Counter, Gauge, Histogram } from 'prom-client';
 import type { RelayMetrics } from './metrics.js';
 import type { RoutePartReport, RoutingSink } from '../routing/routingSink.js';
 
-const OUTCOMES = ['confirmed', 'retryable', 'permanent', 'unknown'] as const;
+const OUTCOMES = ['confirmed', 'retryable', 'permanent', 'unknown', 'deferred'] as const;
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export function observeRoutes(sink: RoutingSink, metrics: RelayMetrics): void {
@@ -46,13 +47,7 @@ export function observeRoutes(sink: RoutingSink, metrics: RelayMetrics): void {
     const { route } = report;
     for (const outcome of report.outcomes) {
       const kind =
-        outcome.status === 'confirmed'
-          ? 'confirmed'
-          : outcome.status === 'unknown'
-            ? 'unknown'
-            : outcome.retryable
-              ? 'retryable'
-              : 'permanent';
+        outcome.status !== 'failed' ? outcome.status : outcome.retryable ? 'retryable' : 'permanent';
       events.inc({ replica, route, outcome: kind });
     }
     if (report.seconds > 0) duration.observe({ replica, route }, report.seconds);

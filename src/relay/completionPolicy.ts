@@ -8,7 +8,27 @@ export interface RetryPolicy extends BackoffPolicy {
 }
 
 /**
- * Turns sink outcomes into row transitions. Only `confirmed` becomes `sent`. `unknown` is retried
+ * A row its sink did not offer to the broker (outcome `deferred`): it gets no completion, so it
+ * stays pending exactly as claimed (attempts, available_at, last_error) and the shard's next claim
+ * takes it again.
+ */
+export interface Deferral {
+  readonly id: string;
+  readonly status: 'deferred';
+  readonly error: string;
+}
+
+/** What the relay does with one claimed row after the send. */
+export type Decision = Completion | Deferral;
+
+/** The decisions that are recorded: every one but the deferrals. */
+export function recordedCompletions(decisions: readonly Decision[]): Completion[] {
+  return decisions.filter((d): d is Completion => d.status !== 'deferred');
+}
+
+/**
+ * Turns sink outcomes into row transitions. Only `confirmed` becomes `sent`; `deferred` changes
+ * nothing (see `Deferral`): a row a sink never offered has not been attempted. `unknown` is retried
  * like a retryable failure: the broker may hold the message, so the re-send carries the same event
  * id for consumers to de-duplicate. Permanent failures and exhausted retries become `dead`.
  * A retry waits at least the broker's `retryAfterMs` (HTTP Retry-After), but never longer than
@@ -19,13 +39,14 @@ export function decideCompletions(
   outcomes: readonly SendOutcome[],
   policy: RetryPolicy,
   random: () => number = Math.random,
-): Completion[] {
+): Decision[] {
   if (outcomes.length !== messages.length) {
     throw new Error(`sink returned ${outcomes.length} outcomes for ${messages.length} messages`);
   }
   return messages.map((m, i) => {
     const outcome = outcomes[i] as SendOutcome;
     if (outcome.status === 'confirmed') return { id: m.id, status: 'sent' };
+    if (outcome.status === 'deferred') return { id: m.id, status: 'deferred', error: outcome.error };
     const attempt = m.attempts + 1;
     const limit = m.maxAttempts ?? policy.maxAttempts;
     const error = outcome.status === 'unknown' ? `unknown: ${outcome.error}` : outcome.error;

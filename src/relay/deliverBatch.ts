@@ -19,7 +19,6 @@ import {
   wakeShard,
   type ClaimedMessage,
   type ClaimRequest,
-  type Completion,
   type CompleteRequest,
   type KeyOrdering,
   type UnclaimableOutcome,
@@ -27,7 +26,12 @@ import {
 import { backoffDelayMs } from '../backoff.js';
 import { bisect, PASSED } from './bisect.js';
 import { completeIsolated, POISON_FIX, recoverCompletion, type PoisonRow } from './completion.js';
-import { decideCompletions, type RetryPolicy } from './completionPolicy.js';
+import {
+  decideCompletions,
+  recordedCompletions,
+  type Decision,
+  type RetryPolicy,
+} from './completionPolicy.js';
 import { keyChains, sendInWaves } from './keyOrder.js';
 
 export interface DeliverySettings {
@@ -88,6 +92,11 @@ export interface BatchResult {
   readonly held?: number;
   /** Ordering on: send waves of the batch (1 = every row went at once). */
   readonly waves?: number;
+  /**
+   * Rows claimed (and counted in `claimed`) that the sink did not offer to the broker before the
+   * batch's deadline (outcome `deferred`); they stay pending as they were, no attempt counted.
+   */
+  readonly deferred: number;
   readonly sent: number;
   readonly retried: number;
   readonly dead: number;
@@ -103,6 +112,7 @@ export interface BatchResult {
 
 export const EMPTY_BATCH: BatchResult = Object.freeze({
   claimed: 0,
+  deferred: 0,
   sent: 0,
   retried: 0,
   dead: 0,
@@ -112,6 +122,17 @@ export const EMPTY_BATCH: BatchResult = Object.freeze({
   latenciesMs: Object.freeze([]) as readonly number[],
   problems: Object.freeze([]) as readonly BatchProblem[],
 });
+
+/**
+ * Whether the shard's loop claims again at once after `result`: after a full batch (more may
+ * wait), and after one whose sink deferred some rows while it offered others (those rows are due
+ * again now, and first in the shard). A batch of which nothing was offered (every row deferred)
+ * waits for the next trigger instead, so a sink that cannot send does not make the loop spin.
+ */
+export function claimsAgainAtOnce(result: BatchResult, batchSize: number): boolean {
+  const offered = result.claimed - result.deferred;
+  return offered > 0 && (result.claimed >= batchSize || result.deferred > 0);
+}
 
 /**
  * One batch of one shard and lane: claim, send, complete, commit, in one transaction.
@@ -146,7 +167,12 @@ export async function deliverBatch(
   };
   /** Set once the sink has answered: what a completion lost with the connection must record. */
   let decided:
-    | { request: CompleteRequest; messages: readonly ClaimedMessage[]; outcomes: readonly SendOutcome[] }
+    | {
+        request: CompleteRequest;
+        messages: readonly ClaimedMessage[];
+        outcomes: readonly SendOutcome[];
+        decisions: readonly Decision[];
+      }
     | undefined;
   try {
     return await db.transaction().execute(async (trx) => {
@@ -174,7 +200,7 @@ export async function deliverBatch(
       let sent: readonly ClaimedMessage[] = messages;
       let outcomes: readonly SendOutcome[];
       /** Ordering on: decided wave by wave as the sends came back. */
-      let decidedInWaves: readonly Completion[] | undefined;
+      let decidedInWaves: readonly Decision[] | undefined;
       let held = 0;
       let waves = 1;
       if (settings.ordering) {
@@ -191,7 +217,7 @@ export async function deliverBatch(
           async (wave) => {
             const got = await sendIsolated(sender, wave, context);
             const decided = decideCompletions(wave, got, settings.retry);
-            return got.map((outcome, i) => ({ outcome, completion: decided[i] as Completion }));
+            return got.map((outcome, i) => ({ outcome, completion: decided[i] as Decision }));
           },
           // A confirmed row releases its key; so does one given up (dead) when dead rows release it.
           ({ completion: c }) => c.status === 'sent' || (!holdDead && c.status === 'dead'),
@@ -208,15 +234,16 @@ export async function deliverBatch(
       const confirmedAt = Date.now();
       const sendMs = performance.now() - sendStarted;
 
-      const completions = decidedInWaves ?? decideCompletions(sent, outcomes, settings.retry);
+      const decisions = decidedInWaves ?? decideCompletions(sent, outcomes, settings.retry);
       const batchMs = performance.now() - started;
-      const request = { shard, lane, completions, batchMs };
+      // Deferred rows get no completion: they stay pending as claimed when the transaction ends.
+      const request = { shard, lane, completions: recordedCompletions(decisions), batchMs };
       // Kept through the COMMIT: a COMMIT whose connection dies is recovered the same way (the
       // recovery's guard sees whether it had committed after all).
-      decided = { request, messages: sent, outcomes };
+      decided = { request, messages: sent, outcomes, decisions };
       const poison = await completeIsolated(trx, request);
       if (settings.ordering && sent.some((m) => m.key !== null)) await wakeShard(trx, shard);
-      const result = batchResult(sent, outcomes, completions, poison, confirmedAt, batchMs, sendMs);
+      const result = batchResult(sent, outcomes, decisions, poison, confirmedAt, batchMs, sendMs);
       return settings.ordering ? { ...result, held, waves } : result;
     });
   } catch (error) {
@@ -323,11 +350,12 @@ async function recoverElsewhere(
     request: CompleteRequest;
     messages: readonly ClaimedMessage[];
     outcomes: readonly SendOutcome[];
+    decisions: readonly Decision[];
   },
   cause: unknown,
   logger: Logger | undefined,
 ): Promise<BatchResult> {
-  const { request, messages, outcomes } = decided;
+  const { request, messages, outcomes, decisions } = decided;
   let recovery;
   try {
     recovery = await recoverCompletion(db, request, messages);
@@ -357,15 +385,7 @@ async function recoverElsewhere(
     'the claim transaction was lost after the send; outcomes recorded through another connection',
   );
   // Counted as decided; rows left alone (someone else's now) are in `leftAlone` above.
-  return batchResult(
-    messages,
-    outcomes,
-    request.completions,
-    recovery.poison,
-    Date.now(),
-    request.batchMs,
-    0,
-  );
+  return batchResult(messages, outcomes, decisions, recovery.poison, Date.now(), request.batchMs, 0);
 }
 
 /**
@@ -425,7 +445,7 @@ function unsendable(m: ClaimedMessage): SendOutcome | undefined {
 function batchResult(
   messages: readonly ClaimedMessage[],
   outcomes: readonly SendOutcome[],
-  completions: readonly Completion[],
+  completions: readonly Decision[],
   poison: readonly PoisonRow[],
   confirmedAt: number,
   batchMs: number,
@@ -434,8 +454,8 @@ function batchResult(
   const poisoned = new Map(poison.map((p) => [p.id, p.reason]));
   // Completions come in the order of the messages (decideCompletions): found by index, through a
   // map of ids only if that ever stops holding.
-  let byId: Map<string, Completion> | undefined;
-  const completionOf = (message: ClaimedMessage, i: number): Completion | undefined => {
+  let byId: Map<string, Decision> | undefined;
+  const completionOf = (message: ClaimedMessage, i: number): Decision | undefined => {
     const c = completions[i];
     if (c?.id === message.id) return c;
     byId ??= new Map(completions.map((x) => [x.id, x]));
@@ -447,11 +467,16 @@ function batchResult(
   let sent = 0;
   let retried = 0;
   let dead = 0;
+  let deferred = 0;
   outcomes.forEach((o, i) => {
     const message = messages[i] as ClaimedMessage;
     const completion = completionOf(message, i);
     const poisonReason = poison.length === 0 ? undefined : poisoned.get(message.id);
     const status = poisonReason !== undefined ? 'dead' : completion?.status;
+    if (status === 'deferred') {
+      if (!message.canary) deferred++;
+      return;
+    }
     if (poisonReason !== undefined || (completion && completion.status !== 'sent')) {
       problems.push({
         id: message.id,
@@ -478,11 +503,13 @@ function batchResult(
       if (created instanceof Date && Number.isFinite(created.getTime()))
         latenciesMs.push(confirmedAt - created.getTime());
     } else if (o.status === 'unknown') failures.unknown++;
+    else if (o.status === 'deferred') return;
     else if (o.retryable) failures.retryable++;
     else failures.permanent++;
   });
   return {
     claimed: messages.length,
+    deferred,
     sent,
     retried,
     dead,

@@ -17,15 +17,16 @@
  * - link or connection lost with the   → unknown: the broker may hold it; the relay re-sends it with
  *   delivery unsettled                   the same message id
  * - no settlement by the batch deadline → unknown
- * - not sent (no credit from the broker → failed retryable: nothing left this process
- *   until the deadline, link refused,
- *   connection down)
+ * - not sent: link refused, connection  → failed retryable: nothing left this process
+ *   down
+ * - not sent: no credit from the broker → deferred: nothing left this process; the row goes back
+ *   until the deadline                   as claimed, no attempt counted (the broker is up, busy)
  * - larger than the link's or the       → failed permanent, before sending
  *   configured maximum message size
  *
  * Flow control: a sender may only send while it holds link credit; beyond that the batch waits
  * for more, up to its deadline. A broker that grants no credit therefore costs a batch its
- * deadline and ends it retryable, never unknown.
+ * deadline and ends it deferred, never unknown.
  *
  * The connection, its sender links and their life (reconnect, back-off, idle time-outs, credit and
  * unsettled-delivery bookkeeping) are the link manager's (amqp10Link.ts); this file encodes (the
@@ -57,6 +58,7 @@ import {
 import { settleByDeadline } from './deadline.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -204,7 +206,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
       }
       if (creditLeft(state) <= 0) {
         outcomes[item.index] = Promise.resolve(
-          retryable(`not sent: no link credit from the broker for '${address}' before the batch deadline`),
+          deferred(`not sent: no link credit from the broker for '${address}' before the batch deadline`),
         );
         continue;
       }

@@ -4,12 +4,14 @@ import { unknown, type SendOutcome } from './sink.js';
 
 /**
  * Waits for every pending outcome, but no later than `deadline` (epoch ms). An outcome still
- * pending then becomes `unknown`: the relay must not hold row locks waiting on a hung broker, and
- * a confirm that never came must lead to a re-send, never to `sent`.
+ * pending then becomes `unknown` (or what `late` says of it, for a sink that knows a message was
+ * never written): the relay must not hold row locks waiting on a hung broker, and a confirm that
+ * never came must lead to a re-send, never to `sent`.
  */
 export async function settleByDeadline(
   pending: readonly Promise<SendOutcome>[],
   deadline: number,
+  late: (index: number) => SendOutcome = () => NO_CONFIRM,
 ): Promise<SendOutcome[]> {
   const results: (SendOutcome | undefined)[] = new Array(pending.length).fill(undefined);
   const all = Promise.all(
@@ -25,5 +27,7 @@ export async function settleByDeadline(
     ),
   );
   await untilDeadline(all, deadline);
-  return results.map((r) => r ?? unknown('no confirm before the batch deadline'));
+  return results.map((r, i) => r ?? late(i));
 }
+
+const NO_CONFIRM = unknown('no confirm before the batch deadline');

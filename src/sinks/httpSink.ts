@@ -9,6 +9,9 @@
  *   within `timeoutMs`                           with its `Retry-After` (seconds or an HTTP date)
  *                                                as the earliest retry, within the retry cap
  * - no answer by the batch deadline            → unknown (the receiver may have processed it)
+ * - not started by the batch deadline (waiting → deferred: nothing was sent; the row goes back
+ *   for a request slot, or too little time left   as claimed, no attempt counted
+ *   for the receiver's recent answer time)
  * - 3xx                                        → failed permanent: redirects are not followed,
  *                                                since re-POSTing an event to wherever a server
  *                                                points is not what the operator configured
@@ -18,8 +21,8 @@
  *
  * At most `concurrency` requests are in flight per sink, across all concurrent batches, so a
  * burst of batches cannot open hundreds of sockets to the receiver. A request whose batch has less
- * than 1.5 times the receiver's recent answer time left is not started (failed retryable, nothing
- * sent): it would likely be cut off at the deadline after the receiver took it (answerTime.ts).
+ * than 1.5 times the receiver's recent answer time left is not started (deferred, nothing sent):
+ * it would likely be cut off at the deadline after the receiver took it (answerTime.ts).
  * The first request of a batch always starts, so the answer time stays current.
  */
 import { ConfigError, toError } from '../errors.js';
@@ -36,6 +39,7 @@ import {
 import { settleByDeadline } from './deadline.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -59,6 +63,11 @@ export interface HttpSinkOptions {
 }
 
 const DEFAULTS = { timeoutMs: 10_000, concurrency: 16 } as const;
+
+const WAITED_PAST_DEADLINE = deferred(
+  'not sent: the batch deadline passed while waiting for a free request slot',
+);
+const NO_ANSWER = unknown('no confirm before the batch deadline');
 
 /** How much of an error response's body goes into the outcome (and so into `last_error`). */
 const BODY_EXCERPT_CHARS = 200;
@@ -98,7 +107,8 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
   async function post(
     message: OutboxMessage,
     deadline: number,
-    batch: { started: boolean },
+    batch: { started: boolean; requested: boolean[] },
+    index: number,
   ): Promise<SendOutcome> {
     let body: Buffer;
     let headers: Record<string, string>;
@@ -113,13 +123,13 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
     }
     const remaining = deadline - Date.now();
     // Queued behind the concurrency limit until the deadline: nothing was sent.
-    if (remaining <= 0)
-      return retryable('not sent: the batch deadline passed while waiting for a free request slot');
+    if (remaining <= 0) return WAITED_PAST_DEADLINE;
     if (batch.started && !answerTime.fits(remaining))
-      return retryable(
+      return deferred(
         `not sent: ${remaining} ms left before the batch deadline, too little for the receiver's recent answer time (${Math.round(answerTime.ms ?? 0)} ms)`,
       );
     batch.started = true;
+    batch.requested[index] = true;
     const startedAt = performance.now();
     // Whichever comes first: the per-request timeout (retryable) or the batch deadline (unknown,
     // the same verdict settleByDeadline gives; aborting also frees the socket at once).
@@ -184,10 +194,12 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
 
     async sendBatch(messages: readonly OutboxMessage[], context: SendContext): Promise<SendOutcome[]> {
       if (closed) return messages.map(() => retryable('the HTTP sink is closed'));
-      const batch = { started: false };
+      const batch = { started: false, requested: new Array<boolean>(messages.length).fill(false) };
       return settleByDeadline(
-        messages.map((message) => limit(() => post(message, context.deadline, batch))),
+        messages.map((message, i) => limit(() => post(message, context.deadline, batch, i))),
         context.deadline,
+        // Still queued for a slot at the deadline: never sent (post() sends nothing once it passed).
+        (i) => (batch.requested[i] ? NO_ANSWER : WAITED_PAST_DEADLINE),
       );
     },
 

@@ -24,6 +24,8 @@
  *   refused
  * - the call failed after it was sent (5xx, reset,    → unknown: Kinesis may have stored any of
  *   timeout, the batch deadline)                        its records
+ * - the call not started by the batch deadline       → deferred: nothing sent; the row goes back
+ *   (more calls than `concurrency` in one batch)        as claimed, no attempt counted
  *
  * HTTP: the SDK's NodeHttpHandler (HTTP/1.1 with keep-alive). Kinesis endpoints also speak HTTP/2,
  * which the SDK would otherwise pick, and which fails against HTTP/1.1-only emulators such as
@@ -46,6 +48,7 @@ import { parseBrokerUrl } from './brokerUrl.js';
 import { eventSource, structuredJson } from './cloudEvent.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -331,7 +334,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
           const call = calls[next++] as (typeof calls)[number];
           if (signal.aborted) {
             for (const e of call.entries)
-              outcomes[e.index] = retryable('not sent: the batch deadline passed first');
+              outcomes[e.index] = deferred('not sent: the batch deadline passed before its PutRecords call');
             continue;
           }
           await put(call.stream, call.entries, outcomes, signal);

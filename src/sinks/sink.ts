@@ -33,6 +33,13 @@ export interface OutboxMessage {
  * - `failed` + permanent: it will never be accepted (4xx, unroutable, too large); the row becomes dead.
  * - `unknown`: no answer before the deadline or the connection died with the confirm pending; the
  *   broker may or may not hold it, so the row is sent again later with the same event id.
+ * - `deferred`: nothing of the message left this process, for a reason that is not the message's
+ *   nor a broker failure: its batch's deadline came before its turn (a request slot, a PutRecords
+ *   call, link credit or socket back-pressure from a broker that is up but busy). The row goes back
+ *   as it was claimed: no attempt counted, no backoff, claimable again at once. Without it a slow
+ *   but healthy receiver at peak turned rows it never saw into dead letters once `max_attempts`
+ *   such turns had passed. A sink must not defer a message it wrote anywhere; a broker that failed
+ *   (connection lost, refused) is `failed` + retryable, which counts.
  */
 export type SendOutcome =
   | { readonly status: 'confirmed'; readonly duplicate?: boolean }
@@ -42,7 +49,8 @@ export type SendOutcome =
       readonly error: string;
       readonly retryAfterMs?: number;
     }
-  | { readonly status: 'unknown'; readonly error: string };
+  | { readonly status: 'unknown'; readonly error: string }
+  | { readonly status: 'deferred'; readonly error: string };
 
 /**
  * What every sink is given with a batch. The claim transaction is not in it: a broker sink has no
@@ -115,4 +123,9 @@ export function permanent(error: string): SendOutcome {
 
 export function unknown(error: string): SendOutcome {
   return { status: 'unknown', error };
+}
+
+/** Not offered to the broker (see `SendOutcome`); the reason starts with "not sent". */
+export function deferred(error: string): SendOutcome {
+  return { status: 'deferred', error };
 }

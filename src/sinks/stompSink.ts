@@ -42,6 +42,8 @@
  *                                      and closes the connection, which would turn every other
  *                                      pending receipt unknown and re-send the big row forever
  * - not sent (link down, back-off)   → failed retryable
+ * - not sent: the socket's back-      → deferred: nothing written; the row goes back as claimed,
+ *   pressure lasted to the deadline     no attempt counted
  */
 import type { Socket } from 'node:net';
 import { untilDeadline } from '../raceDeadline.js';
@@ -60,6 +62,7 @@ import {
 } from './cloudEvent.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -467,7 +470,7 @@ export function createStompSink(options: StompSinkOptions): Sink {
         continue;
       }
       if (Date.now() >= deadline) {
-        wait.settle(i, retryable('not sent: back-pressure until the batch deadline'));
+        wait.settle(i, deferred('not sent: back-pressure until the batch deadline'));
         continue;
       }
       const body = message.payloadJson;

@@ -15,7 +15,7 @@ import { createConfiguredSink } from '../routing/buildRoutingSink.js';
 import { routeTableOf, type RouteTable } from '../routing/loadRoutes.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import type { RelaySink } from '../sinks/sink.js';
-import { deliverBatch, type BatchResult } from '../relay/deliverBatch.js';
+import { claimsAgainAtOnce, deliverBatch, type BatchResult } from '../relay/deliverBatch.js';
 import { CLAIM_SESSION_SETTINGS, shardsWithDueRows } from '../relay/claims.js';
 import { holdOrderingMode, type OrderingModeHold } from '../relay/orderingMode.js';
 import { OutboxListener } from '../relay/outboxListener.js';
@@ -275,7 +275,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         wakeAtRetries(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result);
-        return { full: result.claimed >= batchSize };
+        return { full: claimsAgainAtOnce(result, batchSize) };
       },
     };
   });

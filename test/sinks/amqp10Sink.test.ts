@@ -15,21 +15,12 @@ import { createAmqp10Sink } from '../../src/sinks/amqp10Sink.js';
 import type { SendOutcome } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { amqp10BrokerProblem, startAmqp10Broker, type Amqp10Broker } from '../brokers/amqp10Broker.js';
-import { ReceivedIds, outboxMessages, sendInTransaction, uniqueName } from '../support/brokers.js';
+import { ReceivedIds, outboxMessages, sendInTransaction, statuses, uniqueName } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 import { closeAmqp10, connectAmqp10, countMessages } from './conformance/targets/amqp10.js';
 
 const EVENTS = 20_000;
-
-function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const o of outcomes) {
-    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
-    counts[key] = (counts[key] ?? 0) + 1;
-  }
-  return counts;
-}
 
 /**
  * A scripted AMQP 1.0 peer: accepts links, grants credit only when told, and settles each
@@ -156,7 +147,7 @@ describe('AMQP 1.0 sink: outcomes and credit against a scripted peer', () => {
     }
   });
 
-  it('without credit until the deadline, reports retryable (nothing was sent), not unknown', async () => {
+  it('without credit until the deadline, reports deferred (nothing was sent), not unknown', async () => {
     const peer = await startPeer((_index, delivery) => delivery.accept());
     const sink = createAmqp10Sink({ url: peer.url, address: 'events' });
     try {
@@ -165,7 +156,7 @@ describe('AMQP 1.0 sink: outcomes and credit against a scripted peer', () => {
       peer.grant(receiver, 2);
       await started;
       const outcomes = await sendInTransaction(t.db, sink, outboxMessages(5), 1_000);
-      assert.deepEqual(statuses(outcomes), { confirmed: 2, 'failed-retryable': 3 });
+      assert.deepEqual(statuses(outcomes), { confirmed: 2, deferred: 3 });
       assert.match((outcomes[4] as { error: string }).error, /no link credit/);
     } finally {
       await sink.close();

@@ -8,8 +8,8 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { HTTP } from 'cloudevents';
 import { ConfigError } from '../../src/errors.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
-import type { OutboxMessage, SendOutcome } from '../../src/sinks/sink.js';
-import { ReceivedIds, outboxMessages, sendInTransaction } from '../support/brokers.js';
+import type { OutboxMessage } from '../../src/sinks/sink.js';
+import { ReceivedIds, outboxMessages, sendInTransaction, statuses } from '../support/brokers.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 interface Delivery {
@@ -91,15 +91,6 @@ async function startReceiver() {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
-}
-
-function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const o of outcomes) {
-    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
-    counts[key] = (counts[key] ?? 0) + 1;
-  }
-  return counts;
 }
 
 describe('HTTP sink', () => {
@@ -252,7 +243,7 @@ describe('HTTP sink', () => {
         const counts = statuses(outcomes);
         assert.equal(counts.unknown, undefined, JSON.stringify(counts));
         assert.ok((counts.confirmed ?? 0) >= 1, JSON.stringify(counts));
-        assert.equal((counts.confirmed ?? 0) + (counts['failed-retryable'] ?? 0), 20, JSON.stringify(counts));
+        assert.equal((counts.confirmed ?? 0) + (counts.deferred ?? 0), 20, JSON.stringify(counts));
         // Let a request the sink might have started late reach the receiver before counting.
         await new Promise((resolve) => setTimeout(resolve, 500));
         assert.equal(
@@ -260,10 +251,52 @@ describe('HTTP sink', () => {
           counts.confirmed,
           'the receiver got only what was confirmed',
         );
-        const notSent = outcomes.find((o) => o.status === 'failed');
+        const notSent = outcomes.find((o) => o.status === 'deferred');
         assert.match(
-          notSent?.status === 'failed' ? notSent.error : '',
+          notSent?.status === 'deferred' ? notSent.error : '',
           /^not sent: \d+ ms left before the batch deadline, too little for the receiver's recent answer time \(\d+ ms\)$/,
+        );
+      } finally {
+        receiver.onHold(() => {});
+      }
+    },
+  );
+
+  it(
+    'a request still waiting for a slot at its deadline is deferred (nothing sent), not unknown',
+    { timeout: 30_000 },
+    async () => {
+      // One slot; each request answered 300 ms after it arrived. Batch A (4 requests, 10 s) holds
+      // the slot while batch B (3 requests, 0.5 s) waits behind it: B's deadline comes while its
+      // requests are still queued.
+      receiver.answerWith(() => null);
+      let heldFirst = (): void => {};
+      const aHasTheSlot = new Promise<void>((resolve) => (heldFirst = resolve));
+      receiver.onHold(() => {
+        heldFirst();
+        setTimeout(() => receiver.releaseAll(200), 300);
+      });
+      const sink = createHttpSink({ url: receiver.url, concurrency: 1 });
+      try {
+        const a = outboxMessages(4);
+        const b = outboxMessages(3);
+        const batchA = sendInTransaction(t.db, sink, a, 10_000);
+        await aHasTheSlot;
+        const outcomesB = await sendInTransaction(t.db, sink, b, 500);
+        assert.deepEqual(statuses(outcomesB), { deferred: 3 });
+        assert.match(
+          outcomesB[0]?.status === 'deferred' ? outcomesB[0].error : '',
+          /^not sent: the batch deadline passed while waiting for a free request slot$/,
+        );
+        assert.deepEqual(statuses(await batchA), { confirmed: 4 });
+        // The slot is FIFO: once a later batch is answered, B's queued requests have had their turn.
+        assert.deepEqual(statuses(await sendInTransaction(t.db, sink, outboxMessages(1), 10_000)), {
+          confirmed: 1,
+        });
+        assert.deepEqual(
+          b.filter((m) => receiver.received.has(m.eventId)).map((m) => m.eventId),
+          [],
+          'a deferred request reached the receiver',
         );
       } finally {
         receiver.onHold(() => {});

@@ -15,22 +15,13 @@ import { createKafkaSink } from '../../src/sinks/kafkaSink.js';
 import type { OutboxMessage, SendOutcome } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { kafkaMockProblem, startKafkaMock, type KafkaMock } from '../brokers/kafkaMock.js';
-import { ReceivedIds, outboxMessages, sendInTransaction, uniqueName } from '../support/brokers.js';
+import { ReceivedIds, outboxMessages, sendInTransaction, statuses, uniqueName } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 import { consumeTopic, createTopic } from './conformance/targets/kafka.js';
 
 const EVENTS = 20_000;
 const PARTITIONS = 4;
-
-function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const o of outcomes) {
-    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
-    counts[key] = (counts[key] ?? 0) + 1;
-  }
-  return counts;
-}
 
 /** Kafka's murmur2 (the Java client's `Utils.murmur2`), for the expected partition of a key. */
 function murmur2(data: Buffer): number {

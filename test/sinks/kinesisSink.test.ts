@@ -16,24 +16,14 @@ import {
 import { enqueue } from '../../src/enqueue.js';
 import { startRelay } from '../../src/wiring/relay.js';
 import { createKinesisSink, type KinesisApi } from '../../src/sinks/kinesisSink.js';
-import type { SendOutcome } from '../../src/sinks/sink.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { KINESALITE_CREDENTIALS, startKinesalite, type Kinesalite } from '../brokers/kinesalite.js';
-import { ReceivedIds, outboxMessages, sendInTransaction, uniqueName } from '../support/brokers.js';
+import { ReceivedIds, outboxMessages, sendInTransaction, statuses, uniqueName } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 import { pollStream } from './conformance/targets/kinesis.js';
 
 const EVENTS = 20_000;
-
-function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const o of outcomes) {
-    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
-    counts[key] = (counts[key] ?? 0) + 1;
-  }
-  return counts;
-}
 
 describe('Kinesis sink (kinesalite)', () => {
   let t: TestDatabase;

@@ -7,7 +7,7 @@ import amqplib, { type Channel, type ChannelModel, type ConsumeMessage } from 'a
 import { HTTP } from 'cloudevents';
 import { ShardRelayError } from '../../src/errors.js';
 import { createRabbitMqSink } from '../../src/sinks/rabbitmqSink.js';
-import type { OutboxMessage, SendOutcome } from '../../src/sinks/sink.js';
+import type { OutboxMessage } from '../../src/sinks/sink.js';
 import {
   AMQP_URL,
   ReceivedIds,
@@ -16,6 +16,7 @@ import {
   outboxMessages,
   requireBroker,
   sendInTransaction,
+  statuses,
   uniqueName,
 } from '../support/brokers.js';
 import { startTcpProxy } from '../support/tcpProxy.js';
@@ -30,15 +31,6 @@ function viaPort(port: number): string {
   url.hostname = '127.0.0.1';
   url.port = String(port);
   return url.toString();
-}
-
-function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const o of outcomes) {
-    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
-    counts[key] = (counts[key] ?? 0) + 1;
-  }
-  return counts;
 }
 
 describe('RabbitMQ sink', { skip }, () => {

@@ -213,3 +213,13 @@ export function captureLog(): CapturedLog {
     },
   };
 }
+
+/** Outcomes counted by kind: confirmed, failed-retryable, failed-permanent, unknown, deferred. */
+export function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const o of outcomes) {
+    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
+    counts[key] = (counts[key] ?? 0) + 1;
+  }
+  return counts;
+}

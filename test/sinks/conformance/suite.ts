@@ -7,7 +7,13 @@ import { randomBytes } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { CANARY_TOPIC } from '../../../src/observability/canary.js';
 import type { OutboxMessage, RelaySink, SendOutcome } from '../../../src/sinks/sink.js';
-import { captureLog, outboxMessages, sendInTransaction, type CapturedLog } from '../../support/brokers.js';
+import {
+  captureLog,
+  outboxMessages,
+  sendInTransaction,
+  statuses,
+  type CapturedLog,
+} from '../../support/brokers.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcpProxy.js';
 import { createTestDatabase, type TestDatabase } from '../../support/testDatabase.js';
 import type { ConformanceTarget, Destination, Endpoint, RunningBroker, Scenario } from './target.js';
@@ -23,15 +29,6 @@ const CUT_EVENTS = 5_000;
 const CUT_AFTER = 1;
 /** Re-send rounds allowed after a fault (a sink may refuse fast while it backs off reconnecting). */
 const RESEND_ROUNDS = 10;
-
-export function statuses(outcomes: readonly SendOutcome[]): Record<string, number> {
-  const counts: Record<string, number> = {};
-  for (const o of outcomes) {
-    const key = o.status === 'failed' ? `failed-${o.retryable ? 'retryable' : 'permanent'}` : o.status;
-    counts[key] = (counts[key] ?? 0) + 1;
-  }
-  return counts;
-}
 
 /** A port on loopback where nothing listens (a proxy's, closed again). */
 async function deadEndpoint(): Promise<Endpoint> {
@@ -99,8 +96,8 @@ export async function runConformance(target: ConformanceTarget): Promise<void> {
   }
 
   /**
-   * Sends `messages` until each is confirmed, as the relay would: a message failed retryable or
-   * unknown goes again with the same event id after a short back-off.
+   * Sends `messages` until each is confirmed, as the relay would: a message failed retryable,
+   * unknown or deferred goes again with the same event id after a short back-off.
    */
   async function sendUntilConfirmed(sink: RelaySink, messages: readonly OutboxMessage[]): Promise<void> {
     let pending = [...messages];
@@ -238,7 +235,10 @@ export async function runConformance(target: ConformanceTarget): Promise<void> {
         const others = outcomes.filter((o) => o.status !== 'confirmed');
         assert.ok(others.length > 0, 'the cut came after every confirm; the scenario tested nothing');
         for (const o of others) {
-          assert.ok(o.status === 'unknown' || (o.status === 'failed' && o.retryable), JSON.stringify(o));
+          assert.ok(
+            o.status === 'unknown' || o.status === 'deferred' || (o.status === 'failed' && o.retryable),
+            JSON.stringify(o),
+          );
         }
         assert.ok(
           others.some((o) => o.status === 'unknown'),
@@ -287,7 +287,10 @@ export async function runConformance(target: ConformanceTarget): Promise<void> {
           `the batch returned ${took} ms after a ${stallDeadlineMs} ms deadline`,
         );
         for (const o of outcomes) {
-          assert.ok(o.status === 'unknown' || (o.status === 'failed' && o.retryable), JSON.stringify(o));
+          assert.ok(
+            o.status === 'unknown' || o.status === 'deferred' || (o.status === 'failed' && o.retryable),
+            JSON.stringify(o),
+          );
         }
         assert.ok(
           outcomes.some((o) => o.status === 'unknown'),

@@ -1,0 +1,110 @@
+// A row its sink did not offer before the batch deadline (outcome `deferred`) stays pending as
+// claimed: no attempt counted. Before, such rows counted an attempt each time, so a slow but
+// healthy receiver at peak turned events it never saw into dead letters after `max_attempts` turns.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { sql } from 'kysely';
+import { enqueue } from '../../src/enqueue.js';
+import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
+import { claimsAgainAtOnce, deliverBatch, EMPTY_BATCH } from '../../src/relay/deliverBatch.js';
+import { createHttpSink } from '../../src/sinks/httpSink.js';
+import type { Sink } from '../../src/sinks/sink.js';
+import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
+
+const ANSWER_AFTER_MS = 250;
+
+/** A webhook that answers 204 to every request `ANSWER_AFTER_MS` after it arrived; counts by event id. */
+async function startSlowReceiver() {
+  const counts = new Map<string, number>();
+  const server = http.createServer((request, response) => {
+    const chunks: Buffer[] = [];
+    request.on('data', (chunk: Buffer) => chunks.push(chunk));
+    request.on('end', () => {
+      const id = String((JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id?: unknown }).id);
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+      setTimeout(() => response.writeHead(204).end(), ANSWER_AFTER_MS);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`,
+    counts,
+    async close() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe('rows a sink deferred', () => {
+  let t: TestDatabase;
+  let receiver: Awaited<ReturnType<typeof startSlowReceiver>>;
+  let sink: Sink;
+  before(async () => {
+    t = await createTestDatabase('deferred_rows');
+    receiver = await startSlowReceiver();
+    // One request at a time: a 1 s batch deadline leaves room for about three of 12 requests.
+    sink = createHttpSink({ url: receiver.url, concurrency: 1 });
+    await sink.start();
+  });
+  after(async () => {
+    await sink.close();
+    await receiver.close();
+    await t.close();
+  });
+
+  it(
+    'a receiver slower than the deadline allows gets every event once, none dead-lettered, one attempt each',
+    { timeout: 60_000 },
+    async () => {
+      const ids = (
+        await enqueue(
+          t.db,
+          Array.from({ length: 12 }, (_, i) => ({ topic: 'slow.receiver', payload: { i } })),
+        )
+      ).map((e) => e.eventId);
+      let deferred = 0;
+      let dead = 0;
+      let retried = 0;
+      let batches = 0;
+      for (; batches < 40; batches++) {
+        const result = await deliverBatch(t.db, sink, 0, 1, 'batch', {
+          lanePredicate: DEFAULT_LANE_PREDICATE,
+          batchSize: 12,
+          // Two attempts and no backoff to speak of: before, a row deferred twice was dead.
+          retry: { maxAttempts: 2, baseMs: 1, capMs: 1 },
+          sendTimeoutMs: 1_000,
+        });
+        if (result.claimed === 0) break;
+        deferred += result.deferred;
+        dead += result.dead;
+        retried += result.retried;
+      }
+      assert.equal(dead, 0, `rows dead-lettered in ${batches} batches (${retried} counted as attempts)`);
+      assert.equal(retried, 0, 'attempts counted for rows that were not sent');
+      assert.ok(deferred > 0, 'no row was deferred: the scenario tested nothing');
+      const { rows } = await sql<{ status: string; n: number }>`
+        SELECT status, count(*)::int AS n FROM shardrelay.outbox GROUP BY status`.execute(t.db);
+      assert.deepEqual(rows, [], `rows left in the outbox after ${batches} batches`);
+      assert.deepEqual(
+        ids.filter((id) => receiver.counts.get(id) !== 1),
+        [],
+        'every event reached the receiver exactly once',
+      );
+      const attempts = await sql<{ attempts: number; n: number }>`
+        SELECT attempts, count(*)::int AS n FROM shardrelay.sent_event GROUP BY attempts`.execute(t.db);
+      assert.deepEqual(attempts.rows, [{ attempts: 1, n: 12 }], 'each sent event took one attempt');
+    },
+  );
+
+  it('the shard loop claims again at once only when something was offered', () => {
+    const batch = (claimed: number, deferred: number) => ({ ...EMPTY_BATCH, claimed, deferred });
+    assert.equal(claimsAgainAtOnce(batch(100, 0), 100), true, 'a full batch: more may wait');
+    assert.equal(claimsAgainAtOnce(batch(40, 0), 100), false, 'a short batch: the shard is drained');
+    assert.equal(claimsAgainAtOnce(batch(40, 30), 100), true, 'deferred rows are due again now');
+    assert.equal(claimsAgainAtOnce(batch(100, 100), 100), false, 'nothing offered: wait for a trigger');
+    assert.equal(claimsAgainAtOnce(batch(0, 0), 100), false);
+  });
+});
