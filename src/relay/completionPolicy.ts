@@ -9,8 +9,8 @@ export interface RetryPolicy extends BackoffPolicy {
 
 /**
  * A row its sink did not offer to the broker (outcome `deferred`): it gets no completion, so it
- * stays pending exactly as claimed (attempts, available_at, last_error) and the shard's next claim
- * takes it again.
+ * stays pending as claimed (attempts, last_error), only postponed by the first retry delay
+ * (claims.ts `postponeDeferred`).
  */
 export interface Deferral {
   readonly id: string;

@@ -15,6 +15,7 @@ import {
   claimBatch,
   findUnclaimable,
   keyBlockers,
+  postponeDeferred,
   recordUnclaimable,
   wakeShard,
   type ClaimedMessage,
@@ -94,7 +95,8 @@ export interface BatchResult {
   readonly waves?: number;
   /**
    * Rows claimed (and counted in `claimed`) that the sink did not offer to the broker before the
-   * batch's deadline (outcome `deferred`); they stay pending as they were, no attempt counted.
+   * batch's deadline (outcome `deferred`); they stay pending, no attempt counted, due again after
+   * the first retry delay (`retry.baseMs`).
    */
   readonly deferred: number;
   readonly sent: number;
@@ -125,13 +127,11 @@ export const EMPTY_BATCH: BatchResult = Object.freeze({
 
 /**
  * Whether the shard's loop claims again at once after `result`: after a full batch (more may
- * wait), and after one whose sink deferred some rows while it offered others (those rows are due
- * again now, and first in the shard). A batch of which nothing was offered (every row deferred)
- * waits for the next trigger instead, so a sink that cannot send does not make the loop spin.
+ * wait) of which the sink offered something. A full batch it deferred whole waits for the next
+ * trigger instead, so a sink that cannot send does not make the loop spin through the shard.
  */
 export function claimsAgainAtOnce(result: BatchResult, batchSize: number): boolean {
-  const offered = result.claimed - result.deferred;
-  return offered > 0 && (result.claimed >= batchSize || result.deferred > 0);
+  return result.claimed >= batchSize && result.claimed > result.deferred;
 }
 
 /**
@@ -236,12 +236,17 @@ export async function deliverBatch(
 
       const decisions = decidedInWaves ?? decideCompletions(sent, outcomes, settings.retry);
       const batchMs = performance.now() - started;
-      // Deferred rows get no completion: they stay pending as claimed when the transaction ends.
+      // Deferred rows get no completion: they stay pending as claimed, only postponed (below).
       const request = { shard, lane, completions: recordedCompletions(decisions), batchMs };
       // Kept through the COMMIT: a COMMIT whose connection dies is recovered the same way (the
       // recovery's guard sees whether it had committed after all).
       decided = { request, messages: sent, outcomes, decisions };
       const poison = await completeIsolated(trx, request);
+      await postponeDeferred(
+        trx,
+        decisions.flatMap((d) => (d.status === 'deferred' ? [d.id] : [])),
+        settings.retry.baseMs,
+      );
       if (settings.ordering && sent.some((m) => m.key !== null)) await wakeShard(trx, shard);
       const result = batchResult(sent, outcomes, decisions, poison, confirmedAt, batchMs, sendMs);
       return settings.ordering ? { ...result, held, waves } : result;

@@ -36,7 +36,7 @@ export interface OutboxMessage {
  * - `deferred`: nothing of the message left this process, for a reason that is not the message's
  *   nor a broker failure: its batch's deadline came before its turn (a request slot, a PutRecords
  *   call, link credit or socket back-pressure from a broker that is up but busy). The row goes back
- *   as it was claimed: no attempt counted, no backoff, claimable again at once. Without it a slow
+ *   as it was claimed, no attempt counted, due again after the first retry delay. Without it a slow
  *   but healthy receiver at peak turned rows it never saw into dead letters once `max_attempts`
  *   such turns had passed. A sink must not defer a message it wrote anywhere; a broker that failed
  *   (connection lost, refused) is `failed` + retryable, which counts.

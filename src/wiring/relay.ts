@@ -287,6 +287,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
    */
   const wakeAtRetries = (shard: number, lane: Lane, result: BatchResult) => {
     const delays = result.problems.flatMap((p) => (p.retryInMs === undefined ? [] : [p.retryInMs]));
+    // Deferred rows are postponed by the first retry delay (deliverBatch.ts).
+    if (result.deferred > 0) delays.push(retry.baseMs);
     if (delays.length === 0) return;
     // A few ms late: available_at is stamped at the completion, after this batch's send.
     for (const ms of retryWakeDelays(delays, RETRY_WAKE_SPACING_MS, RETRY_WAKES_PER_BATCH))

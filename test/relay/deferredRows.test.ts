@@ -99,11 +99,48 @@ describe('rows a sink deferred', () => {
     },
   );
 
-  it('the shard loop claims again at once only when something was offered', () => {
+  it(
+    'a deferred row waits the first retry delay, with its attempts: the rows behind it go first',
+    { timeout: 30_000 },
+    async () => {
+      await sql`DELETE FROM shardrelay.outbox`.execute(t.db);
+      const first = await enqueue(
+        t.db,
+        Array.from({ length: 8 }, (_, i) => ({ topic: 'slow.receiver', payload: { i } })),
+      );
+      const settings = {
+        lanePredicate: DEFAULT_LANE_PREDICATE,
+        batchSize: 8,
+        retry: { maxAttempts: 2, baseMs: 60_000, capMs: 60_000 },
+        sendTimeoutMs: 1_000,
+      };
+      const result = await deliverBatch(t.db, sink, 0, 1, 'batch', settings);
+      assert.ok(result.deferred > 0 && result.sent > 0, JSON.stringify(result));
+      const { rows } = await sql<{ attempts: number; last_error: string | null; wait: number }>`
+        SELECT attempts, last_error, extract(epoch FROM available_at - now())::float8 AS wait
+          FROM shardrelay.outbox WHERE status = 'pending'`.execute(t.db);
+      assert.equal(rows.length, result.deferred);
+      for (const row of rows) {
+        assert.equal(row.attempts, 0);
+        assert.equal(row.last_error, null);
+        assert.ok(row.wait > 55 && row.wait <= 60, `due again in ${row.wait} s`);
+      }
+      // A row enqueued after them is claimed before them.
+      const [later] = await enqueue(t.db, [{ topic: 'slow.receiver', payload: { later: true } }]);
+      const next = await deliverBatch(t.db, sink, 0, 1, 'batch', settings);
+      assert.equal(next.claimed, 1);
+      assert.equal(receiver.counts.get(later?.eventId ?? ''), 1);
+      const deferredIds = first.map((e) => e.eventId).filter((id) => !receiver.counts.has(id));
+      assert.equal(deferredIds.length, result.deferred, 'a deferred row reached the receiver');
+    },
+  );
+
+  it('the shard loop claims on at once after a full batch of which something was offered', () => {
     const batch = (claimed: number, deferred: number) => ({ ...EMPTY_BATCH, claimed, deferred });
     assert.equal(claimsAgainAtOnce(batch(100, 0), 100), true, 'a full batch: more may wait');
+    assert.equal(claimsAgainAtOnce(batch(100, 60), 100), true, 'the rows behind the deferred ones');
     assert.equal(claimsAgainAtOnce(batch(40, 0), 100), false, 'a short batch: the shard is drained');
-    assert.equal(claimsAgainAtOnce(batch(40, 30), 100), true, 'deferred rows are due again now');
+    assert.equal(claimsAgainAtOnce(batch(40, 30), 100), false, 'the deferred rows wait anyway');
     assert.equal(claimsAgainAtOnce(batch(100, 100), 100), false, 'nothing offered: wait for a trigger');
     assert.equal(claimsAgainAtOnce(batch(0, 0), 100), false);
   });
