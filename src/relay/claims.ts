@@ -264,23 +264,25 @@ export async function wakeShard(trx: Transaction<Database>, shard: number): Prom
 }
 
 /**
- * Moves rows the sink deferred (never offered to the broker) `delayMs` later, and nothing else: no
- * attempt, no error, same status. Why a delay at all: a deferred row keeps its place at the front
- * of its shard (a claim takes the oldest due rows), so the next claim would take it again before
- * any row behind it; with routing, a slow route's deferred rows would fill every batch and hold
- * back the other routes' rows. Runs in the claim's transaction, only for a batch with deferred
- * rows, on rows the claim holds locked (FOR UPDATE); it takes no other lock.
+ * Moves rows the sink deferred (never offered to the broker) later, each by its delay, and nothing
+ * else: no attempt, no error, same status. Why a delay at all: a deferred row keeps its place at
+ * the front of its shard (a claim takes the oldest due rows), so the next claim would take it again
+ * before any row behind it; with routing, a slow route's deferred rows would fill every batch and
+ * hold back the other routes' rows; during a broker outage every waiting row would be claimed
+ * again at once (relay/deferralDelay.ts says how long). Runs in the claim's transaction, only for a
+ * batch with deferred rows, on rows the claim holds locked (FOR UPDATE); it takes no other lock.
  */
 export async function postponeDeferred(
   trx: Transaction<Database>,
-  ids: readonly string[],
-  delayMs: number,
+  rows: readonly { readonly id: string; readonly delayMs: number }[],
 ): Promise<void> {
-  if (ids.length === 0) return;
+  if (rows.length === 0) return;
   await sql`
-    UPDATE shardrelay.outbox
-       SET available_at = shardrelay.clock() + ${delayMs}::float8 * interval '1 millisecond'
-     WHERE id = ANY(${ids}::bigint[])`.execute(trx);
+    UPDATE shardrelay.outbox o
+       SET available_at = shardrelay.clock() + v.delay_ms * interval '1 millisecond'
+      FROM unnest(${rows.map((r) => r.id)}::bigint[], ${rows.map((r) => r.delayMs)}::float8[])
+           AS v(id, delay_ms)
+     WHERE o.id = v.id`.execute(trx);
 }
 
 /** What the completer decided for one claimed row. */

@@ -9,13 +9,15 @@ export interface RetryPolicy extends BackoffPolicy {
 
 /**
  * A row its sink did not offer to the broker (outcome `deferred`): it gets no completion, so it
- * stays pending as claimed (attempts, last_error), only postponed by the first retry delay
- * (claims.ts `postponeDeferred`).
+ * stays pending as claimed (attempts, last_error), only postponed (relay/deferralDelay.ts,
+ * claims.ts `postponeDeferred`).
  */
 export interface Deferral {
   readonly id: string;
   readonly status: 'deferred';
   readonly error: string;
+  /** The sink's own "not before", if it gave one. */
+  readonly retryAfterMs?: number;
 }
 
 /** What the relay does with one claimed row after the send. */
@@ -46,7 +48,10 @@ export function decideCompletions(
   return messages.map((m, i) => {
     const outcome = outcomes[i] as SendOutcome;
     if (outcome.status === 'confirmed') return { id: m.id, status: 'sent' };
-    if (outcome.status === 'deferred') return { id: m.id, status: 'deferred', error: outcome.error };
+    if (outcome.status === 'deferred')
+      return outcome.retryAfterMs === undefined
+        ? { id: m.id, status: 'deferred', error: outcome.error }
+        : { id: m.id, status: 'deferred', error: outcome.error, retryAfterMs: outcome.retryAfterMs };
     const attempt = m.attempts + 1;
     const limit = m.maxAttempts ?? policy.maxAttempts;
     const error = outcome.status === 'unknown' ? `unknown: ${outcome.error}` : outcome.error;

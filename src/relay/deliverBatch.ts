@@ -31,8 +31,10 @@ import {
   decideCompletions,
   recordedCompletions,
   type Decision,
+  type Deferral,
   type RetryPolicy,
 } from './completionPolicy.js';
+import type { DeferralDelay } from './deferralDelay.js';
 import { keyChains, sendInWaves } from './keyOrder.js';
 
 export interface DeliverySettings {
@@ -56,6 +58,8 @@ export interface DeliverySettings {
   readonly logger?: Logger;
   /** Per-key ordering (SHARDRELAY_ORDERING=key); absent = off. */
   readonly ordering?: KeyOrdering;
+  /** How long deferred rows wait (relay/deferralDelay.ts); absent = the first retry delay. */
+  readonly deferralDelay?: Pick<DeferralDelay, 'delayMs'>;
 }
 
 /**
@@ -96,9 +100,13 @@ export interface BatchResult {
   /**
    * Rows claimed (and counted in `claimed`) that the sink did not offer to the broker before the
    * batch's deadline (outcome `deferred`); they stay pending, no attempt counted, due again after
-   * the first retry delay (`retry.baseMs`).
+   * `deferralDelay`.
    */
   readonly deferred: number;
+  /** When rows were deferred: in how many ms the first of them is due again. */
+  readonly deferredDueInMs?: number;
+  /** When rows were deferred: why the first of them was (the sink's words). */
+  readonly deferredReason?: string;
   readonly sent: number;
   readonly retried: number;
   readonly dead: number;
@@ -242,13 +250,18 @@ export async function deliverBatch(
       // recovery's guard sees whether it had committed after all).
       decided = { request, messages: sent, outcomes, decisions };
       const poison = await completeIsolated(trx, request);
-      await postponeDeferred(
-        trx,
-        decisions.flatMap((d) => (d.status === 'deferred' ? [d.id] : [])),
-        settings.retry.baseMs,
-      );
+      const postponed = deferralDelays(decisions, outcomes, settings);
+      await postponeDeferred(trx, postponed);
       if (settings.ordering && sent.some((m) => m.key !== null)) await wakeShard(trx, shard);
-      const result = batchResult(sent, outcomes, decisions, poison, confirmedAt, batchMs, sendMs);
+      const counted = batchResult(sent, outcomes, decisions, poison, confirmedAt, batchMs, sendMs);
+      const result =
+        postponed.length === 0
+          ? counted
+          : {
+              ...counted,
+              deferredDueInMs: Math.min(...postponed.map((p) => p.delayMs)),
+              deferredReason: decisions.find((d) => d.status === 'deferred')?.error ?? '',
+            };
       return settings.ordering ? { ...result, held, waves } : result;
     });
   } catch (error) {
@@ -256,6 +269,25 @@ export async function deliverBatch(
     if (!decided || sink.kind === 'in-database') throw error;
     return recoverElsewhere(db, decided, error, settings.logger);
   }
+}
+
+/**
+ * Each deferred row's delay: the lane's (deferralDelay.ts), or the sink's own "not before" when
+ * that is longer, never beyond the retry cap.
+ */
+function deferralDelays(
+  decisions: readonly Decision[],
+  outcomes: readonly SendOutcome[],
+  settings: DeliverySettings,
+): { id: string; delayMs: number }[] {
+  const deferred = decisions.filter((d): d is Deferral => d.status === 'deferred');
+  if (deferred.length === 0) return [];
+  const confirmedAny = outcomes.some((o) => o.status === 'confirmed');
+  const laneDelay = settings.deferralDelay?.delayMs(confirmedAny) ?? settings.retry.baseMs;
+  return deferred.map((d) => ({
+    id: d.id,
+    delayMs: Math.min(settings.retry.capMs, Math.max(laneDelay, d.retryAfterMs ?? 0)),
+  }));
 }
 
 /** What a batch is sent through: the sink, with the claim transaction bound if it takes one. */

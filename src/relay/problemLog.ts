@@ -6,7 +6,9 @@ import type { BatchResult } from './deliverBatch.js';
  * One log line per delivery attempt that did not end in a confirm, carrying what joins it to the
  * application's own logs and traces: the event id, the correlation id and the W3C traceparent the
  * row was enqueued with. A retry logs at warn, a dead letter at error (a person has to act on it).
- * A broker outage logs one line per row per attempt; the retry backoff bounds how often.
+ * Rows deferred (never offered to the broker: an outage, a sink short of time) log one line per
+ * batch, not per row: no attempt was made, and an outage would otherwise log every waiting row
+ * each time it comes due; the deferral delay, which grows with the outage, bounds how often.
  */
 export function logBatchProblems(logger: Logger, shard: number, lane: Lane, result: BatchResult): void {
   for (const p of result.problems) {
@@ -27,4 +29,16 @@ export function logBatchProblems(logger: Logger, shard: number, lane: Lane, resu
     if (p.next === 'dead') logger.error(fields, 'event moved to dead letters');
     else logger.warn(fields, 'event delivery failed; it will be retried');
   }
+  if (result.deferred > 0)
+    logger.warn(
+      {
+        shard,
+        lane,
+        deferred: result.deferred,
+        of: result.claimed,
+        reason: result.deferredReason,
+        dueInMs: result.deferredDueInMs,
+      },
+      'events not sent (deferred, no attempt counted); they will be sent again',
+    );
 }

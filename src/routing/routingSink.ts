@@ -15,10 +15,10 @@
  * per connection. So each route has a breaker:
  *
  * - `up`: parts are sent as they come.
- * - a part that settles with no confirm and at least one `unknown` or retryable outcome (a
- *   stall, a refused connection, a nack storm) turns the route `down`.
- * - `down`: the route's rows fail `retryable` at once ("route down"), without touching its sink
- *   (they go back with backoff, like any retry), except one probe: at most every
+ * - a part that settles with no confirm and at least one `unknown`, retryable or deferred outcome
+ *   (a stall, a refused connection, a nack storm) turns the route `down`.
+ * - `down`: the route's rows are deferred at once ("route down"), without touching its sink
+ *   (no attempt counted; back after half the time the route has been down), except one probe: at most every
  *   PROBE_INTERVAL_MS and never two at a time, the first row of a part is sent with a deadline of
  *   at most PROBE_BUDGET_MS. A probe confirmed turns the route `up`.
  *
@@ -42,8 +42,8 @@ import { toError } from '../errors.js';
 import { settleByDeadline } from '../sinks/deadline.js';
 import {
   confirmed,
+  deferred,
   permanent,
-  retryable,
   unknown,
   type InDatabaseSink,
   type OutboxMessage,
@@ -91,6 +91,8 @@ export type RoutingSink = (Sink & Routes) | (InDatabaseSink & Routes);
 
 interface RouteState {
   down: boolean;
+  /** When the route went down (meaningful while `down`). */
+  downSince: number;
   probing: boolean;
   lastProbeAt: number;
 }
@@ -106,7 +108,7 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
   const states = new Map<string, RouteState>();
   for (const name of Object.keys(table.sinks)) {
     if (!sinks.has(name)) throw new Error(`routing sink: no sink built for route ${name}`);
-    states.set(name, { down: false, probing: false, lastProbeAt: 0 });
+    states.set(name, { down: false, downSince: 0, probing: false, lastProbeAt: 0 });
   }
   // Parts of in-database routes run one after the other on this chain.
   let transactionChain: Promise<unknown> = Promise.resolve();
@@ -179,9 +181,8 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
     if (state.down) {
       const probe = !state.probing && started - state.lastProbeAt >= PROBE_INTERVAL_MS;
       if (!probe) {
-        const outcomes = part.map(() =>
-          retryable(`route ${route} is down (its broker failed or stalled); retried`),
-        );
+        const outcome = downOutcome(route, state, started);
+        const outcomes = part.map(() => outcome);
         self.onPart?.({ route, outcomes, seconds: 0, down: true });
         return outcomes;
       }
@@ -197,19 +198,36 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
       state.probing = false;
     }
     const confirmedAny = sent.some((o) => o.status === 'confirmed');
-    const transient = sent.some((o) => o.status === 'unknown' || (o.status === 'failed' && o.retryable));
+    // Anything but a confirm or a permanent refusal: the broker stalled, refused the connection or
+    // the messages, or could not be reached in time.
+    const transient = sent.some(
+      (o) => o.status === 'unknown' || o.status === 'deferred' || (o.status === 'failed' && o.retryable),
+    );
     if (confirmedAny) state.down = false;
     else if (transient && !state.down) {
       // The failed send counts as the last probe: the next one comes PROBE_INTERVAL_MS later.
       state.down = true;
-      state.lastProbeAt = now();
+      state.downSince = now();
+      state.lastProbeAt = state.downSince;
     }
-    const rest = part
-      .slice(toSend.length)
-      .map(() => retryable(`route ${route} is down (its broker failed or stalled); retried`));
+    const restOutcome = downOutcome(route, state, now());
+    const rest = part.slice(toSend.length).map(() => restOutcome);
     const outcomes = [...sent, ...rest];
     self.onPart?.({ route, outcomes, seconds: (now() - started) / 1000, down: state.down });
     return outcomes;
+  }
+
+  /**
+   * A row of a down route not sent: deferred (no attempt counted: the broker never saw it), back in
+   * half the time the route has been down, at least one probe interval (the relay caps it at the
+   * retry cap). So a route down for an hour dead-letters nothing, and its rows come back less and
+   * less often meanwhile instead of filling every batch.
+   */
+  function downOutcome(route: string, state: RouteState, at: number): SendOutcome {
+    return deferred(
+      `route ${route} is down (its broker failed or stalled); not sent`,
+      Math.max(PROBE_INTERVAL_MS, (at - state.downSince) / 2),
+    );
   }
 
   async function sendWithin(

@@ -17,10 +17,10 @@
  * - link or connection lost with the   → unknown: the broker may hold it; the relay re-sends it with
  *   delivery unsettled                   the same message id
  * - no settlement by the batch deadline → unknown
- * - not sent: link refused, connection  → failed retryable: nothing left this process
- *   down
- * - not sent: no credit from the broker → deferred: nothing left this process; the row goes back
- *   until the deadline                   as claimed, no attempt counted (the broker is up, busy)
+ * - not sent: link refused              → failed retryable: nothing left this process
+ * - not sent: connection down, link     → deferred: nothing left this process; the row goes back
+ *   lost earlier in the batch, no credit  as claimed, no attempt counted (relay/deferralDelay.ts)
+ *   from the broker until the deadline
  * - larger than the link's or the       → failed permanent, before sending
  *   configured maximum message size
  *
@@ -200,7 +200,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
       }
       if (state.closed) {
         outcomes[item.index] = Promise.resolve(
-          retryable(`not sent: the link to '${address}' was lost earlier in this batch`),
+          deferred(`not sent: the link to '${address}' was lost earlier in this batch`),
         );
         continue;
       }
@@ -226,7 +226,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
       try {
         target = await links.current(context.deadline);
       } catch (error) {
-        const outcome = retryable(`AMQP 1.0 broker unavailable at ${where}: ${describe(error)}`);
+        const outcome = deferred(`AMQP 1.0 broker unavailable at ${where}: ${describe(error)}`);
         return messages.map(() => outcome);
       }
       const outcomes: Promise<SendOutcome>[] = new Array<Promise<SendOutcome>>(messages.length);

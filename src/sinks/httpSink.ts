@@ -8,6 +8,7 @@
  * - 408, 429, 5xx, a network error, no answer  → failed retryable (the receiver may come back)
  *   within `timeoutMs`                           with its `Retry-After` (seconds or an HTTP date)
  *                                                as the earliest retry, within the retry cap
+ * - connection refused, name not resolved      → deferred: nothing sent, no attempt counted
  * - no answer by the batch deadline            → unknown (the receiver may have processed it)
  * - not started by the batch deadline (waiting → deferred: nothing was sent; the row goes back
  *   for a request slot, or too little time left   as claimed, no attempt counted
@@ -177,7 +178,7 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
       // Refused or unresolvable before a connection existed: the receiver cannot have the event.
       // Any other failure (a reset or close mid-request) may come after the receiver took it.
       return neverConnected(error)
-        ? retryable(`request to ${where} failed: ${networkReason(error)}`)
+        ? deferred(`request to ${where} failed: ${networkReason(error)}`)
         : unknown(`request to ${where} failed mid-request: ${networkReason(error)}`);
     } finally {
       clearTimeout(timer);

@@ -22,9 +22,9 @@
  * JetStream (message larger than the stream allows) or a message the client refuses (over the
  * server's max_payload, a topic that is no valid subject) → permanent.
  *
- * Connection: the nats client reconnects by itself, forever. While it is disconnected, batches fail
- * fast as retryable instead of piling publishes into the client's reconnect buffer and holding
- * their rows' locks until the deadline. Pings every 10 s (two missed → reconnect) find a
+ * Connection: the nats client reconnects by itself, forever. While it is disconnected, batches end
+ * at once as deferred (nothing sent, no attempt counted) instead of piling publishes into the
+ * client's reconnect buffer and holding their rows' locks until the deadline. Pings every 10 s (two missed → reconnect) find a
  * connection that went silent.
  *
  * Finding or creating the stream is jetStreamStream.ts; the client options built from the URLs
@@ -57,6 +57,7 @@ import { connectionOptions, redactedServers, startError } from './jetStreamConne
 import { provisionStream, validateStreamSettings } from './jetStreamStream.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -284,13 +285,13 @@ export function createJetStreamSink(options: JetStreamSinkOptions): JetStreamSin
         try {
           await raceDeadline(open(), context.deadline, 'the batch deadline passed while connecting');
         } catch (error) {
-          const outcome = retryable(`NATS unavailable at ${where}: ${describe(error)}`);
+          const outcome = deferred(`NATS unavailable at ${where}: ${describe(error)}`);
           return messages.map(() => outcome);
         }
       }
       const client = js;
       if (!client || !connected) {
-        const outcome = retryable(
+        const outcome = deferred(
           `NATS connection to ${where} is down (the client is reconnecting); nothing was sent`,
         );
         return messages.map(() => outcome);

@@ -27,10 +27,11 @@
  * - timed out locally (-192), request timed out   → unknown: the broker may have appended it
  *   (7), fatal idempotence error, in-flight purge
  * - any other broker error, queue full, unknown   → failed retryable: the broker did not append it
- *   topic/partition, all brokers down
+ *   topic/partition
  * - no report by the batch deadline               → unknown
+ * - all brokers down, no producer                 → deferred: nothing sent, no attempt counted
  *
- * While librdkafka says all brokers are down, batches fail fast as retryable (a metadata request
+ * While librdkafka says all brokers are down, batches end at once as deferred (a metadata request
  * probes whether one is back) instead of queueing records that would only time out.
  */
 import type {
@@ -54,6 +55,7 @@ import {
 import { settleByDeadline } from './deadline.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -400,11 +402,11 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
       try {
         target = await ensureProducer();
       } catch (error) {
-        const outcome = retryable(`Kafka unavailable at ${brokers}: ${describe(error)}`);
+        const outcome = deferred(`Kafka unavailable at ${brokers}: ${describe(error)}`);
         return messages.map(() => outcome);
       }
       if (allBrokersDown && !(await probe(target))) {
-        const outcome = retryable(`Kafka: all brokers are down (${brokers}); nothing was sent`);
+        const outcome = deferred(`Kafka: all brokers are down (${brokers}); nothing was sent`);
         return messages.map(() => outcome);
       }
       const pending = messages.map((message) => produce(target, message));

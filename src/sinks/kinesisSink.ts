@@ -20,8 +20,8 @@
  *   partition key over 256 characters                  refuses it every time
  * - the whole call throttled or refused (4xx:         → failed retryable: nothing was stored
  *   ProvisionedThroughputExceeded, LimitExceeded,
- *   ResourceNotFound, AccessDenied ...), connection
- *   refused
+ *   ResourceNotFound, AccessDenied ...)
+ * - connection refused, name not resolved             → deferred: nothing sent, no attempt counted
  * - the call failed after it was sent (5xx, reset,    → unknown: Kinesis may have stored any of
  *   timeout, the batch deadline)                        its records
  * - the call not started by the batch deadline       → deferred: nothing sent; the row goes back
@@ -171,11 +171,9 @@ export function kinesisCallOutcome(
   const code = typeof e?.code === 'string' ? e.code : '';
   const status = e?.$metadata?.httpStatusCode;
   const text = `Kinesis PutRecords failed (stream ${stream}): ${name ? `${name}: ` : ''}${scrub(toError(error).message)}`;
-  if (
-    REFUSED_CALL.has(name) ||
-    NOT_CONNECTED.has(code) ||
-    (status !== undefined && status >= 400 && status < 500)
-  ) {
+  // Kinesis unreachable: nothing was sent, and an outage must not spend the rows' attempts.
+  if (NOT_CONNECTED.has(code)) return deferred(text);
+  if (REFUSED_CALL.has(name) || (status !== undefined && status >= 400 && status < 500)) {
     return retryable(text);
   }
   return unknown(text);

@@ -17,9 +17,9 @@
  * - channel or connection lost with   → unknown: the broker may hold it; the relay re-sends it with
  *   the confirm pending                 the same message id.
  * - no confirm by the batch deadline  → unknown (a blocked connection, a stalled network).
- * - not published (link down, blocked → failed retryable: nothing left this process.
- *   before the batch, back-pressure
- *   until the deadline)
+ * - not published (link down, blocked → deferred: nothing left this process; the row waits
+ *   before the batch, back-pressure     without an attempt counted (relay/deferralDelay.ts), so an
+ *   until the deadline)                 outage dead-letters nothing
  *
  * The connection, its confirm channel and their life (reconnect, back-off, heartbeats, the hard
  * drop when a batch's shard lease lapses) are the link manager's (rabbitmqLink.ts); this file
@@ -39,6 +39,7 @@ import { settleByDeadline } from './deadline.js';
 import { createRabbitMqLinks, takeReturn, waitForDrain, type RabbitMqLink } from './rabbitmqLink.js';
 import {
   confirmed,
+  deferred,
   permanent,
   retryable,
   unknown,
@@ -212,12 +213,12 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
       try {
         target = await links.current(context.deadline);
       } catch (error) {
-        const outcome = retryable(`RabbitMQ unavailable at ${where}: ${describe(error)}`);
+        const outcome = deferred(`RabbitMQ unavailable at ${where}: ${describe(error)}`);
         return messages.map(() => outcome);
       }
       if (target.blockedReason !== null) {
         // Publishing now would only fill the socket buffer and hold the rows' locks until the deadline.
-        const outcome = retryable(
+        const outcome = deferred(
           `RabbitMQ is blocking publishers (${target.blockedReason}); nothing was sent`,
         );
         return messages.map(() => outcome);
@@ -233,14 +234,14 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
           lease.check();
           if (target.closed) {
             pending.push(
-              Promise.resolve(retryable('not published: the RabbitMQ link was lost earlier in this batch')),
+              Promise.resolve(deferred('not published: the RabbitMQ link was lost earlier in this batch')),
             );
             continue;
           }
           if (Date.now() >= context.deadline) {
             pending.push(
               Promise.resolve(
-                retryable('not published: back-pressure from RabbitMQ until the batch deadline'),
+                deferred('not published: back-pressure from RabbitMQ until the batch deadline'),
               ),
             );
             continue;

@@ -33,13 +33,14 @@ export interface OutboxMessage {
  * - `failed` + permanent: it will never be accepted (4xx, unroutable, too large); the row becomes dead.
  * - `unknown`: no answer before the deadline or the connection died with the confirm pending; the
  *   broker may or may not hold it, so the row is sent again later with the same event id.
- * - `deferred`: nothing of the message left this process, for a reason that is not the message's
- *   nor a broker failure: its batch's deadline came before its turn (a request slot, a PutRecords
- *   call, link credit or socket back-pressure from a broker that is up but busy). The row goes back
- *   as it was claimed, no attempt counted, due again after the first retry delay. Without it a slow
- *   but healthy receiver at peak turned rows it never saw into dead letters once `max_attempts`
- *   such turns had passed. A sink must not defer a message it wrote anywhere; a broker that failed
- *   (connection lost, refused) is `failed` + retryable, which counts.
+ * - `deferred`: nothing of the message left this process, for a reason that is not the message's:
+ *   the broker cannot be reached (connection refused, link down before the message's turn), or
+ *   its batch's deadline came first (a request slot, a PutRecords call, link credit or socket
+ *   back-pressure from a busy broker). The row goes back as it was claimed, no attempt counted,
+ *   due again after a delay (relay/deferralDelay.ts). Without it a broker outage or a slow
+ *   receiver at peak turned rows no broker ever saw into dead letters once `max_attempts` such
+ *   turns had passed. A sink must not defer a message it wrote anywhere, even partly: once bytes
+ *   may have reached the broker, the outcome is `unknown`.
  */
 export type SendOutcome =
   | { readonly status: 'confirmed'; readonly duplicate?: boolean }
@@ -50,7 +51,12 @@ export type SendOutcome =
       readonly retryAfterMs?: number;
     }
   | { readonly status: 'unknown'; readonly error: string }
-  | { readonly status: 'deferred'; readonly error: string };
+  | {
+      readonly status: 'deferred';
+      readonly error: string;
+      /** The sink's own "not before" (a route's breaker): the row waits at least that long. */
+      readonly retryAfterMs?: number;
+    };
 
 /**
  * What every sink is given with a batch. The claim transaction is not in it: a broker sink has no
@@ -125,7 +131,9 @@ export function unknown(error: string): SendOutcome {
   return { status: 'unknown', error };
 }
 
-/** Not offered to the broker (see `SendOutcome`); the reason starts with "not sent". */
-export function deferred(error: string): SendOutcome {
-  return { status: 'deferred', error };
+/** Not offered to the broker (see `SendOutcome`); the reason says why nothing was sent. */
+export function deferred(error: string, retryAfterMs?: number): SendOutcome {
+  return retryAfterMs === undefined
+    ? { status: 'deferred', error }
+    : { status: 'deferred', error, retryAfterMs };
 }

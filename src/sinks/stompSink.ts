@@ -41,9 +41,9 @@
  *                                      over its `maxDataLength` with an ERROR that names no receipt
  *                                      and closes the connection, which would turn every other
  *                                      pending receipt unknown and re-send the big row forever
- * - not sent (link down, back-off)   → failed retryable
- * - not sent: the socket's back-      → deferred: nothing written; the row goes back as claimed,
- *   pressure lasted to the deadline     no attempt counted
+ * - not sent: link down, back-off,   → deferred: nothing written; the row goes back as claimed,
+ *   or the socket's back-pressure       no attempt counted (relay/deferralDelay.ts)
+ *   lasted to the deadline
  */
 import type { Socket } from 'node:net';
 import { untilDeadline } from '../raceDeadline.js';
@@ -424,7 +424,7 @@ export function createStompSink(options: StompSinkOptions): Sink {
     try {
       target = await ensureLink(slot, deadline);
     } catch (error) {
-      const outcome = retryable(`STOMP broker unavailable at ${where}: ${describe(error)}`);
+      const outcome = deferred(`STOMP broker unavailable at ${where}: ${describe(error)}`);
       for (let k = 0; k < count; k++) wait.settle(indexes === null ? k : (indexes[k] as number), outcome);
       return 0;
     }
@@ -462,11 +462,11 @@ export function createStompSink(options: StompSinkOptions): Sink {
       const i = indexes === null ? k : (indexes[k] as number);
       const message = messages[i] as OutboxMessage;
       if (target.closed) {
-        wait.settle(i, retryable('not sent: the STOMP link was lost earlier in this batch'));
+        wait.settle(i, deferred('not sent: the STOMP link was lost earlier in this batch'));
         continue;
       }
       if (socket.destroyed || !socket.writable) {
-        wait.settle(i, retryable('not sent: the STOMP connection is closed'));
+        wait.settle(i, deferred('not sent: the STOMP connection is closed'));
         continue;
       }
       if (Date.now() >= deadline) {

@@ -16,6 +16,7 @@ import { routeTableOf, type RouteTable } from '../routing/loadRoutes.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import type { RelaySink } from '../sinks/sink.js';
 import { claimsAgainAtOnce, deliverBatch, type BatchResult } from '../relay/deliverBatch.js';
+import { DeferralDelay } from '../relay/deferralDelay.js';
 import { CLAIM_SESSION_SETTINGS, shardsWithDueRows } from '../relay/claims.js';
 import { holdOrderingMode, type OrderingModeHold } from '../relay/orderingMode.js';
 import { OutboxListener } from '../relay/outboxListener.js';
@@ -240,6 +241,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     );
     const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
     const reportPoolWait = poolWaitReporter(logger, lane, config.connectionsPerLane, CONNECTION_TIMEOUT_MS);
+    // One per lane: the lane's batches share the sink, whose outage they see together.
+    const deferralDelay = new DeferralDelay(retry);
     return {
       lane,
       // Real-time rows go at once; batch-lane wake-ups gather rows so that batches stay full.
@@ -262,6 +265,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
             retry,
             sendTimeoutMs: config.sendTimeoutMs,
             logger,
+            deferralDelay,
             ...(ordering ? { ordering } : {}),
             ...(guards ?? {}),
           });
@@ -271,7 +275,10 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
           reportPoolWait(shard);
           return { full: false };
         }
-        if (result.claimed > 0) options.hooks?.onBatch?.(shard, lane, result);
+        if (result.claimed > 0) {
+          deferralDelay.record(result);
+          options.hooks?.onBatch?.(shard, lane, result);
+        }
         wakeAtRetries(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result);
@@ -287,8 +294,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
    */
   const wakeAtRetries = (shard: number, lane: Lane, result: BatchResult) => {
     const delays = result.problems.flatMap((p) => (p.retryInMs === undefined ? [] : [p.retryInMs]));
-    // Deferred rows are postponed by the first retry delay (deliverBatch.ts).
-    if (result.deferred > 0) delays.push(retry.baseMs);
+    if (result.deferredDueInMs !== undefined) delays.push(result.deferredDueInMs);
     if (delays.length === 0) return;
     // A few ms late: available_at is stamped at the completion, after this batch's send.
     for (const ms of retryWakeDelays(delays, RETRY_WAKE_SPACING_MS, RETRY_WAKES_PER_BATCH))

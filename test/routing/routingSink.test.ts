@@ -104,7 +104,7 @@ describe('routing sink', () => {
     assert.deepEqual(a.sent, [['e2']], 'only the routed canary reached a sink');
   });
 
-  it('a stalled route settles unknown by the deadline, does not hold the other, then fails fast and is probed', async () => {
+  it('a stalled route settles unknown by the deadline, does not hold the other, then defers at once and is probed', async () => {
     let now = 1_000_000;
     const a = fakeSink();
     const b = fakeSink();
@@ -126,25 +126,28 @@ describe('routing sink', () => {
     assert.ok(Date.now() - started < 300 + 500, 'settled by the deadline');
     assert.ok(sink.isDown('b'));
 
-    // Down: b's rows fail at once; its sink is not called (no probe: the interval has not passed).
+    // Down: b's rows are deferred at once, to come back after a probe interval at least; its sink is
+    // not called (no probe: the interval has not passed).
     now += 10;
     const fast = Date.now();
     const second = await sink.sendBatch([message(3, 'a.x'), message(4, 'b.x')], context(5_000));
     assert.ok(Date.now() - fast < 200, 'no wait on the down route');
     assert.deepEqual(
       second.map((o) => o.status),
-      ['confirmed', 'failed'],
+      ['confirmed', 'deferred'],
     );
+    const deferredRow = second[1];
+    assert.ok(deferredRow?.status === 'deferred' && deferredRow.retryAfterMs === PROBE_INTERVAL_MS);
     assert.equal(b.sent.length, 1);
 
-    // After the interval one row probes, with at most the probe budget; the rest fail fast.
+    // After the interval one row probes, with at most the probe budget; the rest are deferred.
     now += PROBE_INTERVAL_MS;
     b.hang(false);
     const third = await sink.sendBatch([message(5, 'b.x'), message(6, 'b.y')], context(60_000));
     assert.deepEqual(b.sent.at(-1), ['e5']);
     assert.deepEqual(
       third.map((o) => o.status),
-      ['confirmed', 'failed'],
+      ['confirmed', 'deferred'],
     );
     assert.ok(!sink.isDown('b'), 'a confirmed probe takes the route back up');
     assert.ok(PROBE_BUDGET_MS <= 1_000);
