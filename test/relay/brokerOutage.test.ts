@@ -3,7 +3,6 @@
 // and 0.2-2 s backoffs); the rows are now deferred, no attempt counted, and delivered once the
 // broker is back.
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import amqp from 'amqplib';
 import { sql } from 'kysely';
@@ -20,47 +19,8 @@ import {
   uniqueName,
 } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
+import { startTcpProxy } from '../support/tcpProxy.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
-
-/** A TCP forwarder to RabbitMQ that can stop listening (connections refused) and listen again. */
-async function startSwitchableProxy(host: string, port: number) {
-  const sockets = new Set<net.Socket>();
-  const serve = () =>
-    net.createServer((client) => {
-      const upstream = net.connect(port, host);
-      for (const socket of [client, upstream]) {
-        sockets.add(socket);
-        socket.on('error', () => {});
-        socket.on('close', () => {
-          sockets.delete(socket);
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream);
-      upstream.pipe(client);
-    });
-  let server = serve();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const proxyPort = (server.address() as net.AddressInfo).port;
-  return {
-    port: proxyPort,
-    /** Connections refused from now on; the open ones are dropped. */
-    async refuse() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const socket of sockets) socket.destroy();
-      await closed;
-    },
-    async accept() {
-      server = serve();
-      await new Promise<void>((resolve) => server.listen(proxyPort, '127.0.0.1', resolve));
-    },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 const EVENTS = 2_000;
 
@@ -78,7 +38,7 @@ describe('a broker outage longer than max_attempts backoffs', () => {
       const broker = hostAndPort(AMQP_URL, 5672);
       const skip = await requireBroker('RabbitMQ', broker.host, broker.port);
       if (skip) return ctx.skip(skip);
-      const proxy = await startSwitchableProxy(broker.host, broker.port);
+      const proxy = await startTcpProxy(broker.host, broker.port);
       const connection = await amqp.connect(AMQP_URL);
       const channel = await connection.createChannel();
       const exchange = uniqueName('sr_outage');

@@ -3,7 +3,9 @@
  * - `cutAll()` destroys every proxied connection at once (a broker restart, a dropped link);
  * - `stall()` stops forwarding bytes in both directions while keeping the sockets open (a hung
  *   broker, a black-holed network): the client sees no error, only silence;
- * - `resume()` forwards again, including what piled up during the stall.
+ * - `resume()` forwards again, including what piled up during the stall;
+ * - `refuse()` stops listening and drops every connection (a broker that is down: connections are
+ *   refused), `accept()` listens again on the same port.
  * New connections are still accepted and proxied after a cut, so clients can reconnect; a connection
  * opened during a stall is stalled too.
  *
@@ -22,6 +24,8 @@ export interface TcpProxy {
   cutAll(): void;
   stall(): void;
   resume(): void;
+  refuse(): Promise<void>;
+  accept(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -43,7 +47,7 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     from.on('end', () => to.end());
   }
 
-  const server = net.createServer((client) => {
+  const proxy = (client: net.Socket): void => {
     accepted += 1;
     const upstream = net.connect(targetPort, targetHost);
     for (const socket of [client, upstream]) {
@@ -60,17 +64,28 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     }
     forward(client, upstream, true);
     forward(upstream, client, false);
-  });
+  };
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
+  const listen = async (port: number): Promise<net.Server> => {
+    const server = net.createServer(proxy);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+    return server;
+  };
+  let server: net.Server | null = await listen(0);
   const address = server.address();
   if (address === null || typeof address === 'string') throw new Error('the TCP proxy has no port');
+  const stop = async (): Promise<void> => {
+    const closing = server;
+    server = null;
+    for (const socket of sockets) socket.destroy();
+    if (closing) await new Promise<void>((resolve) => closing.close(() => resolve()));
+  };
 
   return {
     port: address.port,
@@ -91,9 +106,10 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
       stalled = false;
       for (const socket of sockets) socket.resume();
     },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+    refuse: stop,
+    async accept() {
+      server ??= await listen(address.port);
     },
+    close: stop,
   };
 }
