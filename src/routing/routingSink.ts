@@ -210,7 +210,10 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
       state.downSince = now();
       state.lastProbeAt = state.downSince;
     }
-    const restOutcome = downOutcome(route, state, now());
+    // The rest of a probed part: still down, or back up with this probe (then due again soon).
+    const restOutcome = state.down
+      ? downOutcome(route, state, now())
+      : deferred(`route ${route} came back up with this batch's probe; not sent in it`);
     const rest = part.slice(toSend.length).map(() => restOutcome);
     const outcomes = [...sent, ...rest];
     self.onPart?.({ route, outcomes, seconds: (now() - started) / 1000, down: state.down });

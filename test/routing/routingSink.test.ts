@@ -150,6 +150,11 @@ describe('routing sink', () => {
       ['confirmed', 'deferred'],
     );
     assert.ok(!sink.isDown('b'), 'a confirmed probe takes the route back up');
+    const afterProbe = third[1];
+    assert.ok(
+      afterProbe?.status === 'deferred' && afterProbe.retryAfterMs === undefined,
+      'the rest of the probed part is due again soon, not after the wait of a down route',
+    );
     assert.ok(PROBE_BUDGET_MS <= 1_000);
   });
 
