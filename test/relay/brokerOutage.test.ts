@@ -48,7 +48,12 @@ describe('a broker outage longer than max_attempts backoffs', () => {
       url.host = `127.0.0.1:${proxy.port}`;
       // Three attempts, 0.2 s first retry, 5 s cap: counted as attempts, every row would be dead
       // within about a second of refused connections.
-      const config = testConfig(t.url, { maxAttempts: 3, retryBaseMs: 200, retryCapMs: 5_000 });
+      const config = testConfig(t.url, {
+        maxAttempts: 3,
+        retryBaseMs: 200,
+        retryCapMs: 5_000,
+        metricsPort: 0,
+      });
       const captured = captureLog();
       const relay = await startRelay({
         config,
@@ -102,6 +107,13 @@ describe('a broker outage longer than max_attempts backoffs', () => {
           0,
           'a deferred row was logged as a failed delivery',
         );
+        // And the metrics': deferred rows counted, no failed delivery.
+        const total = async (name: string): Promise<number> => {
+          const metric = relay.observer.metrics?.registry.getSingleMetric(name);
+          return ((await metric?.get())?.values ?? []).reduce((sum, v) => sum + v.value, 0);
+        };
+        assert.ok((await total('shardrelay_events_deferred_total')) >= EVENTS, 'deferred rows not counted');
+        assert.equal(await total('shardrelay_events_failed_total'), 0);
 
         await proxy.accept();
         await relay.whenDrained();
