@@ -64,8 +64,8 @@ export interface BatchRecord {
   /** Rows moved to dead letters in this batch (permanent error or attempts exhausted). */
   readonly dead: number;
   /**
-   * Rows claimed but not offered to the sink before the batch's deadline (outcome `deferred`):
-   * pending again as they were, no attempt counted. Default 0.
+   * Rows claimed but not offered to the broker (outcome `deferred`: unreachable, or the batch
+   * deadline came first): pending again, no attempt counted. Default 0.
    */
   readonly deferred?: number;
   /** Claim to commit, in seconds. */
@@ -197,7 +197,7 @@ export function createMetrics(options: MetricsOptions): RelayMetrics {
     }),
     eventsDeferred: new Counter({
       name: 'shardrelay_events_deferred_total',
-      help: "Outbox rows claimed but not offered to the sink before the batch deadline (no free request slot, no credit, the broker's back-pressure); pending again with no attempt counted. Growing steadily: the sink cannot take what the relay claims.",
+      help: 'Outbox rows claimed but not offered to the broker, because it could not be reached (an outage) or the batch deadline came first (no request slot, no credit, back-pressure); pending again with no attempt counted. Growing while rows are sent: the sink cannot take what the relay claims; with nothing sent: an outage.',
       labelNames: sinkShardLabels,
       registers,
     }),

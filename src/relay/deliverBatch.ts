@@ -98,9 +98,9 @@ export interface BatchResult {
   /** Ordering on: send waves of the batch (1 = every row went at once). */
   readonly waves?: number;
   /**
-   * Rows claimed (and counted in `claimed`) that the sink did not offer to the broker before the
-   * batch's deadline (outcome `deferred`); they stay pending, no attempt counted, due again after
-   * `deferralDelay`.
+   * Rows claimed (and counted in `claimed`) that the sink did not offer to the broker (outcome
+   * `deferred`: unreachable, or the batch deadline came first); they stay pending, no attempt
+   * counted, due again after `deferralDelay`.
    */
   readonly deferred: number;
   /** When rows were deferred: in how many ms the first of them is due again. */

@@ -17,10 +17,10 @@
  * - `up`: parts are sent as they come.
  * - a part that settles with no confirm and at least one `unknown`, retryable or deferred outcome
  *   (a stall, a refused connection, a nack storm) turns the route `down`.
- * - `down`: the route's rows are deferred at once ("route down"), without touching its sink
- *   (no attempt counted; back after half the time the route has been down), except one probe: at most every
- *   PROBE_INTERVAL_MS and never two at a time, the first row of a part is sent with a deadline of
- *   at most PROBE_BUDGET_MS. A probe confirmed turns the route `up`.
+ * - `down`: the route's rows are deferred at once ("route down"), without touching its sink (no
+ *   attempt counted; back after half the time the route has been down), except one probe: at most
+ *   every PROBE_INTERVAL_MS and never two at a time, the first row of a part is sent with a
+ *   deadline of at most PROBE_BUDGET_MS. A probe confirmed turns the route `up`.
  *
  * So while a route is down the other routes' batches wait at most PROBE_BUDGET_MS, once per
  * PROBE_INTERVAL_MS per sink instance, instead of the whole send timeout on every batch.

@@ -24,8 +24,8 @@
  *
  * Connection: the nats client reconnects by itself, forever. While it is disconnected, batches end
  * at once as deferred (nothing sent, no attempt counted) instead of piling publishes into the
- * client's reconnect buffer and holding their rows' locks until the deadline. Pings every 10 s (two missed → reconnect) find a
- * connection that went silent.
+ * client's reconnect buffer and holding their rows' locks until the deadline. Pings every 10 s
+ * (two missed → reconnect) find a connection that went silent.
  *
  * Finding or creating the stream is jetStreamStream.ts; the client options built from the URLs
  * (credentials) and the diagnosis of a failed start are jetStreamConnection.ts.
