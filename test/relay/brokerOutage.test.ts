@@ -97,7 +97,9 @@ describe('a broker outage longer than max_attempts backoffs', () => {
         }
         ctx.diagnostic(`longest wait of a deferred row during the outage: ${longestWait.toFixed(2)} s`);
         // Half the outage's age, capped at 5 s: the waiting rows are claimed less and less often.
-        assert.ok(longestWait > 3, `deferred rows waited at most ${longestWait} s`);
+        // Seen 4.0-4.9 s; more than ten first retry delays (0.2 s) shows the growth with margin
+        // for a sample taken up to a second after the deferral it reads.
+        assert.ok(longestWait > 2, `deferred rows waited at most ${longestWait} s`);
         assert.equal(received.counts.size, 0, 'nothing got through a refusing broker');
         // The operator's view: a line per batch that deferred rows, saying why, none per row.
         const deferredLines = captured.lines.filter((l) => String(l.msg).startsWith('events not sent'));
