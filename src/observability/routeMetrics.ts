@@ -3,8 +3,8 @@
  * its values are the sink names of the routes configuration (at most a handful, fixed at start).
  *
  * - shardrelay_route_events_total{route, outcome}: rows handed to a route and how each ended
- *   (confirmed, retryable, permanent, unknown, deferred: not offered before the batch deadline). A
- *   down route shows retryable growing while its confirmed stays flat; the alert
+ *   (confirmed, retryable, permanent, unknown, deferred: not offered to the broker). A down route
+ *   shows deferred (or retryable, unknown) growing while its confirmed stays flat; the alert
  *   "ShardRelayRouteDown" reads exactly that.
  * - shardrelay_route_send_duration_seconds{route}: one part's send, to its confirms.
  * - shardrelay_route_down{route}: 1 while the route's breaker is open (see routingSink.ts).

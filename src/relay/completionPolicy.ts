@@ -48,10 +48,7 @@ export function decideCompletions(
   return messages.map((m, i) => {
     const outcome = outcomes[i] as SendOutcome;
     if (outcome.status === 'confirmed') return { id: m.id, status: 'sent' };
-    if (outcome.status === 'deferred')
-      return outcome.retryAfterMs === undefined
-        ? { id: m.id, status: 'deferred', error: outcome.error }
-        : { id: m.id, status: 'deferred', error: outcome.error, retryAfterMs: outcome.retryAfterMs };
+    if (outcome.status === 'deferred') return { id: m.id, ...outcome };
     const attempt = m.attempts + 1;
     const limit = m.maxAttempts ?? policy.maxAttempts;
     const error = outcome.status === 'unknown' ? `unknown: ${outcome.error}` : outcome.error;
