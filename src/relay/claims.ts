@@ -263,27 +263,42 @@ export async function wakeShard(trx: Transaction<Database>, shard: number): Prom
   await sql`SELECT pg_notify('shardrelay_outbox', ${String(shard)})`.execute(trx);
 }
 
+/** A row the sink deferred: how long it waits, and why (stored in its `last_error`). */
+export interface Postponement {
+  readonly id: string;
+  readonly delayMs: number;
+  readonly reason: string;
+}
+
 /**
- * Moves rows the sink deferred (never offered to the broker) later, each by its delay, and nothing
- * else: no attempt, no error, same status. Why a delay at all: a deferred row keeps its place at
+ * Moves rows the sink deferred (never offered to the broker) later, each by its delay, and writes
+ * why into `last_error` (prefixed `deferred (no attempt counted)`), so that `shardrelay event <id>`,
+ * the events and blocked-keys views say why a row is still pending during an outage; nothing else
+ * changes: no attempt, same status. Why a delay at all: a deferred row keeps its place at
  * the front of its shard (a claim takes the oldest due rows), so the next claim would take it again
  * before any row behind it; with routing, a slow route's deferred rows would fill every batch and
  * hold back the other routes' rows; during a broker outage every waiting row would be claimed
- * again at once (relay/deferralDelay.ts says how long). Runs in the claim's transaction, only for a
- * batch with deferred rows, on rows the claim holds locked (FOR UPDATE); it takes no other lock.
+ * again at once (relay/deferralDelay.ts says how long). Runs in the claim's transaction (or the
+ * recovery's, completion.ts), only for a batch with deferred rows, on rows that transaction holds
+ * locked (FOR UPDATE); it takes no other lock.
  */
 export async function postponeDeferred(
   trx: Transaction<Database>,
-  rows: readonly { readonly id: string; readonly delayMs: number }[],
+  rows: readonly Postponement[],
 ): Promise<void> {
   if (rows.length === 0) return;
   await sql`
     UPDATE shardrelay.outbox o
-       SET available_at = shardrelay.clock() + v.delay_ms * interval '1 millisecond'
-      FROM unnest(${rows.map((r) => r.id)}::bigint[], ${rows.map((r) => r.delayMs)}::float8[])
-           AS v(id, delay_ms)
+       SET available_at = shardrelay.clock() + v.delay_ms * interval '1 millisecond',
+           last_error = v.reason
+      FROM unnest(${rows.map((r) => r.id)}::bigint[], ${rows.map((r) => r.delayMs)}::float8[],
+                  ${rows.map((r) => storableExcerpt(`${DEFERRED_PREFIX}: ${r.reason}`, 2000))}::text[])
+           AS v(id, delay_ms, reason)
      WHERE o.id = v.id`.execute(trx);
 }
+
+/** How a deferral's reason starts in `last_error`. */
+export const DEFERRED_PREFIX = 'deferred (no attempt counted)';
 
 /** What the completer decided for one claimed row. */
 export type Completion =

@@ -2,7 +2,13 @@ import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { toError } from '../errors.js';
 import { savepointBisect } from './bisect.js';
-import { completeBatch, type Completion, type CompleteRequest } from './claims.js';
+import {
+  completeBatch,
+  postponeDeferred,
+  type Completion,
+  type CompleteRequest,
+  type Postponement,
+} from './claims.js';
 import { storableExcerpt, storableText } from './storableText.js';
 
 /**
@@ -114,7 +120,8 @@ const RECOVERY_RETRY_MS = 25;
  * The claim's transaction died (its connection was terminated or lost) after the sink answered:
  * records the same completions through another connection of `db`, so rows the broker confirmed
  * are not sent again (before this: `pg_terminate_backend` of the relay's connections re-sent
- * 80–100 % of the rows in flight).
+ * 80–100 % of the rows in flight), and postpones the rows the sink deferred, as the claim's
+ * transaction would have (else they were due at once, claimed again while the broker is down).
  *
  * Guard, per row: it is locked `FOR UPDATE SKIP LOCKED` and must still be `pending` with the
  * `attempts` it had when claimed. So a row that someone else has re-claimed (locked), sent,
@@ -132,9 +139,13 @@ export async function recoverCompletion(
   db: Kysely<Database>,
   request: CompleteRequest,
   claimed: readonly ClaimedRow[],
+  postponed: readonly Postponement[] = [],
 ): Promise<RecoveryResult> {
   const attemptsOf = new Map(claimed.map((r) => [r.id, r.attempts]));
-  let remaining = request.completions.filter((c) => attemptsOf.has(c.id));
+  // Deferred rows are recovered under the same guard: postponed, or claimed again at once.
+  let remaining: readonly (Completion | Postponement)[] = [...request.completions, ...postponed].filter((c) =>
+    attemptsOf.has(c.id),
+  );
   let recorded = 0;
   const poison: PoisonRow[] = [];
   const started = Date.now();
@@ -157,7 +168,12 @@ export async function recoverCompletion(
            WHERE o.status = 'pending' AND NOT (o.id = ANY(${[...lockedNow]}::bigint[]))`.execute(trx);
         const lockedElsewhere = new Set(others.rows.map((r) => r.id));
         const mine = remaining.filter((c) => lockedNow.has(c.id));
-        const found = await completeIsolated(trx, { ...request, completions: mine });
+        const completions = mine.filter((c): c is Completion => 'status' in c);
+        const found = await completeIsolated(trx, { ...request, completions });
+        await postponeDeferred(
+          trx,
+          mine.filter((c): c is Postponement => !('status' in c)),
+        );
         return { mine, found, lockedElsewhere };
       }),
     );

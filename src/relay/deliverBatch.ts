@@ -22,6 +22,7 @@ import {
   type ClaimRequest,
   type CompleteRequest,
   type KeyOrdering,
+  type Postponement,
   type UnclaimableOutcome,
 } from './claims.js';
 import { backoffDelayMs } from '../backoff.js';
@@ -174,14 +175,7 @@ export async function deliverBatch(
     ...(settings.ordering ? { ordering: settings.ordering } : {}),
   };
   /** Set once the sink has answered: what a completion lost with the connection must record. */
-  let decided:
-    | {
-        request: CompleteRequest;
-        messages: readonly ClaimedMessage[];
-        outcomes: readonly SendOutcome[];
-        decisions: readonly Decision[];
-      }
-    | undefined;
+  let decided: DecidedBatch | undefined;
   try {
     return await db.transaction().execute(async (trx) => {
       if (settings.mayClaim?.() === false) return EMPTY_BATCH;
@@ -248,9 +242,9 @@ export async function deliverBatch(
       const request = { shard, lane, completions: recordedCompletions(decisions), batchMs };
       // Kept through the COMMIT: a COMMIT whose connection dies is recovered the same way (the
       // recovery's guard sees whether it had committed after all).
-      decided = { request, messages: sent, outcomes, decisions };
-      const poison = await completeIsolated(trx, request);
       const postponed = deferralDelays(decisions, outcomes, settings);
+      decided = { request, postponed, messages: sent, outcomes, decisions };
+      const poison = await completeIsolated(trx, request);
       await postponeDeferred(trx, postponed);
       if (settings.ordering && sent.some((m) => m.key !== null)) await wakeShard(trx, shard);
       const counted = batchResult(sent, outcomes, decisions, poison, confirmedAt, batchMs, sendMs);
@@ -279,7 +273,7 @@ function deferralDelays(
   decisions: readonly Decision[],
   outcomes: readonly SendOutcome[],
   settings: DeliverySettings,
-): { id: string; delayMs: number }[] {
+): Postponement[] {
   const deferred = decisions.filter((d): d is Deferral => d.status === 'deferred');
   if (deferred.length === 0) return [];
   const confirmedAny = outcomes.some((o) => o.status === 'confirmed');
@@ -287,6 +281,7 @@ function deferralDelays(
   return deferred.map((d) => ({
     id: d.id,
     delayMs: Math.min(settings.retry.capMs, Math.max(laneDelay, d.retryAfterMs ?? 0)),
+    reason: d.error,
   }));
 }
 
@@ -376,6 +371,16 @@ async function isolateUnclaimable(
   };
 }
 
+/** What a batch decided after its send: what the claim's transaction records, or a recovery. */
+interface DecidedBatch {
+  readonly request: CompleteRequest;
+  /** The deferred rows, with their delays. */
+  readonly postponed: readonly Postponement[];
+  readonly messages: readonly ClaimedMessage[];
+  readonly outcomes: readonly SendOutcome[];
+  readonly decisions: readonly Decision[];
+}
+
 /**
  * The claim's transaction is gone after the sink answered: record the outcomes through another
  * connection so that confirmed rows are not sent again. If that fails too, the original error
@@ -383,19 +388,14 @@ async function isolateUnclaimable(
  */
 async function recoverElsewhere(
   db: Kysely<Database>,
-  decided: {
-    request: CompleteRequest;
-    messages: readonly ClaimedMessage[];
-    outcomes: readonly SendOutcome[];
-    decisions: readonly Decision[];
-  },
+  decided: DecidedBatch,
   cause: unknown,
   logger: Logger | undefined,
 ): Promise<BatchResult> {
-  const { request, messages, outcomes, decisions } = decided;
+  const { request, postponed, messages, outcomes, decisions } = decided;
   let recovery;
   try {
-    recovery = await recoverCompletion(db, request, messages);
+    recovery = await recoverCompletion(db, request, messages, postponed);
   } catch (recoveryError) {
     logger?.warn(
       {

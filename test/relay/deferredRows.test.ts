@@ -10,7 +10,7 @@ import { enqueue } from '../../src/enqueue.js';
 import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
 import { claimsAgainAtOnce, deliverBatch, EMPTY_BATCH } from '../../src/relay/deliverBatch.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
-import type { Sink } from '../../src/sinks/sink.js';
+import { confirmed, deferred, type Sink } from '../../src/sinks/sink.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 const ANSWER_AFTER_MS = 250;
@@ -122,7 +122,8 @@ describe('rows a sink deferred', () => {
       assert.equal(rows.length, result.deferred);
       for (const row of rows) {
         assert.equal(row.attempts, 0);
-        assert.equal(row.last_error, null);
+        // Why it is still pending, for `shardrelay event <id>` and the views.
+        assert.match(row.last_error ?? '', /^deferred \(no attempt counted\): not sent: \d+ ms left/);
         assert.ok(row.wait > 55 && row.wait <= 60, `due again in ${row.wait} s`);
       }
       // A row enqueued after them is claimed before them.
@@ -132,6 +133,51 @@ describe('rows a sink deferred', () => {
       assert.equal(receiver.counts.get(later?.eventId ?? ''), 1);
       const deferredIds = first.map((e) => e.eventId).filter((id) => !receiver.counts.has(id));
       assert.equal(deferredIds.length, result.deferred, 'a deferred row reached the receiver');
+    },
+  );
+
+  it(
+    'a claim transaction lost after the send: its deferred rows are postponed through another connection too',
+    { timeout: 30_000 },
+    async () => {
+      await sql`DELETE FROM shardrelay.outbox`.execute(t.db);
+      await enqueue(
+        t.db,
+        Array.from({ length: 10 }, (_, i) => ({ topic: 'lost.claim', payload: { i } })),
+      );
+      // Confirms the even rows, defers the odd ones, and first ends the claim's session (the
+      // only transaction open in this database), as a failover or an operator would.
+      const terminating: Sink = {
+        name: 'terminating',
+        start: async () => undefined,
+        close: async () => undefined,
+        async sendBatch(messages) {
+          const { rows } = await sql<{ n: number }>`
+            SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'idle in transaction'
+               AND pid <> pg_backend_pid()`.execute(t.db);
+          assert.equal(rows[0]?.n, 1, 'the claim transaction was not found');
+          return messages.map((_, i) => (i % 2 === 0 ? confirmed : deferred('broker unreachable (test)')));
+        },
+      };
+      const settings = {
+        lanePredicate: DEFAULT_LANE_PREDICATE,
+        batchSize: 10,
+        retry: { maxAttempts: 2, baseMs: 60_000, capMs: 60_000 },
+        sendTimeoutMs: 5_000,
+      };
+      const result = await deliverBatch(t.db, terminating, 0, 1, 'batch', settings);
+      assert.equal(result.sent, 5, JSON.stringify(result));
+      const { rows } = await sql<{ attempts: number; last_error: string | null; wait: number }>`
+        SELECT attempts, last_error, extract(epoch FROM available_at - now())::float8 AS wait
+          FROM shardrelay.outbox WHERE status = 'pending'`.execute(t.db);
+      assert.equal(rows.length, 5, 'the confirmed rows were not recorded as sent');
+      for (const row of rows) {
+        assert.equal(row.attempts, 0);
+        assert.equal(row.last_error, 'deferred (no attempt counted): broker unreachable (test)');
+        // Before, due at once: claimed again while the broker was still down.
+        assert.ok(row.wait > 55 && row.wait <= 60, `due again in ${row.wait} s`);
+      }
     },
   );
 
