@@ -240,15 +240,22 @@ export function createObserver(options: ObserverOptions): Observer {
 
   /** The last cycle's duration, which paces the next (observePacing.ts). */
   let lastCycleMs = 0;
+  let lastCycleFailed = false;
   let stretched = false;
   const observe = (): Promise<void> => {
     const started = performance.now();
     return (cycle ??= observeOnce()
-      .catch((error: unknown) =>
-        logger.warn(
-          { err: toError(error).message },
-          'observing the views failed; metrics keep their last values',
-        ),
+      .then(
+        () => {
+          lastCycleFailed = false;
+        },
+        (error: unknown) => {
+          lastCycleFailed = true;
+          logger.warn(
+            { err: toError(error).message },
+            'observing the views failed; metrics keep their last values',
+          );
+        },
       )
       .finally(() => {
         cycle = undefined;
@@ -260,7 +267,7 @@ export function createObserver(options: ObserverOptions): Observer {
   const observeAndSchedule = async (): Promise<void> => {
     await observe();
     if (stopped) return;
-    const periodMs = observePeriodMs(intervalMs, lastCycleMs);
+    const periodMs = observePeriodMs(intervalMs, lastCycleMs, lastCycleFailed);
     // Said when the period doubles and when it is back, not at every cycle near the threshold.
     if (stretched ? periodMs <= intervalMs : periodMs >= 2 * intervalMs) {
       stretched = !stretched;

@@ -35,6 +35,19 @@ import type { ShardOwnership } from '../relay/shardOwnership.js';
 const RETRY_WAKE_SPACING_MS = 50;
 const RETRY_WAKES_PER_BATCH = 20;
 
+/**
+ * How long a statement of the control pool (lease writes, the due-rows probe, the shard count) or
+ * of the observer may wait for a lock. Theirs take milliseconds; a longer wait is someone else's
+ * transaction holding a relay table (an operator's `LOCK TABLE`, a migration, a stuck session).
+ * Without it, measured: an open transaction holding `LOCK TABLE shardrelay.shard_lease` for 30 s
+ * left the relay silent for those 30 s (the lease renewal waited; batches stopped when the leases'
+ * trust ran out, and nothing said why), and the observer's read, which waited too, counted as a
+ * 29 s read and paced the next metrics refresh ten minutes out. With it, the statement fails
+ * within 2 s with PostgreSQL's "canceling statement due to lock timeout", the tick or the
+ * observation logs it, and the next one tries again.
+ */
+const LOCK_WAIT_LIMIT_MS = 2_000;
+
 export interface RelayHooks {
   /** After every committed batch that claimed rows. */
   readonly onBatch?: (shard: number, lane: Lane, result: BatchResult) => void;
@@ -141,7 +154,13 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     pools.push(pool);
     return pool;
   };
-  const controlDb = createDatabase(newPool(2, 'control'));
+  const controlDb = createDatabase(
+    newPool(2, 'control', {
+      lock_timeout: LOCK_WAIT_LIMIT_MS,
+      // A control statement that outlasts a lease is of no use to the lease it was for.
+      statement_timeout: config.leaseTimeoutSeconds * 1000,
+    }),
+  );
   let orderingHold: OrderingModeHold | undefined;
   try {
     await checkDatabase(controlDb, config.databaseUrl);
@@ -197,7 +216,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
 
   // Its own connection, so a slow view query never delays a tick or a lease renewal.
   const observer = createObserver({
-    db: createDatabase(newPool(1, 'observer')),
+    // No statement timeout: its read of shardrelay.health grows with the backlog (observePacing.ts).
+    db: createDatabase(newPool(1, 'observer', { lock_timeout: LOCK_WAIT_LIMIT_MS })),
     config,
     sinkName: sink.name,
     lanes,

@@ -8,7 +8,11 @@ import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { createDatabase, createPool } from '../../src/db/connection.js';
 import { silentLogger } from '../../src/logger.js';
-import { OBSERVE_DUTY_DIVISOR, observePeriodMs } from '../../src/observability/observePacing.js';
+import {
+  OBSERVE_DUTY_DIVISOR,
+  OBSERVE_MAX_PERIOD_MS,
+  observePeriodMs,
+} from '../../src/observability/observePacing.js';
 import { createObserver } from '../../src/observability/observer.js';
 import { testConfig } from '../support/relayConfig.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
@@ -19,6 +23,11 @@ describe('observePeriodMs', () => {
     assert.equal(observePeriodMs(5_000, 3), 5_000);
     assert.equal(observePeriodMs(5_000, 250), 5_000);
     assert.equal(observePeriodMs(5_000, 1_250), 25_000);
+  });
+  it('never beyond a minute, and a failed cycle (a lock wait, a lost connection) does not stretch it', () => {
+    assert.equal(OBSERVE_MAX_PERIOD_MS, 60_000);
+    assert.equal(observePeriodMs(5_000, 29_000), 60_000);
+    assert.equal(observePeriodMs(5_000, 2_000, true), 5_000);
   });
 });
 
