@@ -25,7 +25,10 @@
  * - the call failed after it was sent (5xx, reset,    → unknown: Kinesis may have stored any of
  *   timeout, the batch deadline)                        its records
  * - the call not started by the batch deadline       → deferred: nothing sent; the row goes back
- *   (more calls than `concurrency` in one batch)        as claimed, no attempt counted
+ *   (more calls than `concurrency` in one batch), or    as claimed, no attempt counted
+ *   not started because the batch has less than 1.5
+ *   times Kinesis's recent answer time left
+ *   (answerTime.ts; a batch's first call always starts)
  *
  * HTTP: the SDK's NodeHttpHandler (HTTP/1.1 with keep-alive). Kinesis endpoints also speak HTTP/2,
  * which the SDK would otherwise pick, and which fails against HTTP/1.1-only emulators such as
@@ -44,6 +47,7 @@ import https from 'node:https';
 import { maskSecrets } from '../redact.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
+import { AnswerTime } from './answerTime.js';
 import { parseBrokerUrl } from './brokerUrl.js';
 import { eventSource, structuredJson } from './cloudEvent.js';
 import {
@@ -264,17 +268,26 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
     return { Data: data, PartitionKey: partitionKey };
   }
 
+  /**
+   * PutRecords' recent answer time. A call still in flight at the batch deadline ends `unknown` for
+   * all its records (up to 500), although Kinesis may store them a moment later: all re-sent. A call
+   * the deadline would likely cut off is not started (its rows are deferred), as the HTTP sink does.
+   */
+  const answerTime = new AnswerTime();
+
   async function put(
     stream: string,
     entries: readonly { entry: PutRecordsRequestEntry; index: number }[],
     outcomes: SendOutcome[],
     signal: AbortSignal,
   ): Promise<void> {
+    const startedAt = performance.now();
     try {
       const response = await client.send(
         new PutRecordsCommand({ StreamName: stream, Records: entries.map((e) => e.entry) }),
         { abortSignal: signal },
       );
+      answerTime.record(performance.now() - startedAt);
       entries.forEach((e, i) => {
         outcomes[e.index] = kinesisRecordOutcome(response.Records?.[i], stream);
       });
@@ -285,6 +298,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
         );
       }
     } catch (error) {
+      if (!signal.aborted) answerTime.record(performance.now() - startedAt);
       const outcome = signal.aborted
         ? unknown(`no PutRecords answer from Kinesis before the batch deadline (stream ${stream})`)
         : kinesisCallOutcome(error, stream, scrub);
@@ -327,14 +341,21 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
       });
       const signal = AbortSignal.timeout(Math.max(1, context.deadline - Date.now()));
       let next = 0;
+      let started = false;
       const worker = async (): Promise<void> => {
         while (next < calls.length) {
           const call = calls[next++] as (typeof calls)[number];
-          if (signal.aborted) {
-            for (const e of call.entries)
-              outcomes[e.index] = deferred('not sent: the batch deadline passed before its PutRecords call');
+          const remaining = context.deadline - Date.now();
+          const notSent = signal.aborted
+            ? 'not sent: the batch deadline passed before its PutRecords call'
+            : started && !answerTime.fits(remaining)
+              ? `not sent: ${remaining} ms left before the batch deadline, too little for Kinesis's recent PutRecords answer time (${Math.round(answerTime.ms ?? 0)} ms)`
+              : undefined;
+          if (notSent !== undefined) {
+            for (const e of call.entries) outcomes[e.index] = deferred(notSent);
             continue;
           }
+          started = true;
           await put(call.stream, call.entries, outcomes, signal);
         }
       };

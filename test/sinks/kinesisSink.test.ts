@@ -3,10 +3,12 @@
  * kinesalite (test/brokers/kinesalite.ts):
  * - 20,000 events through the whole relay, counted once each by shard-iterator readers;
  * - at most 500 records a call, partition key = key else event id;
- * - per-record failures (kinesalite never produces them) through a wrapped client.
+ * - per-record failures (kinesalite never produces them) through a wrapped client;
+ * - no call started that the batch deadline would likely cut off (a slow Kinesis, wrapped).
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   GetRecordsCommand,
   GetShardIteratorCommand,
@@ -203,4 +205,48 @@ describe('Kinesis sink (kinesalite)', () => {
       await sink.close();
     }
   });
+
+  it(
+    'starts no PutRecords call its batch deadline would cut off: its records are deferred, none unknown',
+    { timeout: 60_000 },
+    async () => {
+      const stream = uniqueName('sr_slow');
+      await kinesis.createStream(stream, 1);
+      const real = kinesis.client();
+      const ANSWER_AFTER_MS = 400;
+      /** Records Kinesis stored, by event id: a record it stored and the sink called unknown is sent twice. */
+      const stored: string[] = [];
+      const wrapped = {
+        async send(command: { input: unknown }, options?: { abortSignal?: AbortSignal }) {
+          if (!(command instanceof PutRecordsCommand))
+            return real.send(command as PutRecordsCommand, options);
+          // Stored at once, answered late: what a cut-off call costs is a duplicate.
+          const response = await real.send(command);
+          for (const r of command.input.Records ?? [])
+            stored.push((JSON.parse(Buffer.from(r.Data ?? []).toString()) as { id: string }).id);
+          await sleep(ANSWER_AFTER_MS, undefined, { signal: options?.abortSignal });
+          return response;
+        },
+        destroy: () => real.destroy(),
+      } as unknown as KinesisApi;
+      // One call at a time, 10 records each: 6 calls of 400 ms against a 1.5 s deadline.
+      const sink = createKinesisSink({ stream, client: wrapped, recordsPerCall: 10, concurrency: 1 });
+      await sink.start();
+      try {
+        const outcomes = await sendInTransaction(t.db, sink, outboxMessages(60), 1_500);
+        // Before: the fourth call started with 300 ms left and was cut off, 10 records unknown
+        // although Kinesis had stored them.
+        assert.equal(statuses(outcomes).unknown, undefined, JSON.stringify(statuses(outcomes)));
+        assert.ok((statuses(outcomes).confirmed ?? 0) >= 20, JSON.stringify(statuses(outcomes)));
+        assert.equal(stored.length, statuses(outcomes).confirmed, 'Kinesis stored a record not confirmed');
+        const notSent = outcomes.find((o) => o.status === 'deferred');
+        assert.match(
+          String(notSent && 'error' in notSent ? notSent.error : ''),
+          /too little for Kinesis's recent PutRecords answer time/,
+        );
+      } finally {
+        await sink.close();
+      }
+    },
+  );
 });
