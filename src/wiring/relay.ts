@@ -21,7 +21,7 @@ import { CLAIM_SESSION_SETTINGS, shardsWithDueRows } from '../relay/claims.js';
 import { holdOrderingMode, type OrderingModeHold } from '../relay/orderingMode.js';
 import { OutboxListener } from '../relay/outboxListener.js';
 import { isPoolCheckoutTimeout, poolWaitReporter } from '../relay/poolWait.js';
-import { logBatchProblems } from '../relay/problemLog.js';
+import { DeferralLog, logBatchProblems } from '../relay/problemLog.js';
 import { retryWakeDelays } from '../relay/retryWakes.js';
 import { Scheduler, type LaneRunner } from '../relay/scheduler.js';
 import { ShardLeases } from '../relay/shardLeases.js';
@@ -263,6 +263,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     const reportPoolWait = poolWaitReporter(logger, lane, config.connectionsPerLane, CONNECTION_TIMEOUT_MS);
     // One per lane: the lane's batches share the sink, whose outage they see together.
     const deferralDelay = new DeferralDelay(retry);
+    const deferralLog = new DeferralLog();
     return {
       lane,
       // Real-time rows go at once; batch-lane wake-ups gather rows so that batches stay full.
@@ -301,7 +302,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         }
         wakeAtRetries(shard, lane, result);
         observer.recordBatch(shard, lane, result);
-        logBatchProblems(logger, shard, lane, result);
+        logBatchProblems(logger, shard, lane, result, deferralLog);
         return { full: claimsAgainAtOnce(result, batchSize) };
       },
     };
