@@ -74,7 +74,7 @@ describe('shardrelay status', () => {
     try {
       await waitFor(
         'three frames',
-        async () => (out.match(/every 0\.5s, Ctrl-C to stop/g) ?? []).length >= 3,
+        async () => (out.match(/every [\d.]+s.*, Ctrl-C to stop/g) ?? []).length >= 3,
         60_000,
       );
     } finally {
@@ -108,6 +108,28 @@ describe('shardrelay status', () => {
     assert.match(first ?? '', /\n<ESC>\[K\nfirst frame<ESC>\[K\nsecond line that is <ESC>\[K\n<ESC>\[J$/);
     assert.match(second ?? '', /\n<ESC>\[K\nshort<ESC>\[K\n<ESC>\[J$/);
     assert.equal(second?.includes('<ESC>[2J'), false, 'later frames overwrite instead of clearing');
+  });
+
+  it('waits at least four reads between reads when a read is dear, and says so', async () => {
+    const out = new PassThrough();
+    let written = '';
+    out.on('data', (d: Buffer) => (written += d.toString()));
+    const stop = new AbortController();
+    const starts: number[] = [];
+    await watch(
+      async () => {
+        starts.push(performance.now());
+        if (starts.length === 2) stop.abort();
+        // A read of 300 ms (a large backlog's count), against a 0.5 s interval.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return 'picture';
+      },
+      { seconds: 0.5, out, signal: stop.signal },
+    );
+    const gap = (starts[1] ?? 0) - (starts[0] ?? 0);
+    // 300 ms of read, then at least 4 × 300 ms of wait (timers may fire up to ~2 ms early).
+    assert.ok(gap >= 1_490, `the second read started ${gap.toFixed(0)} ms after the first`);
+    assert.match(written, /every 1\.[2-9]s \(the read took 0\.3s; asked 0\.5s\), Ctrl-C to stop/);
   });
 
   it('draws the backlog of each minute as a bar scaled to its peak', () => {
