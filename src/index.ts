@@ -34,6 +34,7 @@ export { createLogger, type Logger } from './logger.js';
 export {
   confirmed,
   deferred,
+  heldBySink,
   permanent,
   retryable,
   unknown,

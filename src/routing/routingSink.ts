@@ -16,7 +16,10 @@
  *
  * - `up`: parts are sent as they come.
  * - a part that settles with no confirm and at least one `unknown`, retryable or deferred outcome
- *   (a stall, a refused connection, a nack storm) turns the route `down`.
+ *   (a stall, a refused connection, a nack storm) turns the route `down`. A row the sink held back
+ *   by its own limit (`heldBySink`: its request slots all busy until the deadline) is no sign of a
+ *   down broker and does not count: before, a healthy webhook saturated by concurrent batches was
+ *   taken down, and sent only probes, until one confirmed.
  * - `down`: the route's rows are deferred at once ("route down"), without touching its sink (no
  *   attempt counted; back after half the time the route has been down), except one probe: at most
  *   every PROBE_INTERVAL_MS and never two at a time, the first row of a part is sent with a
@@ -201,7 +204,10 @@ export function createRoutingSink(options: RoutingSinkOptions): RoutingSink {
     // Anything but a confirm or a permanent refusal: the broker stalled, refused the connection or
     // the messages, or could not be reached in time.
     const transient = sent.some(
-      (o) => o.status === 'unknown' || o.status === 'deferred' || (o.status === 'failed' && o.retryable),
+      (o) =>
+        o.status === 'unknown' ||
+        (o.status === 'deferred' && !o.ownLimit) ||
+        (o.status === 'failed' && o.retryable),
     );
     if (confirmedAny) state.down = false;
     else if (transient && !state.down) {

@@ -41,6 +41,7 @@ import { settleByDeadline } from './deadline.js';
 import {
   confirmed,
   deferred,
+  heldBySink,
   permanent,
   retryable,
   unknown,
@@ -65,7 +66,7 @@ export interface HttpSinkOptions {
 
 const DEFAULTS = { timeoutMs: 10_000, concurrency: 16 } as const;
 
-const WAITED_PAST_DEADLINE = deferred(
+const WAITED_PAST_DEADLINE = heldBySink(
   'not sent: the batch deadline passed while waiting for a free request slot',
 );
 const NO_ANSWER = unknown('no confirm before the batch deadline');
@@ -126,7 +127,7 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
     // Queued behind the concurrency limit until the deadline: nothing was sent.
     if (remaining <= 0) return WAITED_PAST_DEADLINE;
     if (batch.started && !answerTime.fits(remaining))
-      return deferred(
+      return heldBySink(
         `not sent: ${remaining} ms left before the batch deadline, too little for the receiver's recent answer time (${Math.round(answerTime.ms ?? 0)} ms)`,
       );
     batch.started = true;

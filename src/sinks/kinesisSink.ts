@@ -53,6 +53,7 @@ import { eventSource, structuredJson } from './cloudEvent.js';
 import {
   confirmed,
   deferred,
+  heldBySink,
   permanent,
   retryable,
   unknown,
@@ -352,7 +353,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
               ? `not sent: ${remaining} ms left before the batch deadline, too little for Kinesis's recent PutRecords answer time (${Math.round(answerTime.ms ?? 0)} ms)`
               : undefined;
           if (notSent !== undefined) {
-            for (const e of call.entries) outcomes[e.index] = deferred(notSent);
+            for (const e of call.entries) outcomes[e.index] = heldBySink(notSent);
             continue;
           }
           started = true;

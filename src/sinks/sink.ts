@@ -56,6 +56,12 @@ export type SendOutcome =
       readonly error: string;
       /** The sink's own "not before" (a route's breaker): the row waits at least that long. */
       readonly retryAfterMs?: number;
+      /**
+       * Held by the sink's own limit (its request slots, its calls per batch, its check of the
+       * receiver's answer time), not by the broker: it says nothing of the broker's health, so a
+       * route's breaker does not count it as a failure (routing/routingSink.ts). See `heldBySink`.
+       */
+      readonly ownLimit?: true;
     };
 
 /**
@@ -136,4 +142,13 @@ export function deferred(error: string, retryAfterMs?: number): SendOutcome {
   return retryAfterMs === undefined
     ? { status: 'deferred', error }
     : { status: 'deferred', error, retryAfterMs };
+}
+
+/**
+ * Deferred by the sink's own limit, with the broker not involved: a message still waiting for one
+ * of the sink's request slots at the deadline, or not started because the batch had too little time
+ * left for the receiver's recent answer time. A busy but healthy receiver then does not look down.
+ */
+export function heldBySink(error: string): SendOutcome {
+  return { status: 'deferred', error, ownLimit: true };
 }

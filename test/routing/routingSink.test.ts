@@ -7,6 +7,8 @@ import { parseRoutes } from '../../src/routing/routes.js';
 import { createRoutingSink, PROBE_BUDGET_MS, PROBE_INTERVAL_MS } from '../../src/routing/routingSink.js';
 import {
   confirmed,
+  deferred,
+  heldBySink,
   type InDatabaseSink,
   type OutboxMessage,
   type SendContext,
@@ -156,6 +158,36 @@ describe('routing sink', () => {
       'the rest of the probed part is due again soon, not after the wait of a down route',
     );
     assert.ok(PROBE_BUDGET_MS <= 1_000);
+  });
+
+  it('a part the sink held back by its own limit leaves the route up; one deferred as unreachable takes it down', async () => {
+    const answers: { outcome: SendOutcome }[] = [
+      { outcome: heldBySink('not sent: waited for a request slot') },
+    ];
+    const b: Sink = {
+      name: 'busy',
+      start: async () => {},
+      close: async () => {},
+      sendBatch: async (messages) => messages.map(() => (answers[0] as { outcome: SendOutcome }).outcome),
+    };
+    const sink = createRoutingSink({
+      table,
+      sinks: new Map([
+        ['a', fakeSink()],
+        ['b', b],
+      ]),
+    });
+    // A healthy webhook whose request slots other batches hold: nothing of this part was sent.
+    const busy = await sink.sendBatch([message(1, 'b.x'), message(2, 'b.y')], context(1_000));
+    assert.deepEqual(
+      busy.map((o) => o.status),
+      ['deferred', 'deferred'],
+    );
+    assert.ok(!sink.isDown('b'), 'a busy sink taken for a down broker');
+    // Connection refused: down.
+    (answers[0] as { outcome: SendOutcome }).outcome = deferred('connect ECONNREFUSED 127.0.0.1:9');
+    await sink.sendBatch([message(3, 'b.x')], context(1_000));
+    assert.ok(sink.isDown('b'));
   });
 
   it('is an in-database sink if a route is, and hands the transaction to that route alone', async () => {

@@ -256,6 +256,7 @@ describe('HTTP sink', () => {
           notSent?.status === 'deferred' ? notSent.error : '',
           /^not sent: \d+ ms left before the batch deadline, too little for the receiver's recent answer time \(\d+ ms\)$/,
         );
+        assert.equal(notSent?.status === 'deferred' && notSent.ownLimit, true);
       } finally {
         receiver.onHold(() => {});
       }
@@ -288,6 +289,8 @@ describe('HTTP sink', () => {
           outcomesB[0]?.status === 'deferred' ? outcomesB[0].error : '',
           /^not sent: the batch deadline passed while waiting for a free request slot$/,
         );
+        // The sink's own limit, not the receiver's health: a route's breaker does not count it.
+        assert.ok(outcomesB.every((o) => o.status === 'deferred' && o.ownLimit === true));
         assert.deepEqual(statuses(await batchA), { confirmed: 4 });
         // The slot is FIFO: once a later batch is answered, B's queued requests have had their turn.
         assert.deepEqual(statuses(await sendInTransaction(t.db, sink, outboxMessages(1), 10_000)), {

@@ -240,6 +240,11 @@ describe('Kinesis sink (kinesalite)', () => {
         assert.ok((statuses(outcomes).confirmed ?? 0) >= 20, JSON.stringify(statuses(outcomes)));
         assert.equal(stored.length, statuses(outcomes).confirmed, 'Kinesis stored a record not confirmed');
         const notSent = outcomes.find((o) => o.status === 'deferred');
+        assert.equal(
+          notSent?.status === 'deferred' && notSent.ownLimit,
+          true,
+          'held by the sink, not by Kinesis',
+        );
         assert.match(
           String(notSent && 'error' in notSent ? notSent.error : ''),
           /too little for Kinesis's recent PutRecords answer time/,
