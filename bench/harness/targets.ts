@@ -50,16 +50,19 @@ export function evaluateTargets(phases: readonly PhaseSummary[]): TargetResult[]
   }
 
   const rabbit = byName('relay-rabbitmq');
-  // In the --soak / --rss-backlog runs no drain phase runs: no line for the RabbitMQ target there.
+  // Issue 14 item 2 (it raised the first target, 10,000). In the --soak / --rss-backlog runs no
+  // drain phase runs: no line for the RabbitMQ target there.
+  const rabbitTarget =
+    'relay → RabbitMQ, publisher confirms, persistent messages to a durable queue ≥ 12,000 rows/s';
   if (rabbit || relayNull)
     targets.push(
       rabbit?.rowsPerSec != null
         ? {
-            target: 'relay to RabbitMQ with confirms ≥ 10,000 rows/s',
-            measured: `${fmt(rabbit.rowsPerSec)} rows/s`,
-            met: rabbit.rowsPerSec >= 10_000,
+            target: rabbitTarget,
+            measured: `${fmt(rabbit.rowsPerSec)} rows/s (${fmt(rabbit.rowsPerSecMin ?? rabbit.rowsPerSec)} in the slowest round)`,
+            met: rabbit.rowsPerSec >= 12_000,
           }
-        : { target: 'relay to RabbitMQ with confirms ≥ 10,000 rows/s', measured: 'not run', met: null },
+        : { target: rabbitTarget, measured: 'not run', met: null },
     );
 
   // Issue 14: the rate a producer can keep up, against the null sink's drain of a backlog.
