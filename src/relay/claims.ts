@@ -263,6 +263,9 @@ export async function wakeShard(trx: Transaction<Database>, shard: number): Prom
   await sql`SELECT pg_notify('shardrelay_outbox', ${String(shard)})`.execute(trx);
 }
 
+/** How a deferral's reason starts in `last_error`. */
+const DEFERRED_PREFIX = 'deferred (no attempt counted)';
+
 /** A row the sink deferred: how long it waits, and why (stored in its `last_error`). */
 export interface Postponement {
   readonly id: string;
@@ -296,9 +299,6 @@ export async function postponeDeferred(
            AS v(id, delay_ms, reason)
      WHERE o.id = v.id`.execute(trx);
 }
-
-/** How a deferral's reason starts in `last_error`. */
-export const DEFERRED_PREFIX = 'deferred (no attempt counted)';
 
 /** What the completer decided for one claimed row. */
 export type Completion =

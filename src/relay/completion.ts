@@ -142,7 +142,7 @@ export async function recoverCompletion(
   postponed: readonly Postponement[] = [],
 ): Promise<RecoveryResult> {
   const attemptsOf = new Map(claimed.map((r) => [r.id, r.attempts]));
-  // Deferred rows are recovered under the same guard: postponed, or claimed again at once.
+  // The deferred rows go under the same guard: postponed here, or left alone as someone else's.
   let remaining: readonly (Completion | Postponement)[] = [...request.completions, ...postponed].filter((c) =>
     attemptsOf.has(c.id),
   );
