@@ -38,8 +38,23 @@ async function startSlowReceiver() {
   };
 }
 
+/** One batch's settings: a first retry a minute away, so a deferred row's wait is plain to see. */
+const minuteRetry = (batchSize: number, sendTimeoutMs: number) => ({
+  lanePredicate: DEFAULT_LANE_PREDICATE,
+  batchSize,
+  retry: { maxAttempts: 2, baseMs: 60_000, capMs: 60_000 },
+  sendTimeoutMs,
+});
+
 describe('rows a sink deferred', () => {
   let t: TestDatabase;
+  /** The pending rows: attempts, last error and seconds until due. */
+  const pendingRows = async () =>
+    (
+      await sql<{ attempts: number; last_error: string | null; wait: number }>`
+        SELECT attempts, last_error, extract(epoch FROM available_at - now())::float8 AS wait
+          FROM shardrelay.outbox WHERE status = 'pending'`.execute(t.db)
+    ).rows;
   let receiver: Awaited<ReturnType<typeof startSlowReceiver>>;
   let sink: Sink;
   before(async () => {
@@ -108,17 +123,10 @@ describe('rows a sink deferred', () => {
         t.db,
         Array.from({ length: 8 }, (_, i) => ({ topic: 'slow.receiver', payload: { i } })),
       );
-      const settings = {
-        lanePredicate: DEFAULT_LANE_PREDICATE,
-        batchSize: 8,
-        retry: { maxAttempts: 2, baseMs: 60_000, capMs: 60_000 },
-        sendTimeoutMs: 1_000,
-      };
+      const settings = minuteRetry(8, 1_000);
       const result = await deliverBatch(t.db, sink, 0, 1, 'batch', settings);
       assert.ok(result.deferred > 0 && result.sent > 0, JSON.stringify(result));
-      const { rows } = await sql<{ attempts: number; last_error: string | null; wait: number }>`
-        SELECT attempts, last_error, extract(epoch FROM available_at - now())::float8 AS wait
-          FROM shardrelay.outbox WHERE status = 'pending'`.execute(t.db);
+      const rows = await pendingRows();
       assert.equal(rows.length, result.deferred);
       for (const row of rows) {
         assert.equal(row.attempts, 0);
@@ -160,17 +168,10 @@ describe('rows a sink deferred', () => {
           return messages.map((_, i) => (i % 2 === 0 ? confirmed : deferred('broker unreachable (test)')));
         },
       };
-      const settings = {
-        lanePredicate: DEFAULT_LANE_PREDICATE,
-        batchSize: 10,
-        retry: { maxAttempts: 2, baseMs: 60_000, capMs: 60_000 },
-        sendTimeoutMs: 5_000,
-      };
+      const settings = minuteRetry(10, 5_000);
       const result = await deliverBatch(t.db, terminating, 0, 1, 'batch', settings);
       assert.equal(result.sent, 5, JSON.stringify(result));
-      const { rows } = await sql<{ attempts: number; last_error: string | null; wait: number }>`
-        SELECT attempts, last_error, extract(epoch FROM available_at - now())::float8 AS wait
-          FROM shardrelay.outbox WHERE status = 'pending'`.execute(t.db);
+      const rows = await pendingRows();
       assert.equal(rows.length, 5, 'the confirmed rows were not recorded as sent');
       for (const row of rows) {
         assert.equal(row.attempts, 0);
