@@ -4,7 +4,7 @@ import { EXPIRED, untilDeadline } from '../raceDeadline.js';
 import { exponentialDelayMs } from '../backoff.js';
 import type { Database, Lane } from '../db/schema.js';
 import { ensurePendingShardIndexes } from '../db/shardIndex.js';
-import { ShardRelayError } from '../errors.js';
+import { ShardRelayError, toError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { ShardLoop } from './shardLoop.js';
 import { readShardConfig, type ShardConfig } from './shardConfig.js';
@@ -82,6 +82,8 @@ export class Scheduler {
   #ticking: Promise<void> | undefined;
   #tickAgain = false;
   #polling = false;
+  /** Lanes whose last due-rows probe failed: its failure is said once, and its recovery. */
+  #probeFailing = new Set<Lane>();
   #stopped = false;
   #owned: readonly number[] = [];
   /** The generation `#owned` was refreshed under (its shard numbers mean `id % shardCount` of it). */
@@ -233,13 +235,24 @@ export class Scheduler {
     try {
       for (const lane of this.#options.lanes) {
         const due = lane.dueShards
-          ? await lane.dueShards(owned, config.shardCount).catch((error: unknown) => {
-              this.#options.logger.debug(
-                { err: error, lane: lane.lane },
-                'due-rows probe failed; polling every loop',
-              );
-              return undefined;
-            })
+          ? await lane.dueShards(owned, config.shardCount).then(
+              (shards) => {
+                if (this.#probeFailing.delete(lane.lane))
+                  this.#options.logger.info({ lane: lane.lane }, 'due-rows probe works again');
+                return shards;
+              },
+              (error: unknown) => {
+                // A warning the first time: the probe runs every tick, and what fails it (the outbox
+                // locked by another session: "lock timeout") holds the claims up too.
+                const first = !this.#probeFailing.has(lane.lane);
+                this.#probeFailing.add(lane.lane);
+                this.#options.logger[first ? 'warn' : 'debug'](
+                  { err: toError(error).message, lane: lane.lane },
+                  'due-rows probe failed; polling every loop (said once until it works again)',
+                );
+                return undefined;
+              },
+            )
           : undefined;
         if (this.#stopped) return;
         for (const shard of owned) {

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import pg from 'pg';
+import { enqueue } from '../../src/enqueue.js';
 import { createNullSink } from '../../src/sinks/nullSink.js';
 import { startRelay } from '../../src/wiring/relay.js';
 import { captureLog, type CapturedLog } from '../support/brokers.js';
@@ -71,6 +72,56 @@ describe('a relay table locked by another session', () => {
         );
         assert.deepEqual(pacedByFailure, [], 'a failed read stretched the metrics period');
       } finally {
+        await relay.stop();
+      }
+    },
+  );
+
+  it(
+    'the outbox locked: the due-rows probe says so once, and again when it works; rows flow after',
+    { timeout: 60_000 },
+    async () => {
+      const captured = captureLog();
+      const relay = await startRelay({
+        config: testConfig(t.url),
+        sink: createNullSink(),
+        logger: captured.log,
+      });
+      const holder = new pg.Client(t.url);
+      await holder.connect();
+      try {
+        await waitFor('the relay holds leases', async () => (await renewed()) > 0);
+        await holder.query('BEGIN');
+        await holder.query('LOCK TABLE shardrelay.outbox IN ACCESS EXCLUSIVE MODE');
+        // Before: at debug level only; claims waited for the lock and nothing at warn said why.
+        const failed = await captured.waitFor('due-rows probe failed', 8_000);
+        assert.equal(failed.level, 40);
+        assert.match(String(failed.err), /lock timeout/);
+        // Wait out more ticks: the warning is not repeated.
+        await captured.waitFor('observing the views failed', 8_000);
+        await new Promise((resolve) => setTimeout(resolve, 3_000));
+        const warned = captured.lines.filter(
+          (l) => String(l.msg).startsWith('due-rows probe failed') && l.level === 40,
+        );
+        assert.equal(
+          warned.length,
+          new Set(warned.map((l) => l.lane)).size,
+          'warned more than once per lane',
+        );
+        await holder.query('ROLLBACK');
+        await captured.waitFor('due-rows probe works again', 8_000);
+        const [event] = await enqueue(t.db, [{ topic: 'after.lock', payload: {} }]);
+        await waitFor(
+          'the event enqueued after the lock is sent',
+          async () =>
+            (
+              await sql<{
+                status: string;
+              }>`SELECT status FROM shardrelay.events WHERE event_id = ${event?.eventId}`.execute(t.db)
+            ).rows[0]?.status === 'sent',
+        );
+      } finally {
+        await holder.end();
         await relay.stop();
       }
     },
