@@ -36,6 +36,8 @@ const VARIANTS = {
   'default (0014)': '',
   'previous default (0007)': 'pg_temp.uuid_v7_0007()',
   'gen_random_uuid() (floor)': 'gen_random_uuid()',
+  /** PostgreSQL 18's own; measured only there. */
+  'uuidv7() (PostgreSQL 18+)': 'uuidv7()',
 } as const;
 type Variant = keyof typeof VARIANTS;
 
@@ -65,7 +67,12 @@ async function main(): Promise<void> {
       await client.query(UUID_V7_0007);
       const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]
         ?.pid as number;
-      const variants = Object.keys(VARIANTS) as Variant[];
+      const version = Number(
+        (await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v,
+      );
+      const variants = (Object.keys(VARIANTS) as Variant[]).filter(
+        (v) => version >= 180000 || v !== 'uuidv7() (PostgreSQL 18+)',
+      );
       const perThousand = new Map<Variant, number[]>(variants.map((v) => [v, []]));
       // One warm-up of each, not counted (the first touches the table's pages and indexes).
       for (const v of variants) await insertCpuMs(client, pid, v, rows);

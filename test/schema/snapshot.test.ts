@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
-import { schemaSnapshot } from './schemaSnapshot.js';
+import { schemaSnapshot, serverMajor, versionLine } from './schemaSnapshot.js';
 
 const SNAPSHOT = new URL('./snapshot.sql', import.meta.url);
 
@@ -15,9 +15,18 @@ describe('schema snapshot', () => {
   });
   after(() => t.close());
 
-  it('the migrations build exactly the committed schema (test/schema/snapshot.sql)', async () => {
-    const actual = await schemaSnapshot(t.pool);
+  it('the migrations build exactly the committed schema (test/schema/snapshot.sql)', async (context) => {
     const committed = readFileSync(SNAPSHOT, 'utf8');
+    const major = await serverMajor(t.pool);
+    if (!committed.includes(versionLine(major))) {
+      // CI runs the version the snapshot was read from; another one renders views differently.
+      context.skip(
+        `the snapshot was read from another PostgreSQL major version than this server's ${major} ` +
+          '(see its header); run the tests with DATABASE_URL naming a server of that version to compare',
+      );
+      return;
+    }
+    const actual = await schemaSnapshot(t.pool);
     assert.equal(
       actual,
       committed,
