@@ -10,6 +10,7 @@
  * tests cover that). Oversized: PostgreSQL takes a jsonb up to 255 MiB, beyond any outbox row.
  */
 import { randomBytes } from 'node:crypto';
+import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { CANARY_TOPIC } from '../../../../src/observability/canary.js';
 import { createPgBossSink } from '../../../../src/sinks/pgBossSink.js';
@@ -25,8 +26,13 @@ export const pgbossTarget: ConformanceTarget = {
   notApplicable: { brokerDown: NO_LINK, linkCut: NO_LINK, stall: NO_LINK },
   async start({ databaseUrl }) {
     const secret = `pg-${randomBytes(8).toString('hex')}`;
+    // A server that checks passwords (the embedded one; the machine's trusts loopback) takes the
+    // secret only as a real role's: a role of this run's own, dropped at the end.
+    const role = new URL(databaseUrl).password ? `conf_pgboss_${randomBytes(4).toString('hex')}` : undefined;
+    if (role) await adminQuery(databaseUrl, `CREATE ROLE ${role} LOGIN SUPERUSER PASSWORD '${secret}'`);
     const withSecret = (password: string, via?: Endpoint): string => {
       const url = new URL(databaseUrl);
+      if (role) url.username = role;
       url.password = password;
       if (via) {
         url.hostname = via.host;
@@ -64,7 +70,20 @@ export const pgbossTarget: ConformanceTarget = {
           },
         };
       },
-      async stop() {},
+      async stop() {
+        if (role) await adminQuery(databaseUrl, `DROP OWNED BY ${role}; DROP ROLE ${role}`);
+      },
     };
   },
 };
+
+/** Runs `statement` over a connection of its own to `databaseUrl` (as the test server's user). */
+async function adminQuery(databaseUrl: string, statement: string): Promise<void> {
+  const client = new pg.Client(databaseUrl);
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
