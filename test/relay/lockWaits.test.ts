@@ -27,22 +27,31 @@ describe('a relay table locked by another session', () => {
       await sql<{ at: Date }>`SELECT max(renewed_at) AS at FROM shardrelay.shard_lease`.execute(t.db)
     ).rows[0]?.at?.getTime() ?? 0;
 
-  async function holdLeaseTableLocked(captured: CapturedLog): Promise<void> {
-    await waitFor('the relay holds leases', async () => (await renewed()) > 0);
+  /** A relay on the null sink that logs into `captured` and observes every 500 ms; stopped after `test`. */
+  async function withRelay(test: (captured: CapturedLog) => Promise<void>): Promise<void> {
+    const captured = captureLog();
+    const relay = await startRelay({
+      config: testConfig(t.url),
+      sink: createNullSink(),
+      logger: captured.log,
+      observeIntervalMs: 500,
+    });
+    try {
+      await waitFor('the relay holds leases', async () => (await renewed()) > 0);
+      await test(captured);
+    } finally {
+      await relay.stop();
+    }
+  }
+
+  /** Runs `during` while another session holds `table` in ACCESS EXCLUSIVE mode; released after. */
+  async function whileLocked(table: string, during: () => Promise<void>): Promise<void> {
     const holder = new pg.Client(t.url);
     await holder.connect();
-    const lockedAt = performance.now();
     try {
       await holder.query('BEGIN');
-      await holder.query('LOCK TABLE shardrelay.shard_lease IN ACCESS EXCLUSIVE MODE');
-      // Before, nothing at all was logged until the lock ended (a 30 s lock: 30 s of silence).
-      const tick = await captured.waitFor('scheduler tick failed', 8_000);
-      assert.match(JSON.stringify(tick), /lock timeout/);
-      const observation = await captured.waitFor('observing the views failed', 8_000);
-      assert.match(String(observation.err), /lock timeout/);
-      console.log(
-        `# lock held: the tick and the observer said so within ${Math.round(performance.now() - lockedAt)} ms`,
-      );
+      await holder.query(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+      await during();
     } finally {
       await holder.query('ROLLBACK');
       await holder.end();
@@ -52,16 +61,19 @@ describe('a relay table locked by another session', () => {
   it(
     'the tick and the observer report the lock wait within seconds, and go on when it ends',
     { timeout: 60_000 },
-    async () => {
-      const captured = captureLog();
-      const relay = await startRelay({
-        config: testConfig(t.url),
-        sink: createNullSink(),
-        logger: captured.log,
-        observeIntervalMs: 500,
-      });
-      try {
-        await holdLeaseTableLocked(captured);
+    () =>
+      withRelay(async (captured) => {
+        const lockedAt = performance.now();
+        await whileLocked('shardrelay.shard_lease', async () => {
+          // Before, nothing at all was logged until the lock ended (a 30 s lock: 30 s of silence).
+          const tick = await captured.waitFor('scheduler tick failed', 8_000);
+          assert.match(JSON.stringify(tick), /lock timeout/);
+          const observation = await captured.waitFor('observing the views failed', 8_000);
+          assert.match(String(observation.err), /lock timeout/);
+          console.log(
+            `# lock held: the tick and the observer said so within ${Math.round(performance.now() - lockedAt)} ms`,
+          );
+        });
         const released = await renewed();
         await waitFor('a lease renewal after the lock', async () => (await renewed()) > released, 10_000);
         // A failed read is not a measure of the read's cost: it does not pace the metrics refresh
@@ -71,59 +83,40 @@ describe('a relay table locked by another session', () => {
           (l) => String(l.msg).startsWith('observing less often') && Number(l.cycleMs) >= 1_900,
         );
         assert.deepEqual(pacedByFailure, [], 'a failed read stretched the metrics period');
-      } finally {
-        await relay.stop();
-      }
-    },
+      }),
   );
 
   it(
     'the outbox locked: the due-rows probe says so once, and again when it works; rows flow after',
     { timeout: 60_000 },
-    async () => {
-      const captured = captureLog();
-      const relay = await startRelay({
-        config: testConfig(t.url),
-        sink: createNullSink(),
-        logger: captured.log,
-      });
-      const holder = new pg.Client(t.url);
-      await holder.connect();
-      try {
-        await waitFor('the relay holds leases', async () => (await renewed()) > 0);
-        await holder.query('BEGIN');
-        await holder.query('LOCK TABLE shardrelay.outbox IN ACCESS EXCLUSIVE MODE');
-        // Before: at debug level only; claims waited for the lock and nothing at warn said why.
-        const failed = await captured.waitFor('due-rows probe failed', 8_000);
-        assert.equal(failed.level, 40);
-        assert.match(String(failed.err), /lock timeout/);
-        // Wait out more ticks: the warning is not repeated.
-        await captured.waitFor('observing the views failed', 8_000);
-        await new Promise((resolve) => setTimeout(resolve, 3_000));
-        const warned = captured.lines.filter(
-          (l) => String(l.msg).startsWith('due-rows probe failed') && l.level === 40,
-        );
-        assert.equal(
-          warned.length,
-          new Set(warned.map((l) => l.lane)).size,
-          'warned more than once per lane',
-        );
-        await holder.query('ROLLBACK');
+    () =>
+      withRelay(async (captured) => {
+        await whileLocked('shardrelay.outbox', async () => {
+          // Before: at debug level only; claims waited for the lock and nothing at warn said why.
+          const failed = await captured.waitFor('due-rows probe failed', 8_000);
+          assert.equal(failed.level, 40);
+          assert.match(String(failed.err), /lock timeout/);
+          // Wait out more ticks: the warning is not repeated.
+          await captured.waitFor('observing the views failed', 8_000);
+          await new Promise((resolve) => setTimeout(resolve, 3_000));
+          const warned = captured.lines.filter(
+            (l) => String(l.msg).startsWith('due-rows probe failed') && l.level === 40,
+          );
+          assert.equal(
+            warned.length,
+            new Set(warned.map((l) => l.lane)).size,
+            'warned more than once per lane',
+          );
+        });
         await captured.waitFor('due-rows probe works again', 8_000);
         const [event] = await enqueue(t.db, [{ topic: 'after.lock', payload: {} }]);
-        await waitFor(
-          'the event enqueued after the lock is sent',
-          async () =>
-            (
-              await sql<{
-                status: string;
-              }>`SELECT status FROM shardrelay.events WHERE event_id = ${event?.eventId}`.execute(t.db)
-            ).rows[0]?.status === 'sent',
-        );
-      } finally {
-        await holder.end();
-        await relay.stop();
-      }
-    },
+        const status = async () =>
+          (
+            await sql<{
+              status: string;
+            }>`SELECT status FROM shardrelay.events WHERE event_id = ${event?.eventId}`.execute(t.db)
+          ).rows[0]?.status;
+        await waitFor('the event enqueued after the lock is sent', async () => (await status()) === 'sent');
+      }),
   );
 });
