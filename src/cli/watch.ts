@@ -10,9 +10,10 @@
  * the watch goes on.
  *
  * Paced by the read's cost: the picture counts every pending row (shardrelay.health; 1.2-1.3 s with
- * 1,000,000 pending on 2 cores), so at a 2 s interval a watch kept a PostgreSQL core ~40 % busy
- * through a backlog, exactly while it drains. The next read waits at least WATCH_READS_APART times
- * the last read's time (at most a fifth of the time spent reading), and the header says so.
+ * 1,000,000 pending on 2 cores), so at a 2 s interval a watch would keep a PostgreSQL core ~40 %
+ * busy (1.2 s of every 3.2) through a backlog, exactly while it drains. The next read waits at
+ * least WATCH_READS_APART times the last read's time (at most a fifth of the time spent reading),
+ * and the header says so.
  */
 import { toError } from '../errors.js';
 
