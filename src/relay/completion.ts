@@ -142,18 +142,17 @@ export async function recoverCompletion(
   postponed: readonly Postponement[] = [],
 ): Promise<RecoveryResult> {
   const attemptsOf = new Map(claimed.map((r) => [r.id, r.attempts]));
-  // The deferred rows go under the same guard: postponed here, or left alone as someone else's.
-  let remaining: readonly (Completion | Postponement)[] = [...request.completions, ...postponed].filter((c) =>
-    attemptsOf.has(c.id),
-  );
+  // The rows still to record, by id: the completions and the deferred rows, under the same guard
+  // (a deferred row is postponed here, or left alone as someone else's).
+  let remaining = [...request.completions, ...postponed].map((r) => r.id).filter((id) => attemptsOf.has(id));
   let recorded = 0;
   const poison: PoisonRow[] = [];
   const started = Date.now();
   const deadline = started + RECOVERY_LOCK_WAIT_MS;
   for (;;) {
+    const ids = remaining;
     const round = await retryOnLostConnection(() =>
       db.transaction().execute(async (trx) => {
-        const ids = remaining.map((c) => c.id);
         const expected = sql`unnest(${ids}::bigint[], ${ids.map((id) => attemptsOf.get(id) ?? 0)}::int[]) AS v(id, attempts)`;
         // Locks: FOR UPDATE SKIP LOCKED on exactly the rows it returns (still pending, with the
         // attempts they had when claimed); it waits for no one.
@@ -161,25 +160,23 @@ export async function recoverCompletion(
           SELECT o.id::text AS id FROM shardrelay.outbox o JOIN ${expected} ON o.id = v.id AND o.attempts = v.attempts
            WHERE o.status = 'pending'
            FOR UPDATE OF o SKIP LOCKED`.execute(trx);
-        const lockedNow = new Set(locked.rows.map((r) => r.id));
+        const mine = new Set(locked.rows.map((r) => r.id));
         // No lock: which of the others are still pending, i.e. held by someone else right now.
         const others = await sql<{ id: string }>`
           SELECT o.id::text AS id FROM shardrelay.outbox o JOIN ${expected} ON o.id = v.id AND o.attempts = v.attempts
-           WHERE o.status = 'pending' AND NOT (o.id = ANY(${[...lockedNow]}::bigint[]))`.execute(trx);
-        const lockedElsewhere = new Set(others.rows.map((r) => r.id));
-        const mine = remaining.filter((c) => lockedNow.has(c.id));
-        const completions = mine.filter((c): c is Completion => 'status' in c);
+           WHERE o.status = 'pending' AND NOT (o.id = ANY(${[...mine]}::bigint[]))`.execute(trx);
+        const completions = request.completions.filter((c) => mine.has(c.id));
         const found = await completeIsolated(trx, { ...request, completions });
         await postponeDeferred(
           trx,
-          mine.filter((c): c is Postponement => !('status' in c)),
+          postponed.filter((p) => mine.has(p.id)),
         );
-        return { mine, found, lockedElsewhere };
+        return { recorded: mine.size, found, lockedElsewhere: new Set(others.rows.map((r) => r.id)) };
       }),
     );
-    recorded += round.mine.length;
+    recorded += round.recorded;
     poison.push(...round.found);
-    remaining = remaining.filter((c) => round.lockedElsewhere.has(c.id));
+    remaining = remaining.filter((id) => round.lockedElsewhere.has(id));
     if (remaining.length === 0 || Date.now() >= deadline) break;
     await new Promise((r) => setTimeout(r, RECOVERY_RETRY_MS));
   }

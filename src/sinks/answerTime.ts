@@ -33,4 +33,14 @@ export class AnswerTime {
   fits(remainingMs: number): boolean {
     return this.#ms === undefined || remainingMs >= START_MARGIN * this.#ms;
   }
+
+  /**
+   * Why a request with `remainingMs` left before its batch deadline is not started (the outcome's
+   * reason), or undefined when it fits. `whose` names the answer time, e.g. "the receiver's".
+   */
+  tooLate(remainingMs: number, whose: string): string | undefined {
+    return this.fits(remainingMs)
+      ? undefined
+      : `not sent: ${remainingMs} ms left before the batch deadline, too little for ${whose} recent answer time (${Math.round(this.#ms ?? 0)} ms)`;
+  }
 }

@@ -126,10 +126,8 @@ export function createHttpSink(options: HttpSinkOptions): Sink {
     const remaining = deadline - Date.now();
     // Queued behind the concurrency limit until the deadline: nothing was sent.
     if (remaining <= 0) return WAITED_PAST_DEADLINE;
-    if (batch.started && !answerTime.fits(remaining))
-      return heldBySink(
-        `not sent: ${remaining} ms left before the batch deadline, too little for the receiver's recent answer time (${Math.round(answerTime.ms ?? 0)} ms)`,
-      );
+    const tooLate = batch.started ? answerTime.tooLate(remaining, "the receiver's") : undefined;
+    if (tooLate !== undefined) return heldBySink(tooLate);
     batch.started = true;
     batch.requested[index] = true;
     const startedAt = performance.now();

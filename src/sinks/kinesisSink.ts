@@ -346,11 +346,10 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
       const worker = async (): Promise<void> => {
         while (next < calls.length) {
           const call = calls[next++] as (typeof calls)[number];
-          const remaining = context.deadline - Date.now();
           const notSent = signal.aborted
             ? 'not sent: the batch deadline passed before its PutRecords call'
-            : started && !answerTime.fits(remaining)
-              ? `not sent: ${remaining} ms left before the batch deadline, too little for Kinesis's recent PutRecords answer time (${Math.round(answerTime.ms ?? 0)} ms)`
+            : started
+              ? answerTime.tooLate(context.deadline - Date.now(), "Kinesis's")
               : undefined;
           if (notSent !== undefined) {
             for (const e of call.entries) outcomes[e.index] = heldBySink(notSent);

@@ -247,7 +247,7 @@ describe('Kinesis sink (kinesalite)', () => {
         );
         assert.match(
           String(notSent && 'error' in notSent ? notSent.error : ''),
-          /too little for Kinesis's recent PutRecords answer time/,
+          /too little for Kinesis's recent answer time/,
         );
       } finally {
         await sink.close();
