@@ -40,7 +40,13 @@ import { keyChains, sendInWaves } from './keyOrder.js';
 
 export interface DeliverySettings {
   readonly lanePredicate: LanePredicate;
-  readonly batchSize: number;
+  /**
+   * Rows a claim takes at most. A function is read when the batch has its connection, right
+   * before the claim: the lane's claim size (relay/claimSize.ts) as it stands then, not as it
+   * stood when the batch began waiting for one of the lane's connections (8 shards share 2 on
+   * 2 cores).
+   */
+  readonly batchSize: number | (() => number);
   readonly retry: RetryPolicy;
   /** How long the sink may take for the whole batch before unsettled messages count as unknown. */
   readonly sendTimeoutMs: number;
@@ -91,6 +97,8 @@ export interface BatchResult {
    * ordering on, rows claimed but held back (see `held`) are not counted.
    */
   readonly claimed: number;
+  /** The row limit the claim used (0 when nothing was claimed): `claimed` below it = the shard had no more. */
+  readonly asked: number;
   /**
    * Ordering on: rows claimed but not sent, because an earlier row of their key was pending outside
    * the batch, or failed earlier in the batch; they stay pending as they were.
@@ -104,6 +112,12 @@ export interface BatchResult {
    * counted, due again after `deferralDelay`.
    */
   readonly deferred: number;
+  /**
+   * Of the claimed rows, canaries included, how many the sink deferred at its own limit
+   * (`heldBySink`: request slots, time left), not for the broker's sake; the lane's claim size
+   * follows it (relay/claimSize.ts).
+   */
+  readonly deferredAtSinkLimit: number;
   /** When rows were deferred: in how many ms the first of them is due again. */
   readonly deferredDueInMs?: number;
   /** When rows were deferred: why the first of them was (the sink's words). */
@@ -123,7 +137,9 @@ export interface BatchResult {
 
 export const EMPTY_BATCH: BatchResult = Object.freeze({
   claimed: 0,
+  asked: 0,
   deferred: 0,
+  deferredAtSinkLimit: 0,
   sent: 0,
   retried: 0,
   dead: 0,
@@ -166,19 +182,22 @@ export async function deliverBatch(
   settings: DeliverySettings,
 ): Promise<BatchResult> {
   const started = performance.now();
-  const claim: ClaimRequest = {
+  const claimRequest = (): ClaimRequest => ({
     shard,
     shardCount,
     lane,
     lanePredicate: settings.lanePredicate,
-    batchSize: settings.batchSize,
+    batchSize: typeof settings.batchSize === 'function' ? settings.batchSize() : settings.batchSize,
     ...(settings.ordering ? { ordering: settings.ordering } : {}),
-  };
+  });
+  /** Set when the batch has its connection. */
+  let claim: ClaimRequest | undefined;
   /** Set once the sink has answered: what a completion lost with the connection must record. */
   let decided: DecidedBatch | undefined;
   try {
     return await db.transaction().execute(async (trx) => {
       if (settings.mayClaim?.() === false) return EMPTY_BATCH;
+      claim = claimRequest();
       let messages: ClaimedMessage[];
       try {
         messages = await claimBatch(trx, claim);
@@ -243,11 +262,20 @@ export async function deliverBatch(
       // Kept through the COMMIT: a COMMIT whose connection dies is recovered the same way (the
       // recovery's guard sees whether it had committed after all).
       const postponed = deferralDelays(decisions, outcomes, settings);
-      decided = { request, postponed, messages: sent, outcomes, decisions };
+      decided = { request, postponed, messages: sent, outcomes, decisions, asked: claim.batchSize };
       const poison = await completeIsolated(trx, request);
       await postponeDeferred(trx, postponed);
       if (settings.ordering && sent.some((m) => m.key !== null)) await wakeShard(trx, shard);
-      const counted = batchResult(sent, outcomes, decisions, poison, confirmedAt, batchMs, sendMs);
+      const counted = batchResult(
+        sent,
+        outcomes,
+        decisions,
+        poison,
+        confirmedAt,
+        batchMs,
+        sendMs,
+        claim.batchSize,
+      );
       const result =
         postponed.length === 0
           ? counted
@@ -259,7 +287,8 @@ export async function deliverBatch(
       return settings.ordering ? { ...result, held, waves } : result;
     });
   } catch (error) {
-    if (error instanceof ClaimFailed) return isolateUnclaimable(db, claim, settings, error.cause, started);
+    if (error instanceof ClaimFailed && claim)
+      return isolateUnclaimable(db, claim, settings, error.cause, started);
     if (!decided || sink.kind === 'in-database') throw error;
     return recoverElsewhere(db, decided, error, settings.logger);
   }
@@ -363,6 +392,7 @@ async function isolateUnclaimable(
     ...EMPTY_BATCH,
     // A full batch: the shard's loop claims again at once and sends the rows left pending.
     claimed: claim.batchSize,
+    asked: claim.batchSize,
     dead,
     retried: outcomes.length - dead,
     failures: { retryable: outcomes.length - dead, permanent: dead, unknown: 0 },
@@ -379,6 +409,8 @@ interface DecidedBatch {
   readonly messages: readonly ClaimedMessage[];
   readonly outcomes: readonly SendOutcome[];
   readonly decisions: readonly Decision[];
+  /** The row limit of the claim. */
+  readonly asked: number;
 }
 
 /**
@@ -422,7 +454,16 @@ async function recoverElsewhere(
     'the claim transaction was lost after the send; outcomes recorded through another connection',
   );
   // Counted as decided; rows left alone (someone else's now) are in `leftAlone` above.
-  return batchResult(messages, outcomes, decisions, recovery.poison, Date.now(), request.batchMs, 0);
+  return batchResult(
+    messages,
+    outcomes,
+    decisions,
+    recovery.poison,
+    Date.now(),
+    request.batchMs,
+    0,
+    decided.asked,
+  );
 }
 
 /**
@@ -487,6 +528,7 @@ function batchResult(
   confirmedAt: number,
   batchMs: number,
   sendMs: number,
+  asked: number,
 ): BatchResult {
   const poisoned = new Map(poison.map((p) => [p.id, p.reason]));
   // Completions come in the order of the messages (decideCompletions): found by index, through a
@@ -505,7 +547,9 @@ function batchResult(
   let retried = 0;
   let dead = 0;
   let deferred = 0;
+  let deferredAtSinkLimit = 0;
   outcomes.forEach((o, i) => {
+    if (o.status === 'deferred' && o.ownLimit) deferredAtSinkLimit++;
     const message = messages[i] as ClaimedMessage;
     const completion = completionOf(message, i);
     const poisonReason = poison.length === 0 ? undefined : poisoned.get(message.id);
@@ -546,7 +590,9 @@ function batchResult(
   });
   return {
     claimed: messages.length,
+    asked,
     deferred,
+    deferredAtSinkLimit,
     sent,
     retried,
     dead,

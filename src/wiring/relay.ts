@@ -15,6 +15,7 @@ import { createConfiguredSink } from '../routing/buildRoutingSink.js';
 import { routeTableOf, type RouteTable } from '../routing/loadRoutes.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import type { RelaySink } from '../sinks/sink.js';
+import { ClaimSize, logClaimSizeChange } from '../relay/claimSize.js';
 import { claimsAgainAtOnce, deliverBatch, type BatchResult } from '../relay/deliverBatch.js';
 import { DeferralDelay } from '../relay/deferralDelay.js';
 import { CLAIM_SESSION_SETTINGS, shardsWithDueRows } from '../relay/claims.js';
@@ -259,7 +260,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         lane === 'realtime',
       ),
     );
-    const batchSize = lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize;
+    const claimSize = new ClaimSize(lane === 'realtime' ? config.realtimeBatchSize : config.batchBatchSize);
     const reportPoolWait = poolWaitReporter(logger, lane, config.connectionsPerLane, CONNECTION_TIMEOUT_MS);
     // One per lane: the lane's batches share the sink, whose outage they see together.
     const deferralDelay = new DeferralDelay(retry);
@@ -282,7 +283,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         try {
           result = await deliverBatch(db, deliverySink, shard, shardCount, lane, {
             lanePredicate: config.lanePredicate,
-            batchSize,
+            // Read when the batch has its connection (the lane's 8 shards share its few).
+            batchSize: () => claimSize.current,
             retry,
             sendTimeoutMs: config.sendTimeoutMs,
             logger,
@@ -298,12 +300,13 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         }
         if (result.claimed > 0) {
           deferralDelay.record(result);
+          logClaimSizeChange(logger, lane, claimSize, claimSize.record(result), result.deferredReason);
           options.hooks?.onBatch?.(shard, lane, result);
         }
         wakeAtRetries(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result, deferralLog);
-        return { full: claimsAgainAtOnce(result, batchSize) };
+        return { full: claimsAgainAtOnce(result, result.asked) };
       },
     };
   });
