@@ -108,6 +108,17 @@ export const DEFAULT_LANE_PREDICATE: LanePredicate = Object.freeze({
   value: 'realtime',
 });
 
+/**
+ * Whether `p` makes a row real-time exactly when its `lane` column is 'realtime' (the default, or
+ * the same written as a one-value `in`): then the insert trigger, which reads that column, can tell
+ * the lanes' wake-ups apart (relay/outboxListener.ts).
+ */
+export function isLaneColumnPredicate(p: LanePredicate): boolean {
+  if (!('column' in p) || p.column !== 'lane') return false;
+  if (p.op === '=') return p.value === 'realtime';
+  return p.op === 'in' && Array.isArray(p.value) && p.value.length === 1 && p.value[0] === 'realtime';
+}
+
 /** Parses and validates a predicate; throws with a message naming what is wrong and where. */
 export function parseLanePredicate(input: unknown): LanePredicate {
   return check(input, '');

@@ -260,7 +260,9 @@ export async function keyBlockers(
  * one row per key per tick. Takes no lock.
  */
 export async function wakeShard(trx: Transaction<Database>, shard: number): Promise<void> {
-  await sql`SELECT pg_notify('shardrelay_outbox', ${String(shard)})`.execute(trx);
+  // Both channels: a relay that tells its lanes apart hears the real-time lane's on its own.
+  await sql`SELECT pg_notify('shardrelay_outbox', ${String(shard)}),
+                   pg_notify('shardrelay_outbox_realtime', ${String(shard)})`.execute(trx);
 }
 
 /** How a deferral's reason starts in `last_error`. */

@@ -6,6 +6,7 @@ import { assertRelayPrivileges } from '../db/privileges.js';
 import { outboxVacuumProblem } from '../db/vacuumCheck.js';
 import type { Database, Lane } from '../db/schema.js';
 import { ShardRelayError, toError } from '../errors.js';
+import { isLaneColumnPredicate } from '../lanes/lanePredicate.js';
 import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { startHousekeeping } from '../maintenance/housekeeping.js';
@@ -370,7 +371,9 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const listener = new OutboxListener({
     connectionString: config.databaseUrl,
     logger,
-    onRows: (shards) => scheduler.wake(shards),
+    onRows: (shards, lane) => scheduler.wake(shards, lane),
+    // With the default predicate a row's lane is its `lane` column, which the insert trigger reads.
+    ...(isLaneColumnPredicate(config.lanePredicate) ? { laneColumnLanes: lanes } : {}),
     onConfigChange: () => void scheduler.tick(),
   });
   // Housekeeping: one process per replica does it (the real-time worker thread's relay does not).

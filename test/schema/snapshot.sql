@@ -1273,13 +1273,19 @@ AS $function$
       n integer;
       ordering text;
       shards text;
+      realtime_shards text;
     BEGIN
       SELECT c.shard_count, m.mode INTO n, ordering
         FROM shardrelay.shard_config AS c, shardrelay.ordering_mode AS m;
-      SELECT string_agg(DISTINCT shardrelay.shard_of(id, key, n, ordering)::text, ',') INTO shards
-        FROM inserted;
+      SELECT string_agg(DISTINCT r.shard::text, ','),
+             string_agg(DISTINCT r.shard::text, ',') FILTER (WHERE r.lane = 'realtime')
+        INTO shards, realtime_shards
+        FROM (SELECT shardrelay.shard_of(id, key, n, ordering) AS shard, lane FROM inserted) AS r;
       IF shards IS NOT NULL THEN
         PERFORM pg_notify('shardrelay_outbox', shards);
+      END IF;
+      IF realtime_shards IS NOT NULL THEN
+        PERFORM pg_notify('shardrelay_outbox_realtime', realtime_shards);
       END IF;
       RETURN NULL;
     END $function$
@@ -1402,3 +1408,4 @@ CREATE TRIGGER outbox_notify_insert AFTER INSERT ON shardrelay.outbox REFERENCIN
 0012_ordering_mode
 0013_notify_own_shard
 0014_cheaper_uuid_v7
+0015_realtime_wakeups
