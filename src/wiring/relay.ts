@@ -10,6 +10,7 @@ import { isLaneColumnPredicate } from '../lanes/lanePredicate.js';
 import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { startHousekeeping } from '../maintenance/housekeeping.js';
+import { OutboxVacuum } from '../maintenance/outboxVacuum.js';
 import { SentPruner } from '../maintenance/sentPruner.js';
 import { createObserver, type Observer } from '../observability/observer.js';
 import { createConfiguredSink } from '../routing/buildRoutingSink.js';
@@ -391,9 +392,16 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
           // db/vacuumCheck.ts); vacuuming it ourselves keeps it flat (bench/RESULTS.md, soak).
           ...(vacuumProblem ? { selfVacuumIntervalMs: 10_000 } : {}),
         });
+  // Autovacuum on: the outbox vacuumed between its visits, once a minute at most
+  // (maintenance/outboxVacuum.ts). Off: the pruner vacuums it (above).
+  const outboxVacuum =
+    housekeepingDb === undefined || vacuumProblem
+      ? undefined
+      : new OutboxVacuum({ db: housekeepingDb, logger });
   await scheduler.start();
   listener.start();
   pruner?.start();
+  outboxVacuum?.start();
   const housekeeping = housekeepingDb && startHousekeeping({ db: housekeepingDb, logger });
   logger.info({ sink: sink.name, lanes }, 'relay started');
 
@@ -402,6 +410,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     (stopping ??= (async () => {
       await observer.stop();
       await pruner?.stop();
+      await outboxVacuum?.stop();
       await housekeeping?.stop();
       await listener.stop();
       const clean = await scheduler.stop(config.shutdownTimeoutMs);
