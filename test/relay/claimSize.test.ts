@@ -4,8 +4,6 @@
 // what the request slots allowed before the deadline and postponed the rest (an UPDATE each),
 // round after round until the backlog was gone.
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { enqueue } from '../../src/enqueue.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
@@ -13,6 +11,7 @@ import { syntheticEvents } from '../../src/synthetic.js';
 import { startRelay } from '../../src/wiring/relay.js';
 import { captureLog } from '../support/brokers.js';
 import { testConfig } from '../support/relayConfig.js';
+import { startSlowWebhook } from '../support/slowWebhook.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 const EVENTS = 2_400;
@@ -21,35 +20,12 @@ const ANSWER_AFTER_MS = 10;
 const SLOTS = 4;
 const SEND_TIMEOUT_MS = 500;
 
-/** A webhook that answers 204 `ANSWER_AFTER_MS` after each request; counts by CloudEvent id. */
-async function startReceiver() {
-  const counts = new Map<string, number>();
-  const server = http.createServer((request, response) => {
-    const chunks: Buffer[] = [];
-    request.on('data', (chunk: Buffer) => chunks.push(chunk));
-    request.on('end', () => {
-      const id = String((JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id?: unknown }).id);
-      counts.set(id, (counts.get(id) ?? 0) + 1);
-      setTimeout(() => response.writeHead(204).end(), ANSWER_AFTER_MS);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`,
-    counts,
-    async close() {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
 describe('a lane claiming for a sink slower than its batches', () => {
   let t: TestDatabase;
-  let receiver: Awaited<ReturnType<typeof startReceiver>>;
+  let receiver: Awaited<ReturnType<typeof startSlowWebhook>>;
   before(async () => {
     t = await createTestDatabase('claim_size');
-    receiver = await startReceiver();
+    receiver = await startSlowWebhook(ANSWER_AFTER_MS);
   });
   after(async () => {
     await receiver.close();

@@ -2,8 +2,6 @@
 // claimed: no attempt counted. Before, such rows counted an attempt each time, so a slow but
 // healthy receiver at peak turned events it never saw into dead letters after `max_attempts` turns.
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { enqueue } from '../../src/enqueue.js';
@@ -11,32 +9,10 @@ import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
 import { claimsAgainAtOnce, deliverBatch, EMPTY_BATCH } from '../../src/relay/deliverBatch.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
 import { confirmed, deferred, type Sink } from '../../src/sinks/sink.js';
+import { startSlowWebhook } from '../support/slowWebhook.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 const ANSWER_AFTER_MS = 250;
-
-/** A webhook that answers 204 to every request `ANSWER_AFTER_MS` after it arrived; counts by event id. */
-async function startSlowReceiver() {
-  const counts = new Map<string, number>();
-  const server = http.createServer((request, response) => {
-    const chunks: Buffer[] = [];
-    request.on('data', (chunk: Buffer) => chunks.push(chunk));
-    request.on('end', () => {
-      const id = String((JSON.parse(Buffer.concat(chunks).toString('utf8')) as { id?: unknown }).id);
-      counts.set(id, (counts.get(id) ?? 0) + 1);
-      setTimeout(() => response.writeHead(204).end(), ANSWER_AFTER_MS);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`,
-    counts,
-    async close() {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 /** One batch's settings: a first retry a minute away, so a deferred row's wait is plain to see. */
 const minuteRetry = (batchSize: number, sendTimeoutMs: number) => ({
@@ -55,11 +31,11 @@ describe('rows a sink deferred', () => {
         SELECT attempts, last_error, extract(epoch FROM available_at - now())::float8 AS wait
           FROM shardrelay.outbox WHERE status = 'pending'`.execute(t.db)
     ).rows;
-  let receiver: Awaited<ReturnType<typeof startSlowReceiver>>;
+  let receiver: Awaited<ReturnType<typeof startSlowWebhook>>;
   let sink: Sink;
   before(async () => {
     t = await createTestDatabase('deferred_rows');
-    receiver = await startSlowReceiver();
+    receiver = await startSlowWebhook(ANSWER_AFTER_MS);
     // One request at a time: a 1 s batch deadline leaves room for about three of 12 requests.
     sink = createHttpSink({ url: receiver.url, concurrency: 1 });
     await sink.start();
