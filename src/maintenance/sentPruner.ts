@@ -28,11 +28,6 @@ export interface SentPrunerOptions {
   readonly batchRows?: number;
   /** Pause between two steps of one round; default 10 ms. */
   readonly pauseMs?: number;
-  /**
-   * Vacuum the outbox and the sent record every this many ms, one replica at a time: set when
-   * autovacuum will never do it (db/vacuumCheck.ts). Unset: leave it to autovacuum.
-   */
-  readonly selfVacuumIntervalMs?: number;
 }
 
 export interface PruneRound {
@@ -90,44 +85,10 @@ export class SentPruner {
     }
   }
 
-  /**
-   * VACUUM of the outbox and the sent record, when autovacuum is off. Every row the relay sends
-   * leaves a dead tuple in the outbox (its DELETE) and every pruned record another; without vacuum
-   * the claim index and the heap grow by the rows sent and each claim reads further. VACUUM takes a
-   * SHARE UPDATE EXCLUSIVE lock, which conflicts with no claim, insert or delete. One replica at a
-   * time (session-level try-lock on this connection); false when another replica holds it.
-   */
-  async vacuumOnce(): Promise<boolean> {
-    return this.#options.db.connection().execute(async (session) => {
-      const { rows } = await sql<{ locked: boolean }>`
-        SELECT pg_try_advisory_lock(hashtext('shardrelay.self_vacuum')) AS locked`.execute(session);
-      if (!rows[0]?.locked) return false;
-      try {
-        await sql`VACUUM shardrelay.outbox`.execute(session);
-        await sql`VACUUM shardrelay.sent_event`.execute(session);
-        return true;
-      } finally {
-        await sql`SELECT pg_advisory_unlock(hashtext('shardrelay.self_vacuum'))`.execute(session);
-      }
-    });
-  }
-
-  #lastVacuumAt = 0;
-
-  async #round(): Promise<PruneRound> {
-    const round = await this.pruneOnce();
-    const every = this.#options.selfVacuumIntervalMs;
-    if (every !== undefined && !this.#stopped && Date.now() - this.#lastVacuumAt >= every) {
-      this.#lastVacuumAt = Date.now();
-      await this.vacuumOnce();
-    }
-    return round;
-  }
-
   #arm(delayMs: number): void {
     if (this.#stopped) return;
     this.#timer = setTimeout(() => {
-      this.#running = this.#round();
+      this.#running = this.pruneOnce();
       void this.#running
         .then((round) => {
           if (round.deleted > 0) this.#options.logger.debug({ ...round }, 'pruned sent events');

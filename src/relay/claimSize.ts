@@ -1,6 +1,9 @@
 import type { Lane } from '../db/schema.js';
 import type { Logger } from '../logger.js';
 
+/** How much a full batch with nothing held back grows the size. */
+const GROWTH = 1.25;
+
 /**
  * How many rows a lane's next claim takes: the configured batch size, or fewer while the sink
  * shows it cannot send that many before a batch deadline, i.e. it deferred rows at its own limit
@@ -31,9 +34,6 @@ import type { Logger } from '../logger.js';
  * while they do; a sink that never defers at its own limit (every sink but HTTP and Kinesis)
  * keeps the configured size.
  */
-/** How much a full batch with nothing held back grows the size. */
-const GROWTH = 1.25;
-
 export class ClaimSize {
   #size: number;
 

@@ -155,8 +155,8 @@ export const EMPTY_BATCH: BatchResult = Object.freeze({
  * wait) of which the sink offered something. A full batch it deferred whole waits for the next
  * trigger instead, so a sink that cannot send does not make the loop spin through the shard.
  */
-export function claimsAgainAtOnce(result: BatchResult, batchSize: number): boolean {
-  return result.claimed >= batchSize && result.claimed > result.deferred;
+export function claimsAgainAtOnce(result: BatchResult): boolean {
+  return result.claimed >= result.asked && result.claimed > result.deferred;
 }
 
 /**

@@ -10,7 +10,7 @@ import { isLaneColumnPredicate } from '../lanes/lanePredicate.js';
 import { assertLanePredicateFitsColumns } from '../lanes/lanePredicateTypes.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { startHousekeeping } from '../maintenance/housekeeping.js';
-import { OutboxVacuum } from '../maintenance/outboxVacuum.js';
+import { RelayVacuum, vacuumPlan } from '../maintenance/vacuum.js';
 import { SentPruner } from '../maintenance/sentPruner.js';
 import { createObserver, type Observer } from '../observability/observer.js';
 import { createConfiguredSink } from '../routing/buildRoutingSink.js';
@@ -308,7 +308,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
         wakeAtRetries(shard, lane, result);
         observer.recordBatch(shard, lane, result);
         logBatchProblems(logger, shard, lane, result, deferralLog);
-        return { full: claimsAgainAtOnce(result, result.asked) };
+        return { full: claimsAgainAtOnce(result) };
       },
     };
   });
@@ -388,20 +388,17 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
           db: housekeepingDb,
           retentionSeconds: config.sentRetentionSeconds,
           logger,
-          // Autovacuum off: a queue table that is never vacuumed decays within minutes (measured in
-          // db/vacuumCheck.ts); vacuuming it ourselves keeps it flat (bench/RESULTS.md, soak).
-          ...(vacuumProblem ? { selfVacuumIntervalMs: 10_000 } : {}),
         });
-  // Autovacuum on: the outbox vacuumed between its visits, once a minute at most
-  // (maintenance/outboxVacuum.ts). Off: the pruner vacuums it (above).
-  const outboxVacuum =
-    housekeepingDb === undefined || vacuumProblem
+  // Autovacuum off: the outbox and the sent record vacuumed by us alone; on: the outbox between
+  // its visits, once a minute at most (maintenance/vacuum.ts).
+  const vacuum =
+    housekeepingDb === undefined
       ? undefined
-      : new OutboxVacuum({ db: housekeepingDb, logger });
+      : new RelayVacuum({ db: housekeepingDb, logger, plan: vacuumPlan(vacuumProblem === undefined) });
   await scheduler.start();
   listener.start();
   pruner?.start();
-  outboxVacuum?.start();
+  vacuum?.start();
   const housekeeping = housekeepingDb && startHousekeeping({ db: housekeepingDb, logger });
   logger.info({ sink: sink.name, lanes }, 'relay started');
 
@@ -410,7 +407,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     (stopping ??= (async () => {
       await observer.stop();
       await pruner?.stop();
-      await outboxVacuum?.stop();
+      await vacuum?.stop();
       await housekeeping?.stop();
       await listener.stop();
       const clean = await scheduler.stop(config.shutdownTimeoutMs);

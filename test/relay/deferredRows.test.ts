@@ -167,12 +167,12 @@ describe('rows a sink deferred', () => {
   );
 
   it('the shard loop claims on at once after a full batch of which something was offered', () => {
-    const batch = (claimed: number, deferred: number) => ({ ...EMPTY_BATCH, claimed, deferred });
-    assert.equal(claimsAgainAtOnce(batch(100, 0), 100), true, 'a full batch: more may wait');
-    assert.equal(claimsAgainAtOnce(batch(100, 60), 100), true, 'the rows behind the deferred ones');
-    assert.equal(claimsAgainAtOnce(batch(40, 0), 100), false, 'a short batch: the shard is drained');
-    assert.equal(claimsAgainAtOnce(batch(40, 30), 100), false, 'the deferred rows wait anyway');
-    assert.equal(claimsAgainAtOnce(batch(100, 100), 100), false, 'nothing offered: wait for a trigger');
-    assert.equal(claimsAgainAtOnce(batch(0, 0), 100), false);
+    const batch = (claimed: number, deferred: number) => ({ ...EMPTY_BATCH, asked: 100, claimed, deferred });
+    assert.equal(claimsAgainAtOnce(batch(100, 0)), true, 'a full batch: more may wait');
+    assert.equal(claimsAgainAtOnce(batch(100, 60)), true, 'the rows behind the deferred ones');
+    assert.equal(claimsAgainAtOnce(batch(40, 0)), false, 'a short batch: the shard is drained');
+    assert.equal(claimsAgainAtOnce(batch(40, 30)), false, 'the deferred rows wait anyway');
+    assert.equal(claimsAgainAtOnce(batch(100, 100)), false, 'nothing offered: wait for a trigger');
+    assert.equal(claimsAgainAtOnce(batch(0, 0)), false);
   });
 });

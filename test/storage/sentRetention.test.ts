@@ -6,6 +6,7 @@ import { enqueue } from '../../src/enqueue.js';
 import { silentLogger } from '../../src/logger.js';
 import { startRelay } from '../../src/wiring/relay.js';
 import { SentPruner } from '../../src/maintenance/sentPruner.js';
+import { RelayVacuum, vacuumPlan } from '../../src/maintenance/vacuum.js';
 import { syntheticEvents } from '../../src/synthetic.js';
 import { waitFor } from '../support/cli.js';
 import { testConfig } from '../support/relayConfig.js';
@@ -132,16 +133,16 @@ describe('sent-event retention', () => {
         t.db,
       );
       await sql`DELETE FROM shardrelay.outbox WHERE topic = 'v'`.execute(t.db);
-      const pruner = new SentPruner({ db: t.db, retentionSeconds: 3600, logger: silentLogger });
+      const vacuum = new RelayVacuum({ db: t.db, logger: silentLogger, plan: vacuumPlan(false) });
       const holder = await t.pool.connect();
       try {
         await holder.query(`SELECT pg_advisory_lock(hashtext('shardrelay.self_vacuum'))`);
-        assert.equal(await pruner.vacuumOnce(), false, 'another replica is vacuuming: skip');
+        assert.equal(await vacuum.vacuumOnce(), 'busy', 'another replica is vacuuming: skip');
         await holder.query(`SELECT pg_advisory_unlock(hashtext('shardrelay.self_vacuum'))`);
       } finally {
         holder.release();
       }
-      assert.equal(await pruner.vacuumOnce(), true);
+      assert.equal(await vacuum.vacuumOnce(), 'vacuumed');
       await waitFor('the statistics to show the vacuums', async () => {
         const { rows } = await sql<{ n: number }>`
         SELECT count(*)::int AS n FROM pg_stat_user_tables

@@ -1,4 +1,5 @@
-// The outbox vacuumed between autovacuum's visits (maintenance/outboxVacuum.ts). Its effect on a
+// The outbox vacuumed between autovacuum's visits (maintenance/vacuum.ts, the plan for a server
+// whose autovacuum works; the plan without it is tested in sentRetention.test.ts). Its effect on a
 // soak is a bench figure (bench/RESULTS.md, twelfth session); here, what it does and when it does
 // nothing.
 import assert from 'node:assert/strict';
@@ -6,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { silentLogger } from '../../src/logger.js';
-import { OutboxVacuum } from '../../src/maintenance/outboxVacuum.js';
+import { RelayVacuum, vacuumPlan } from '../../src/maintenance/vacuum.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 describe('the outbox vacuum', () => {
@@ -15,6 +16,10 @@ describe('the outbox vacuum', () => {
     t = await createTestDatabase('outbox_vacuum');
   });
   after(() => t.close());
+
+  /** The plan of a server whose autovacuum works, with its dead-row threshold set to `minDeadRows`. */
+  const vacuumWithThreshold = (minDeadRows: number) =>
+    new RelayVacuum({ db: t.db, logger: silentLogger, plan: { ...vacuumPlan(true), minDeadRows } });
 
   const vacuums = async () =>
     (
@@ -42,11 +47,11 @@ describe('the outbox vacuum', () => {
   it('vacuums once the outbox holds enough dead rows, and not before', async () => {
     await leaveDeadRows(3_000);
     const before = await vacuums();
-    const few = new OutboxVacuum({ db: t.db, logger: silentLogger, minDeadRows: 1_000_000 });
+    const few = vacuumWithThreshold(1_000_000);
     assert.equal(await few.vacuumOnce(), 'few dead rows');
     assert.equal(await vacuums(), before, 'vacuumed with fewer dead rows than the threshold');
 
-    const enough = new OutboxVacuum({ db: t.db, logger: silentLogger, minDeadRows: 2_000 });
+    const enough = vacuumWithThreshold(2_000);
     assert.equal(await enough.vacuumOnce(), 'vacuumed');
     assert.equal(Number(await vacuums()), Number(before) + 1);
     const { rows } = await sql<{ dead: string }>`SELECT n_dead_tup AS dead FROM pg_stat_user_tables
@@ -59,9 +64,9 @@ describe('the outbox vacuum', () => {
     const other = new pg.Client(t.url);
     await other.connect();
     try {
-      await other.query(`SELECT pg_advisory_lock(hashtext('shardrelay.outbox_vacuum'))`);
+      await other.query(`SELECT pg_advisory_lock(hashtext('shardrelay.self_vacuum'))`);
       const before = await vacuums();
-      const vacuum = new OutboxVacuum({ db: t.db, logger: silentLogger, minDeadRows: 1 });
+      const vacuum = vacuumWithThreshold(1);
       assert.equal(await vacuum.vacuumOnce(), 'busy');
       assert.equal(await vacuums(), before);
     } finally {
