@@ -162,6 +162,15 @@ function descriptor(out: Buffer, at: number, code: number): number {
   return at + 3;
 }
 
+/**
+ * Strings up to this length that are ASCII are copied by a loop in JavaScript rather than by
+ * `Buffer.write`, whose call into C++ cost more than the copy for the short attribute names and
+ * values of a message (event ids, topics, times). The sink's encode of one event (CloudEvents
+ * attributes and these bytes, 200-byte payload), in process, warm, alternated twice: 3.2-4.0 µs
+ * with `Buffer.write` for every string, 2.2-2.6 µs with this.
+ */
+const SHORT_ASCII = 64;
+
 /** A string or symbol: its short form (1-byte length) up to 255 bytes, else its long form. */
 function text(
   out: Buffer,
@@ -180,6 +189,11 @@ function text(
     out[at] = short;
     out[at + 1] = byteLength;
     start = at + 2;
+  }
+  if (byteLength === value.length && byteLength <= SHORT_ASCII) {
+    // ASCII (a string whose UTF-8 is as long as it is has no other characters): byte by byte.
+    for (let i = 0; i < byteLength; i += 1) out[start + i] = value.charCodeAt(i);
+    return start + byteLength;
   }
   return start + out.write(value, start, byteLength, 'utf8');
 }
