@@ -55,7 +55,7 @@ export interface Amqp10LinkOptions {
   readonly log: Logger;
 }
 
-type Settle = (outcome: SendOutcome) => void;
+export type Settle = (outcome: SendOutcome) => void;
 
 /** One sender link and the deliveries it has not seen settled. */
 export interface SenderLink {
@@ -376,16 +376,14 @@ export function createAmqp10Links(options: Amqp10LinkOptions): Amqp10Links {
 }
 
 /**
- * Hands an encoded message to the sender (which must have credit); resolves with the delivery's
+ * Hands an encoded message to the sender (which must have credit); `settle` gets the delivery's
  * outcome. Format 0 is what rhea sends for a message it encodes itself; given a format, it takes
  * the bytes as they are.
  */
-export function deliver(state: SenderLink, encoded: Buffer): Promise<SendOutcome> {
-  return new Promise<SendOutcome>((resolve) => {
-    const delivery = state.sender.send(encoded, undefined, 0);
-    state.unsettled.set(delivery, resolve);
-    state.handedOver += 1;
-  });
+export function deliver(state: SenderLink, encoded: Buffer, settle: Settle): void {
+  const delivery = state.sender.send(encoded, undefined, 0);
+  state.unsettled.set(delivery, settle);
+  state.handedOver += 1;
 }
 
 /** Link credit not yet spoken for by deliveries rhea has still to write. */

@@ -55,7 +55,7 @@ import {
   writeAttributes,
   DATA_CONTENT_TYPE,
 } from './cloudEvent.js';
-import { settleByDeadline } from './deadline.js';
+import { BatchOutcomes } from './deadline.js';
 import {
   confirmed,
   deferred,
@@ -171,12 +171,13 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
     target: Amqp10Connection,
     address: string,
     items: readonly { message: Buffer; index: number }[],
-    outcomes: Promise<SendOutcome>[],
+    outcomes: BatchOutcomes,
     deadline: number,
   ): Promise<void> {
     const state = links.senderFor(target, address);
     const notSent = (error: string): void => {
-      for (const item of items) outcomes[item.index] ??= Promise.resolve(retryable(`not sent: ${error}`));
+      const outcome = retryable(`not sent: ${error}`);
+      for (const item of items) outcomes.settle(item.index, outcome);
     };
     try {
       await raceDeadline(state.opened, deadline, 'the batch deadline passed while attaching the link');
@@ -188,7 +189,8 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
     for (const item of items) {
       const limit = remoteMax > 0 ? Math.min(remoteMax, maxMessageBytes) : maxMessageBytes;
       if (item.message.length > limit) {
-        outcomes[item.index] = Promise.resolve(
+        outcomes.settle(
+          item.index,
           permanent(
             `message of ${item.message.length} bytes exceeds the maximum of ${limit} bytes for '${address}'`,
           ),
@@ -199,18 +201,21 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
         await waitForCredit(state, deadline);
       }
       if (state.closed) {
-        outcomes[item.index] = Promise.resolve(
+        outcomes.settle(
+          item.index,
           deferred(`not sent: the link to '${address}' was lost earlier in this batch`),
         );
         continue;
       }
       if (creditLeft(state) <= 0) {
-        outcomes[item.index] = Promise.resolve(
+        outcomes.settle(
+          item.index,
           deferred(`not sent: no link credit from the broker for '${address}' before the batch deadline`),
         );
         continue;
       }
-      outcomes[item.index] = deliver(state, item.message);
+      const index = item.index;
+      deliver(state, item.message, (outcome) => outcomes.settle(index, outcome));
     }
   }
 
@@ -229,12 +234,12 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
         const outcome = deferred(`AMQP 1.0 broker unavailable at ${where}: ${describe(error)}`);
         return messages.map(() => outcome);
       }
-      const outcomes: Promise<SendOutcome>[] = new Array<Promise<SendOutcome>>(messages.length);
+      const outcomes = new BatchOutcomes(messages.length);
       const byAddress = new Map<string, { message: Buffer; index: number }[]>();
       messages.forEach((message, index) => {
         const encoded = encode(message);
         if (typeof encoded === 'string') {
-          outcomes[index] = Promise.resolve(permanent(encoded));
+          outcomes.settle(index, permanent(encoded));
           return;
         }
         const address = addressOf(message.topic);
@@ -247,7 +252,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
           sendToAddress(target, address, items, outcomes, context.deadline),
         ),
       );
-      return settleByDeadline(outcomes, context.deadline);
+      return outcomes.byDeadline(context.deadline);
     },
 
     close: () => links.close(),

@@ -4,9 +4,9 @@
  * offset per partition rather than one result per record).
  *
  * Delivery: an idempotent producer (`enable.idempotence`, hence `acks=all` and per-partition
- * ordering across librdkafka's own retries). Every record carries its outcome promise as its
- * opaque; the delivery report librdkafka builds from the broker's produce response settles it, so
- * each row gets the confirm of its own record. Delivery reports are polled on librdkafka's
+ * ordering across librdkafka's own retries). Every record carries, as its opaque, a callback that
+ * records its outcome among its batch's; the delivery report librdkafka builds from the broker's
+ * produce response calls it, so each row gets the confirm of its own record. Delivery reports are polled on librdkafka's
  * background thread, not on a JavaScript timer, so a confirm is not delayed by a poll interval.
  *
  * Partitioning: the row's key is the Kafka record key, and librdkafka's `murmur2_random`
@@ -52,7 +52,7 @@ import {
   writeApplicationHeaders,
   writeAttributes,
 } from './cloudEvent.js';
-import { settleByDeadline } from './deadline.js';
+import { BatchOutcomes } from './deadline.js';
 import {
   confirmed,
   deferred,
@@ -169,6 +169,9 @@ type Settle = (outcome: SendOutcome) => void;
 
 export function createKafkaSink(options: KafkaSinkOptions): Sink {
   const topicTemplate = options.topic ?? DEFAULT_KAFKA_TOPIC;
+  const topicOf = topicTemplate.includes('{topic}')
+    ? (topic: string): string => topicTemplate.split('{topic}').join(topic)
+    : (): string => topicTemplate;
   const compression = options.compression ?? 'none';
   const deliveryTimeoutMs = options.deliveryTimeoutMs ?? DEFAULTS.deliveryTimeoutMs;
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
@@ -339,7 +342,7 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
     return probing;
   }
 
-  function produce(target: Producer, message: OutboxMessage): Promise<SendOutcome> {
+  function produce(target: Producer, message: OutboxMessage, outcomes: BatchOutcomes, index: number): void {
     let value: Buffer;
     let headers: MessageHeader[];
     try {
@@ -354,25 +357,17 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
       headers = [];
       for (const name in all) headers.push({ [name]: all[name] as string });
     } catch (error) {
-      return Promise.resolve(permanent(`cannot encode the event: ${describe(error)}`));
+      outcomes.settle(index, permanent(`cannot encode the event: ${describe(error)}`));
+      return;
     }
-    const topic = topicTemplate.split('{topic}').join(message.topic);
-    return new Promise<SendOutcome>((resolve) => {
-      try {
-        target.produce(
-          topic,
-          null,
-          value,
-          message.key,
-          message.createdAt.getTime(),
-          resolve as Settle,
-          headers,
-        );
-      } catch (error) {
-        // Refused before leaving the process (queue full, too large, bad topic name).
-        resolve(kafkaOutcome(error as LibrdKafkaError, `did not queue the record for ${topic}`));
-      }
-    });
+    const topic = topicOf(message.topic);
+    const settle: Settle = (outcome) => outcomes.settle(index, outcome);
+    try {
+      target.produce(topic, null, value, message.key, message.createdAt.getTime(), settle, headers);
+    } catch (error) {
+      // Refused before leaving the process (queue full, too large, bad topic name).
+      settle(kafkaOutcome(error as LibrdKafkaError, `did not queue the record for ${topic}`));
+    }
   }
 
   return {
@@ -409,8 +404,9 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
         const outcome = deferred(`Kafka: all brokers are down (${brokers}); nothing was sent`);
         return messages.map(() => outcome);
       }
-      const pending = messages.map((message) => produce(target, message));
-      return settleByDeadline(pending, context.deadline);
+      const outcomes = new BatchOutcomes(messages.length);
+      messages.forEach((message, index) => produce(target, message, outcomes, index));
+      return outcomes.byDeadline(context.deadline);
     },
 
     async close() {

@@ -17,8 +17,9 @@ import {
   waitForCredit,
   type Amqp10LinkOptions,
   type DeliveryOutcomes,
+  type SenderLink,
 } from '../../src/sinks/amqp10Link.js';
-import { confirmed, unknown } from '../../src/sinks/sink.js';
+import { confirmed, unknown, type SendOutcome } from '../../src/sinks/sink.js';
 
 /** Outcomes that say which handler the manager called, and with what. */
 const recording: DeliveryOutcomes = {
@@ -109,6 +110,11 @@ async function until(condition: () => boolean, timeoutMs: number, what: string):
   }
 }
 
+/** The outcome of one delivery, as a promise. */
+function delivered(state: SenderLink, encoded: Buffer): Promise<SendOutcome> {
+  return new Promise((resolve) => deliver(state, encoded, resolve));
+}
+
 describe('AMQP 1.0 link manager against a scripted peer', () => {
   it('counts credit handed to rhea before rhea writes it, and maps settlements through the sink', async () => {
     const peer = await startPeer();
@@ -121,8 +127,8 @@ describe('AMQP 1.0 link manager against a scripted peer', () => {
       await state.opened;
       await until(() => creditLeft(state) > 0, 5_000, 'credit arrives');
       assert.equal(creditLeft(state), 3);
-      const first = deliver(state, message('a'));
-      const second = deliver(state, message('b'));
+      const first = delivered(state, message('a'));
+      const second = delivered(state, message('b'));
       // rhea writes the transfers on a later tick; the credit they use is spoken for already.
       assert.equal(creditLeft(state), 1);
       await until(() => peer.deliveries.length === 2, 5_000, 'both transfers arrive');
@@ -144,7 +150,7 @@ describe('AMQP 1.0 link manager against a scripted peer', () => {
     const links = createAmqp10Links(options(peer.url));
     try {
       const { state } = await senderWithOneCredit(links, peer);
-      const pending = deliver(state, message('a'));
+      const pending = delivered(state, message('a'));
       assert.equal(creditLeft(state), 0);
       const waited = Date.now();
       const waiting = waitForCredit(state, Date.now() + 10_000);
@@ -195,7 +201,7 @@ describe('AMQP 1.0 link manager against a scripted peer', () => {
     const links = createAmqp10Links(options(peer.url));
     try {
       const { connection, state } = await senderWithOneCredit(links, peer);
-      const pending = deliver(state, message('a'));
+      const pending = delivered(state, message('a'));
       await links.close();
       assert.deepEqual(await pending, unknown('lost at events: the sink was closed'));
       assert.equal(connection.closed, true);
