@@ -21,8 +21,8 @@
  * checked here (`checkEvent`); `source`, the one attribute from configuration, is validated once
  * with the SDK itself (`eventSource`). Measured (CPU time, 20,000 events of a 200-byte payload, 3
  * rounds, load average 40 on 2 cores): parse + SDK event + binary encoding 8.7-10.3 µs per event,
- * this 1.7-3.2 µs; structured 10.2-10.4 against 2.8-3.1 µs. test/sinks/cloudEvent.test.ts proves with the SDK
- * that both encodings equal what it produces, for any payload and attribute values.
+ * this 1.7-3.2 µs; structured 10.2-10.4 against 2.8-3.1 µs. test/sinks/cloudEvent.test.ts proves
+ * with the SDK that both encodings equal what it produces, for any payload and attribute values.
  */
 import { CloudEvent } from 'cloudevents';
 import { ConfigError, toError } from '../errors.js';

@@ -6,28 +6,22 @@ import { unknown, type SendOutcome } from './sink.js';
  * Waits for every pending outcome, but no later than `deadline` (epoch ms). An outcome still
  * pending then becomes `unknown` (or what `late` says of it, for a sink that knows a message was
  * never written): the relay must not hold row locks waiting on a hung broker, and a confirm that
- * never came must lead to a re-send, never to `sent`.
+ * never came must lead to a re-send, never to `sent`. For sinks whose client answers with a
+ * promise per message; `BatchOutcomes` (below) is the same rule for clients that call back.
  */
 export async function settleByDeadline(
   pending: readonly Promise<SendOutcome>[],
   deadline: number,
-  late: (index: number) => SendOutcome = () => NO_CONFIRM,
+  late?: (index: number) => SendOutcome,
 ): Promise<SendOutcome[]> {
-  const results: (SendOutcome | undefined)[] = new Array(pending.length).fill(undefined);
-  const all = Promise.all(
-    pending.map((p, i) =>
-      p.then(
-        (outcome) => {
-          results[i] = outcome;
-        },
-        (error: unknown) => {
-          results[i] = unknown(toError(error).message);
-        },
-      ),
+  const outcomes = new BatchOutcomes(pending.length);
+  pending.forEach((p, i) =>
+    p.then(
+      (outcome) => outcomes.settle(i, outcome),
+      (error: unknown) => outcomes.settle(i, unknown(toError(error).message)),
     ),
   );
-  await untilDeadline(all, deadline);
-  return results.map((r, i) => r ?? late(i));
+  return outcomes.byDeadline(deadline, late);
 }
 
 const NO_CONFIRM = unknown('no confirm before the batch deadline');
@@ -57,14 +51,10 @@ export class BatchOutcomes {
     if (this.#missing === 0) this.#allIn?.();
   }
 
-  /** Whether message `index` has its outcome. */
-  has(index: number): boolean {
-    return this.#results[index] !== undefined;
-  }
-
   /**
    * Every message's outcome, waiting for the missing ones no later than `deadline`; one still
-   * missing then is what `late` says of it (`unknown` unless told otherwise). Outcomes recorded
+   * missing then is what `late` says of it (`unknown` unless told otherwise): the relay must not
+   * hold row locks waiting on a hung broker, and a confirm that never came must lead to a re-send. Outcomes recorded
    * after this returned do not change what it returned.
    */
   async byDeadline(
