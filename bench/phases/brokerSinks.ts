@@ -18,6 +18,7 @@ import type { SinkKind } from '../harness/ipc.js';
 import type { PhaseContext } from './context.js';
 import { runRelayDrain } from './relayDrain.js';
 import { processTreeCpuMs } from '../harness/processCpu.js';
+import { median } from '../harness/stats.js';
 import type { RunResult } from '../harness/results.js';
 
 /** Rows per run: enough for a steady rate, few enough to keep the scenario near a minute a sink. */
@@ -168,61 +169,44 @@ export async function runBrokerSinksBench(options: { context: PhaseContext }): P
   return runs;
 }
 
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[mid] as number)
-    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
-}
-
 export function formatBrokerSinks(runs: readonly BrokerSinkRun[]): string {
   const lines = [
-    "Broker sinks (relay CPU target: <= 2x the null sink), rounds of a null drain then the sink's drain; medians over rounds, round values in brackets:",
+    "Broker sinks (relay CPU target: <= 2x the null sink), rounds of a null drain then the sink's drain; medians over the rounds:",
     '| sink | rounds | rows/s | latency p50 / p99 ms (round 1) | relay CPU ms/1k rows: sink | null, same rounds | x null, by round | x null, median | broker CPU ms/1k rows | problems |',
     '| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |',
   ];
   for (const sink of [...new Set(runs.map((r) => r.sink))]) {
     const mine = runs.filter((r) => r.sink === sink);
-    const failed = mine.filter((r) => !r.result || !r.nullResult);
-    const paired = mine.flatMap((r) =>
-      r.result &&
-      r.nullResult &&
-      r.result.cpuMsPer1kRows.client !== null &&
-      r.nullResult.cpuMsPer1kRows.client !== null
-        ? [
-            {
-              run: r.result,
-              floor: r.nullResult,
-              sinkCpu: r.result.cpuMsPer1kRows.client,
-              nullCpu: r.nullResult.cpuMsPer1kRows.client,
-            },
-          ]
-        : [],
-    );
-    const errors = failed.map((r) => `round ${r.round} failed: ${r.error ?? 'its null drain failed'}`);
+    const paired = mine.flatMap((r) => {
+      const sinkCpu = r.result?.cpuMsPer1kRows.client ?? null;
+      const nullCpu = r.nullResult?.cpuMsPer1kRows.client ?? null;
+      return r.result && sinkCpu !== null && nullCpu !== null ? [{ run: r.result, sinkCpu, nullCpu }] : [];
+    });
+    const errors = mine
+      .filter((r) => !r.result || !r.nullResult)
+      .map((r) => `round ${r.round} failed: ${r.error ?? 'its null drain failed'}`);
     if (paired.length === 0) {
       lines.push(`| ${sink} | 0 | ${errors.join('; ')} | | | | | | | |`);
       continue;
     }
     const ratios = paired.map((p) => p.sinkCpu / p.nullCpu);
     const first = mine.find((r) => r.round === 1)?.result?.latencyMs;
-    const latency = first ? `${first.p50.toFixed(1)} / ${first.p99.toFixed(1)}` : '-';
     const brokerCpu = paired.flatMap((p) =>
       p.run.cpuMsPer1kRows.broker === null ? [] : [p.run.cpuMsPer1kRows.broker],
     );
-    const problems = [...new Set(paired.flatMap((p) => p.run.problems)), ...errors];
-    lines.push(
-      `| ${sink} | ${paired.length} | ${Math.round(median(paired.map((p) => p.run.rowsPerSec)))} | ${latency} | ${median(
-        paired.map((p) => p.sinkCpu),
-      ).toFixed(
-        1,
-      )} | ${median(paired.map((p) => p.nullCpu)).toFixed(1)} | ${ratios.map((r) => r.toFixed(2)).join(', ')} | ${median(
-        ratios,
-      ).toFixed(
-        2,
-      )} | ${brokerCpu.length > 0 ? median(brokerCpu).toFixed(0) : '-'} | ${problems.join('; ') || 'none'} |`,
-    );
+    const cells = [
+      sink,
+      String(paired.length),
+      String(Math.round(median(paired.map((p) => p.run.rowsPerSec)))),
+      first ? `${first.p50.toFixed(1)} / ${first.p99.toFixed(1)}` : '-',
+      median(paired.map((p) => p.sinkCpu)).toFixed(1),
+      median(paired.map((p) => p.nullCpu)).toFixed(1),
+      ratios.map((r) => r.toFixed(2)).join(', '),
+      median(ratios).toFixed(2),
+      brokerCpu.length > 0 ? median(brokerCpu).toFixed(0) : '-',
+      [...new Set(paired.flatMap((p) => p.run.problems)), ...errors].join('; ') || 'none',
+    ];
+    lines.push(`| ${cells.join(' | ')} |`);
   }
   return lines.join('\n');
 }
