@@ -193,3 +193,9 @@ export function writeApplicationHeaders(
     target.traceparent = message.traceparent;
   }
 }
+
+/** Whether the row carries headers of its own (most rows do not: a sink can skip their loop). */
+export function hasOwnHeaders(message: OutboxMessage): boolean {
+  for (const _ in message.headers) return true;
+  return false;
+}

@@ -45,14 +45,9 @@ import { maskSecrets } from '../redact.js';
 import { backoffDelayMs } from '../backoff.js';
 import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import {
-  CE_UNDERSCORE,
-  DATA_CONTENT_TYPE,
-  eventSource,
-  writeApplicationHeaders,
-  writeAttributes,
-} from './cloudEvent.js';
+import { eventSource } from './cloudEvent.js';
 import { BatchOutcomes } from './deadline.js';
+import { KafkaHeaders } from './kafkaHeaders.js';
 import {
   confirmed,
   deferred,
@@ -180,7 +175,7 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
   const secret = options.sasl?.password ?? '';
   const scrub = (text: string): string => maskSecrets(text, [secret]);
   const describe = (error: unknown): string => scrub(toError(error).message);
-  const source = eventSource(options.source);
+  const recordHeaders = new KafkaHeaders(eventSource(options.source));
 
   // Topic-level settings (acks, partitioner, message.timeout.ms, compression) are accepted in the
   // global configuration by librdkafka, which applies them to every topic; the typings split them.
@@ -347,15 +342,9 @@ export function createKafkaSink(options: KafkaSinkOptions): Sink {
     let headers: MessageHeader[];
     try {
       // CloudEvents' Kafka binding, binary mode: `ce_<attribute>` headers and `content-type`; the
-      // value is the payload's JSON text as claimed. A row's own `ce_*` headers are dropped, so a
-      // row cannot add a second `ce_id` beside the event id.
-      const all: Record<string, string> = {};
-      writeApplicationHeaders(all, message, isCloudEventsHeader);
-      writeAttributes(all, message, source, CE_UNDERSCORE);
-      all['content-type'] = DATA_CONTENT_TYPE;
+      // value is the payload's JSON text as claimed.
+      headers = recordHeaders.of(message);
       value = Buffer.from(message.payloadJson, 'utf8');
-      headers = [];
-      for (const name in all) headers.push({ [name]: all[name] as string });
     } catch (error) {
       outcomes.settle(index, permanent(`cannot encode the event: ${describe(error)}`));
       return;
@@ -446,8 +435,4 @@ function validate(options: KafkaSinkOptions): string {
     throw new ConfigError('kafka topic', 'is empty', 'give a topic name or a template such as {topic}');
   }
   return brokers.join(',');
-}
-
-function isCloudEventsHeader(lowerCaseName: string): boolean {
-  return lowerCaseName.startsWith('ce_');
 }

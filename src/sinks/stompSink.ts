@@ -58,6 +58,7 @@ import {
   SPEC_VERSION,
   checkEvent,
   eventSource,
+  hasOwnHeaders,
   writeApplicationHeaders,
 } from './cloudEvent.js';
 import {
@@ -695,11 +696,6 @@ export function sendFrameEncoder(
     if (transaction !== undefined) frame += `transaction:${e(transaction)}\n`;
     return `${frame}receipt:${receipt}\n\n${message.payloadJson}\0`;
   };
-}
-
-function hasOwnHeaders(message: OutboxMessage): boolean {
-  for (const _ in message.headers) return true;
-  return false;
 }
 
 /** The outcome of an ERROR frame that names a frame's receipt, from its text. */
