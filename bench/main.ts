@@ -15,6 +15,7 @@ import { compileForChildren } from './harness/compile.js';
 import { writeRecoveryChart } from './harness/chart.js';
 import { BenchDatabase } from './harness/database.js';
 import { plannedRuns, runSchedule, type ScheduleOutcome } from './harness/driver.js';
+import { roundsDoNotFit } from './harness/budget.js';
 import { describeMachine, finishMachine, type MachineInfo } from './harness/machine.js';
 import { parseOptions, type BenchOptions } from './harness/options.js';
 import type { PhaseContext } from './phases/context.js';
@@ -35,6 +36,14 @@ async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2), process.env);
   const startedAt = Date.now();
   const special = options.soakMinutes !== undefined || options.rssBacklogRows !== undefined;
+  const scenarios = EXTERNAL_SCENARIOS.filter((s) => options.phases.has(s.phase) && scenarioPresent(s));
+  // The scenarios run once, after the rounds; their time is kept out of the rounds' budget.
+  const reserved = scenarios.reduce((sum, s) => sum + s.estimateMs(options.quick), 0);
+  const budgetProblem = special ? undefined : roundsDoNotFit(options, scenarios, reserved);
+  if (budgetProblem) {
+    console.error(budgetProblem);
+    return 2;
+  }
   const progress = createProgress(special ? 1 : plannedRuns(options));
   progress.log('compiling the relay and floor processes');
   const cpuProfileDir = options.cpuProfileDir && path.resolve(options.cpuProfileDir);
@@ -84,9 +93,6 @@ async function main(): Promise<number> {
     try {
       if (special) outcome = await runSpecial(context, progress);
       else {
-        const scenarios = EXTERNAL_SCENARIOS.filter((s) => options.phases.has(s.phase) && scenarioPresent(s));
-        // The scenarios run once, after the rounds; their time is kept out of the rounds' budget.
-        const reserved = scenarios.reduce((sum, s) => sum + s.estimateMs(options.quick), 0);
         const deadline = startedAt + options.budgetMs;
         outcome = await runSchedule(context, progress, deadline - reserved, rabbitMqProblem);
         for (const scenario of EXTERNAL_SCENARIOS) {

@@ -38,6 +38,34 @@ export function plannedRuns(options: BenchOptions): number {
   return count(DRAIN_PHASES) * options.runs + count(LOAD_PHASES) * options.loadPhaseRuns;
 }
 
+/** A phase's first run, before any has been timed: guesses from a slow 2-core machine. */
+function firstRunEstimateMs(phase: RoundPhase, options: BenchOptions): number {
+  const drain = (rowsPerSec: number) => 8_000 + (options.rows / rowsPerSec) * 1000 + options.latencyWindowMs;
+  switch (phase) {
+    case 'sql-floor':
+    case 'sql-floor-narrow':
+    case 'pgboss-insert':
+      return 5_000 + (options.rows / 20_000) * 1000;
+    case 'relay-null':
+      return drain(15_000);
+    case 'relay-pgboss':
+    case 'relay-rabbitmq':
+      return drain(5_000);
+    case 'max-sustainable':
+      return 10_000 + options.sustainStepMs * 5;
+    case 'recovery':
+      return 15_000 + options.recoveryBaselineMs + (options.recoverySpikeRows / 7_000) * 1000;
+  }
+}
+
+/** What the first round of the selected phases is expected to take (0 when none is selected). */
+export function firstRoundEstimateMs(options: BenchOptions): number {
+  const phases: readonly RoundPhase[] = [...DRAIN_PHASES, ...LOAD_PHASES];
+  return phases
+    .filter((phase) => options.phases.has(phase))
+    .reduce((sum, phase) => sum + firstRunEstimateMs(phase, options), 0);
+}
+
 export async function runSchedule(
   context: PhaseContext,
   progress: Progress,
@@ -52,28 +80,9 @@ export async function runSchedule(
   const inRound = (phase: string, round: number) =>
     outcome.results.find((r) => r.phase === phase && r.round === round)?.rowsPerSec;
 
-  /** First-run guesses from a slow 2-core machine; later runs use the slowest run seen. */
-  const estimateMs = (phase: RoundPhase): number => {
-    const seen = durations.get(phase);
-    if (seen !== undefined) return seen;
-    const drain = (rowsPerSec: number) =>
-      8_000 + (options.rows / rowsPerSec) * 1000 + options.latencyWindowMs;
-    switch (phase) {
-      case 'sql-floor':
-      case 'sql-floor-narrow':
-      case 'pgboss-insert':
-        return 5_000 + (options.rows / 20_000) * 1000;
-      case 'relay-null':
-        return drain(15_000);
-      case 'relay-pgboss':
-      case 'relay-rabbitmq':
-        return drain(5_000);
-      case 'max-sustainable':
-        return 10_000 + options.sustainStepMs * 5;
-      case 'recovery':
-        return 15_000 + options.recoveryBaselineMs + (options.recoverySpikeRows / 7_000) * 1000;
-    }
-  };
+  /** Later runs of a phase are expected to take as long as its slowest run so far. */
+  const estimateMs = (phase: RoundPhase): number =>
+    durations.get(phase) ?? firstRunEstimateMs(phase, options);
 
   const run = async (phase: RoundPhase, round: number): Promise<RunResult> => {
     switch (phase) {

@@ -30,7 +30,8 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     exportName: 'runLaneLatencyBench',
     formatName: 'formatLaneReport',
     needsRabbitMq: false,
-    estimateMs: (quick) => (quick ? 45_000 : 240_000),
+    // Measured: 100 s in a full run (fourteenth session, a quiet 2-core machine).
+    estimateMs: (quick) => (quick ? 45_000 : 200_000),
     // The sizes of laneLatency.ts's own --quick. A full run also measures the settings that were
     // the defaults before issue 14 (8 connections per lane, no gathering), interleaved, so that
     // the report carries its own before/after.
@@ -47,12 +48,13 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     exportName: 'runConfirmPipeliningBench',
     formatName: 'formatConfirmPipelining',
     needsRabbitMq: true,
+    // Measured: 3 s.
     estimateMs: () => 15_000,
     options: ({ amqp, options }) => ({ amqpUrl: amqp?.url ?? options.amqpUrl }),
   },
   {
     // The STOMP sink through a throw-away ActiveMQ (bench/phases/activemq.ts): the seed scenario, rows/s
-    // with receipts, CPU against the null sink. Measured: about 60 s in a full run.
+    // with receipts, CPU against the null sink. Measured: 60-79 s in a full run.
     phase: 'activemq',
     file: 'phases/activemq.ts',
     exportName: 'runActiveMqBench',
@@ -69,8 +71,8 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     // It starts its own brokers (AMQP 1.0 node, Kafka mock, kinesalite).
     needsRabbitMq: false,
     // Per broker (three starts): rounds of two drains of up to 50,000 rows (null, then the
-    // sink), one latency window. Measured: 117 s with 3 rounds.
-    estimateMs: (quick) => (quick ? 90_000 : 240_000),
+    // sink), one latency window. Measured with 3 rounds: 117 s (AMD EPYC), 85-88 s (Intel Xeon).
+    estimateMs: (quick) => (quick ? 90_000 : 180_000),
     // It runs the relay drain phase itself, so it needs the whole context.
     options: (context) => ({ context }),
   },
@@ -84,8 +86,8 @@ export const EXTERNAL_SCENARIOS: readonly ExternalScenario[] = [
     needsRabbitMq: false,
     // Eight drains of 3,000 rows (quick) or 10,000; the skewed ones with ordering on are the
     // slowest (5,000 rows took 28 s each on RabbitMQ at load 17-18; the whole quick run of 5,000
-    // rows 112 s).
-    estimateMs: (quick) => (quick ? 90_000 : 180_000),
+    // rows 112 s; a full run on a quiet machine 28 s).
+    estimateMs: (quick) => (quick ? 90_000 : 120_000),
     options: (context) => ({ context }),
   },
 ];
