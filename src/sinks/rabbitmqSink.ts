@@ -35,7 +35,7 @@ import {
   writeAttributes,
   DATA_CONTENT_TYPE,
 } from './cloudEvent.js';
-import { settleByDeadline } from './deadline.js';
+import { BatchOutcomes } from './deadline.js';
 import { createRabbitMqLinks, takeReturn, waitForDrain, type RabbitMqLink } from './rabbitmqLink.js';
 import {
   confirmed,
@@ -117,10 +117,16 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
   if (sourceProblem) throw new ConfigError('rabbitmq source', sourceProblem, 'use a shorter URI-reference');
   const { where, describe } = links;
 
+  /**
+   * Publishes message `index` of a batch; its outcome is recorded in `outcomes` (at once when it
+   * cannot be published, else when the broker confirms). Returns amqplib's `writable`.
+   */
   function publishOne(
     target: RabbitMqLink,
     message: OutboxMessage,
-  ): { outcome: Promise<SendOutcome>; writable: boolean } {
+    outcomes: BatchOutcomes,
+    index: number,
+  ): boolean {
     let routingKey: string;
     let body: Buffer;
     let publishOptions: Options.Publish;
@@ -145,10 +151,8 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
         headers,
       };
     } catch (error) {
-      return {
-        outcome: Promise.resolve(permanent(`cannot encode the event: ${describe(error)}`)),
-        writable: true,
-      };
+      outcomes.settle(index, permanent(`cannot encode the event: ${describe(error)}`));
+      return true;
     }
     // Checked here, not left to amqplib: it registers the confirm callback before encoding the
     // frame, so a publish that throws on a live channel shifts every later callback onto the wrong
@@ -164,16 +168,15 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
       (body.length > maxMessageBytes
         ? `body of ${body.length} bytes exceeds maxMessageBytes (${maxMessageBytes})`
         : undefined);
-    if (problem) return { outcome: Promise.resolve(permanent(problem)), writable: true };
+    if (problem) {
+      outcomes.settle(index, permanent(problem));
+      return true;
+    }
 
     const route = `exchange '${exchange}', routing key '${routingKey}'`;
-    let settle!: (outcome: SendOutcome) => void;
-    const outcome = new Promise<SendOutcome>((resolve) => {
-      settle = resolve;
-    });
-    let writable: boolean;
+    const settle = (outcome: SendOutcome): void => outcomes.settle(index, outcome);
     try {
-      writable = target.channel.publish(exchange, routingKey, body, publishOptions, (error: unknown) => {
+      return target.channel.publish(exchange, routingKey, body, publishOptions, (error: unknown) => {
         const returned = takeReturn(target, message.eventId);
         if (error === null || error === undefined) {
           settle(
@@ -197,9 +200,9 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
       // Only a closed channel should get here (inputs were checked above); either way the channel's
       // confirm bookkeeping can no longer be trusted, so retire it.
       links.retire(target, `publish threw: ${describe(error)}`);
-      return { outcome: Promise.resolve(retryable(`not published: ${describe(error)}`)), writable: true };
+      settle(retryable(`not published: ${describe(error)}`));
+      return true;
     }
-    return { outcome, writable };
   }
 
   return {
@@ -223,31 +226,27 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
         );
         return messages.map(() => outcome);
       }
-      const pending: Promise<SendOutcome>[] = [];
+      const batch = new BatchOutcomes(messages.length);
       let drainWaits = 0;
       // A lapsed lease drops the link hard, before more bytes go out (see watchLease); the rest
       // of the batch then finds it closed and is not published.
       const lease = links.watchLease(target, context.mayContinue);
       let outcomes: SendOutcome[];
       try {
-        for (const message of messages) {
+        for (const [index, message] of messages.entries()) {
           lease.check();
           if (target.closed) {
-            pending.push(
-              Promise.resolve(deferred('not published: the RabbitMQ link was lost earlier in this batch')),
-            );
+            batch.settle(index, deferred('not published: the RabbitMQ link was lost earlier in this batch'));
             continue;
           }
           if (Date.now() >= context.deadline) {
-            pending.push(
-              Promise.resolve(
-                deferred('not published: back-pressure from RabbitMQ until the batch deadline'),
-              ),
+            batch.settle(
+              index,
+              deferred('not published: back-pressure from RabbitMQ until the batch deadline'),
             );
             continue;
           }
-          const { outcome, writable } = publishOne(target, message);
-          pending.push(outcome);
+          const writable = publishOne(target, message, batch, index);
           // amqplib never refuses a publish; `false` means its socket buffer is over the high-water
           // mark. Waiting for 'drain' keeps memory bounded when the broker reads slower than we write.
           if (!writable) {
@@ -255,7 +254,7 @@ export function createRabbitMqSink(options: RabbitMqSinkOptions): Sink {
             await waitForDrain(target, context.deadline);
           }
         }
-        outcomes = await settleByDeadline(pending, context.deadline);
+        outcomes = await batch.byDeadline(context.deadline);
       } finally {
         lease.stop();
       }
