@@ -11,6 +11,7 @@ import {
   type SendOutcome,
   type Sink,
 } from '../sinks/sink.js';
+import type { ClaimCursor } from './claimCursor.js';
 import {
   claimBatch,
   findUnclaimable,
@@ -67,6 +68,11 @@ export interface DeliverySettings {
   readonly ordering?: KeyOrdering;
   /** How long deferred rows wait (relay/deferralDelay.ts); absent = the first retry delay. */
   readonly deferralDelay?: Pick<DeferralDelay, 'delayMs'>;
+  /**
+   * The (shard, lane)'s claim cursor (relay/claimCursor.ts): where the claim starts while the shard
+   * drains a backlog. Not used with ordering on.
+   */
+  readonly cursor?: ClaimCursor;
 }
 
 /**
@@ -182,20 +188,27 @@ export async function deliverBatch(
   settings: DeliverySettings,
 ): Promise<BatchResult> {
   const started = performance.now();
-  const claimRequest = (): ClaimRequest => ({
-    shard,
-    shardCount,
-    lane,
-    lanePredicate: settings.lanePredicate,
-    batchSize: typeof settings.batchSize === 'function' ? settings.batchSize() : settings.batchSize,
-    ...(settings.ordering ? { ordering: settings.ordering } : {}),
-  });
+  const cursor = settings.ordering ? undefined : settings.cursor;
+  const claimRequest = (): ClaimRequest => {
+    const afterId = cursor?.startAfter();
+    return {
+      shard,
+      shardCount,
+      lane,
+      lanePredicate: settings.lanePredicate,
+      batchSize: typeof settings.batchSize === 'function' ? settings.batchSize() : settings.batchSize,
+      ...(settings.ordering ? { ordering: settings.ordering } : {}),
+      ...(afterId !== undefined ? { afterId } : {}),
+    };
+  };
   /** Set when the batch has its connection. */
   let claim: ClaimRequest | undefined;
   /** Set once the sink has answered: what a completion lost with the connection must record. */
   let decided: DecidedBatch | undefined;
+  /** Set once the batch's completions are recorded: where the cursor may move when it commits. */
+  let advance: { readonly lastId: string | undefined; readonly full: boolean } | undefined;
   try {
-    return await db.transaction().execute(async (trx) => {
+    const outcome = await db.transaction().execute(async (trx) => {
       if (settings.mayClaim?.() === false) return EMPTY_BATCH;
       claim = claimRequest();
       let messages: ClaimedMessage[];
@@ -265,6 +278,8 @@ export async function deliverBatch(
       decided = { request, postponed, messages: sent, outcomes, decisions, asked: claim.batchSize };
       const poison = await completeIsolated(trx, request);
       await postponeDeferred(trx, postponed);
+      // Claimed in id order: the last row is the highest id.
+      advance = { lastId: messages.at(-1)?.id, full: messages.length >= claim.batchSize };
       if (settings.ordering && sent.some((m) => m.key !== null)) await wakeShard(trx, shard);
       const counted = batchResult(
         sent,
@@ -286,7 +301,11 @@ export async function deliverBatch(
             };
       return settings.ordering ? { ...result, held, waves } : result;
     });
+    if (advance) cursor?.completed(advance.lastId, advance.full);
+    else cursor?.reset();
+    return outcome;
   } catch (error) {
+    cursor?.reset();
     if (error instanceof ClaimFailed && claim)
       return isolateUnclaimable(db, claim, settings, error.cause, started);
     if (!decided || sink.kind === 'in-database') throw error;

@@ -17,6 +17,7 @@ import { createConfiguredSink } from '../routing/buildRoutingSink.js';
 import { routeTableOf, type RouteTable } from '../routing/loadRoutes.js';
 import { isRoutingSink, type RoutePartReport } from '../routing/routingSink.js';
 import type { RelaySink } from '../sinks/sink.js';
+import { ClaimCursors } from '../relay/claimCursor.js';
 import { ClaimSize, logClaimSizeChange } from '../relay/claimSize.js';
 import { claimsAgainAtOnce, deliverBatch, type BatchResult } from '../relay/deliverBatch.js';
 import { DeferralDelay } from '../relay/deferralDelay.js';
@@ -239,6 +240,7 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
   const retry = { maxAttempts: config.maxAttempts, baseMs: config.retryBaseMs, capMs: config.retryCapMs };
   const ordering = config.ordering === 'key' ? { holdDead: config.orderingDead === 'hold' } : undefined;
   let drainedWaiters: (() => void)[] = [];
+  const batchCursors = new ClaimCursors();
   const laneRunners: LaneRunner[] = lanes.map((lane) => {
     // Real-time commits do not wait for the WAL flush, which under a batch backlog carries the
     // batch lane's large updates (measured: see replica.ts). Safe: if PostgreSQL crashes, the
@@ -292,6 +294,8 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
             logger,
             deferralDelay,
             ...(ordering ? { ordering } : {}),
+            // The batch lane, ordering off: claims start past the rows a drain already sent.
+            ...(lane === 'batch' && !ordering ? { cursor: batchCursors.of(shard, shardCount) } : {}),
             ...(guards ?? {}),
           });
         } catch (error) {
@@ -322,9 +326,13 @@ export async function startRelay(options: StartRelayOptions): Promise<Relay> {
     const delays = result.problems.flatMap((p) => (p.retryInMs === undefined ? [] : [p.retryInMs]));
     if (result.deferredDueInMs !== undefined) delays.push(result.deferredDueInMs);
     if (delays.length === 0) return;
-    // A few ms late: available_at is stamped at the completion, after this batch's send.
+    // A few ms late: available_at is stamped at the completion, after this batch's send. The
+    // retried rows lie below the shard's claim cursor: its next claim reads from the first entry.
     for (const ms of retryWakeDelays(delays, RETRY_WAKE_SPACING_MS, RETRY_WAKES_PER_BATCH))
-      setTimeout(() => scheduler.wake([shard], lane), ms + 5).unref();
+      setTimeout(() => {
+        if (lane === 'batch') batchCursors.reset(shard);
+        scheduler.wake([shard], lane);
+      }, ms + 5).unref();
   };
 
   const checkDrained = async () => {
