@@ -6,9 +6,13 @@
  * removes it. A claim that reads the index from the shard's first entry walks all of them before
  * its first live row (PostgreSQL skips an entry it has marked dead cheaply, but still reads its
  * page; the first claim after the delete also visits the heap for it). Between two vacuums a
- * shard drained at 7,000 rows/s gathers tens of thousands. Measured in the max-sustainable phase
- * (PostgreSQL 15, 2 cores, 8 shards): at the step where the relay fell behind it sent 38,000-39,000
- * rows/s with full claims; with the outbox vacuumed every 2 s instead of 10 s, 47,700-48,600.
+ * shard drained at 7,000 rows/s gathers tens of thousands. Found in the max-sustainable phase
+ * (PostgreSQL 15, 2 cores, 8 shards, autovacuum off so the relay vacuums every 10 s): at the step
+ * where the relay fell behind it sent 38,000-39,000 rows/s, and 47,700-48,600 with the outbox
+ * vacuumed every 2 s. With this cursor, old and new code alternated twice (3 rounds each), that
+ * step sent 36,600-40,200 rows/s before and 46,000-47,400 after, both at ~1.9 cores of CPU in all;
+ * the null-sink drain of a 100,000-row backlog went from 63,800 to 66,900-69,100 rows/s and
+ * PostgreSQL's CPU there from 14.1 to 11.8-12.1 ms per 1,000 rows (bench/RESULTS.md).
  * A claim after the previous batch's last id starts past every entry this loop deleted.
  *
  * Why not always: a row can become claimable below that point. A transaction that took its id
