@@ -50,7 +50,8 @@ export interface ClaimRequest {
   readonly ordering?: KeyOrdering;
   /**
    * Start after this id instead of at the shard's first pending entry (relay/claimCursor.ts: why,
-   * and when it is safe); never with ordering on.
+   * and when it is safe); never with ordering on. A range on the pending index's second column:
+   * the index scan starts at (shard, afterId).
    */
   readonly afterId?: string;
 }
@@ -108,41 +109,38 @@ export async function claimBatch(
 
 /** The claim statement itself (claimBatch runs it; tests read its plan). */
 export function claimQuery(trx: Kysely<Database>, request: ClaimRequest) {
-  return (
-    trx
-      .selectFrom('shardrelay.outbox')
-      .select([
-        'id',
-        'event_id',
-        'topic',
-        'key',
-        // As text: sinks put it on the wire as it is (sinks/sink.ts, OutboxMessage.payloadJson).
-        sql<string>`payload::text`.as('payload_json'),
-        'headers',
-        'correlation_id',
-        'traceparent',
-        'lane',
-        'created_at',
-        'attempts',
-        'max_attempts',
-        'canary',
-      ])
-      .where('status', '=', 'pending')
-      .where('available_at', '<=', sql<Date>`(SELECT shardrelay.now())`)
-      .where(
-        sql.raw(shardExpression(request.shardCount, request.ordering !== undefined)),
-        '=',
-        sql.lit(request.shard),
-      )
-      .where(laneFilter(request.lanePredicate, request.lane))
-      .$if(request.ordering !== undefined, (q) => q.where(keyHeadIsDue(request.ordering as KeyOrdering)))
-      // A range on the index's second column: the scan starts at (shard, afterId).
-      .$if(request.afterId !== undefined, (q) => q.where('id', '>', request.afterId as string))
-      .orderBy('id')
-      .limit(request.batchSize)
-      .forUpdate()
-      .skipLocked()
-  );
+  return trx
+    .selectFrom('shardrelay.outbox')
+    .select([
+      'id',
+      'event_id',
+      'topic',
+      'key',
+      // As text: sinks put it on the wire as it is (sinks/sink.ts, OutboxMessage.payloadJson).
+      sql<string>`payload::text`.as('payload_json'),
+      'headers',
+      'correlation_id',
+      'traceparent',
+      'lane',
+      'created_at',
+      'attempts',
+      'max_attempts',
+      'canary',
+    ])
+    .where('status', '=', 'pending')
+    .where('available_at', '<=', sql<Date>`(SELECT shardrelay.now())`)
+    .where(
+      sql.raw(shardExpression(request.shardCount, request.ordering !== undefined)),
+      '=',
+      sql.lit(request.shard),
+    )
+    .where(laneFilter(request.lanePredicate, request.lane))
+    .$if(request.ordering !== undefined, (q) => q.where(keyHeadIsDue(request.ordering as KeyOrdering)))
+    .$if(request.afterId !== undefined, (q) => q.where('id', '>', request.afterId as string))
+    .orderBy('id')
+    .limit(request.batchSize)
+    .forUpdate()
+    .skipLocked();
 }
 
 export interface DueShardsRequest {

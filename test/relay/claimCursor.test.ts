@@ -7,13 +7,16 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
+import pg from 'pg';
 import { enqueue } from '../../src/enqueue.js';
 import { DEFAULT_LANE_PREDICATE } from '../../src/lanes/lanePredicate.js';
 import { ClaimCursor } from '../../src/relay/claimCursor.js';
 import { CLAIM_SESSION_SETTINGS, claimQuery } from '../../src/relay/claims.js';
 import { deliverBatch, type DeliverySettings } from '../../src/relay/deliverBatch.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
+import { startRelay } from '../../src/wiring/relay.js';
 import type { Sink } from '../../src/sinks/sink.js';
+import { testConfig } from '../support/relayConfig.js';
 import { startSlowWebhook } from '../support/slowWebhook.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
@@ -170,5 +173,67 @@ describe('the claim cursor', () => {
       buffers(fromCursor) * 3 < buffers(fromFirst),
       `buffers: after the cursor ${buffers(fromCursor)}, from the shard's first entry ${buffers(fromFirst)}`,
     );
+  });
+});
+
+describe('the relay draining a backlog while transactions that took ids earlier commit', () => {
+  let t: TestDatabase;
+  before(async () => {
+    t = await createTestDatabase('claim_cursor_relay');
+  });
+  after(() => t.close());
+
+  it('delivers every row once to a real receiver, the late ones included', { timeout: 120_000 }, async () => {
+    const receiver = await startSlowWebhook(0);
+    // Eight transactions take their ids first (one per shard) and commit while the relay drains
+    // the 4,000 rows committed after them in full batches of 20, its cursors long past their ids.
+    // Connections of their own: the test pool has fewer than eight.
+    const late = Array.from({ length: 8 }, () => new pg.Client({ connectionString: t.url }));
+    await Promise.all(late.map((client) => client.connect()));
+    try {
+      for (const [i, client] of late.entries()) {
+        await client.query('BEGIN');
+        await client.query(
+          `INSERT INTO shardrelay.outbox (topic, payload) VALUES ('cursor.late', jsonb_build_object('late', ${i}::int))`,
+        );
+      }
+      await enqueue(
+        t.db,
+        Array.from({ length: 4_000 }, (_, i) => ({ topic: 'cursor.backlog', payload: { i } })),
+      );
+      const config = testConfig(t.url, {
+        sink: 'http',
+        webhookUrl: receiver.url,
+        batchBatchSize: 20,
+      });
+      // Signalled by the relay's batch hook once a quarter of the backlog is through.
+      let sent = 0;
+      let quarterSent = () => {};
+      const quarterThrough = new Promise<void>((resolve) => (quarterSent = resolve));
+      const relay = await startRelay({
+        config,
+        hooks: {
+          onBatch: (_shard, _lane, result) => {
+            sent += result.sent;
+            if (sent >= 1_000) quarterSent();
+          },
+        },
+      });
+      try {
+        await quarterThrough;
+        for (const client of late) await client.query('COMMIT');
+        await relay.whenDrained();
+      } finally {
+        await relay.stop();
+      }
+    } finally {
+      await Promise.all(late.map((client) => client.end()));
+      await receiver.close();
+    }
+    assert.equal(receiver.counts.size, 4_008, 'every row, the 8 late ones included');
+    const twice = [...receiver.counts.values()].filter((n) => n !== 1).length;
+    assert.equal(twice, 0, 'each once');
+    const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM shardrelay.outbox`.execute(t.db);
+    assert.equal(rows[0]?.n, 0);
   });
 });
