@@ -24,6 +24,7 @@ import {
 } from '../../src/sinks/cloudEvent.js';
 import { isCloudEventsHeader, KafkaHeaders } from '../../src/sinks/kafkaHeaders.js';
 import type { OutboxMessage } from '../../src/sinks/sink.js';
+import { outboxMessages } from '../../test/support/brokers.js';
 
 const SOURCE = 'shardrelay';
 
@@ -66,19 +67,11 @@ async function main(): Promise<void> {
   producer.on('delivery-report', () => {
     delivered++;
   });
-  const payloadJson = JSON.stringify({ n: 1, padding: 'x'.repeat(160) });
-  const messages: OutboxMessage[] = Array.from({ length: records }, (_, i) => ({
-    id: String(i),
+  const messages = outboxMessages(records, (i) => ({
     eventId: `0190f3b2-7c1e-7a00-8000-${String(i).padStart(12, '0')}`,
     topic: 'bench.event',
     key: `customer-${i % 100}`,
-    payloadJson,
-    headers: {},
-    correlationId: null,
-    traceparent: null,
-    lane: 'batch',
-    createdAt: new Date(),
-    attempts: 0,
+    payload: { n: 1, padding: 'x'.repeat(160) },
   }));
   const perRecord = new Map<string, number[]>(Object.keys(VARIANTS).map((v) => [v, []]));
   try {

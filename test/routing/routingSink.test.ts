@@ -15,6 +15,7 @@ import {
   type SendOutcome,
   type Sink,
 } from '../../src/sinks/sink.js';
+import { outboxMessage } from '../support/brokers.js';
 
 const table = parseRoutes(
   {
@@ -29,19 +30,7 @@ const table = parseRoutes(
 );
 
 function message(i: number, topic: string): OutboxMessage {
-  return {
-    id: String(i),
-    eventId: `e${i}`,
-    topic,
-    key: null,
-    payloadJson: '{}',
-    headers: {},
-    correlationId: null,
-    traceparent: null,
-    lane: 'batch',
-    createdAt: new Date(),
-    attempts: 0,
-  };
+  return outboxMessage({ id: String(i), eventId: `e${i}`, topic, key: null, payload: {} });
 }
 
 /** A sink that confirms, or hangs until released (a stalled broker), recording what it was sent. */

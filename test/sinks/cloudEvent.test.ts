@@ -22,12 +22,12 @@ import {
   writeAttributes,
 } from '../../src/sinks/cloudEvent.js';
 import type { OutboxMessage } from '../../src/sinks/sink.js';
-import { outboxMessages, payloadText, type MessageShape } from '../support/brokers.js';
+import { outboxMessage, payloadText, type MessageShape } from '../support/brokers.js';
 
 const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
 
 function message(fields: MessageShape = {}): OutboxMessage {
-  return (outboxMessages(1, () => fields) as [OutboxMessage])[0];
+  return outboxMessage(fields);
 }
 
 /** The event the SDK builds from a row: what the sinks built per message before. */

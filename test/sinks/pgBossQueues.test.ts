@@ -8,22 +8,11 @@ import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { createPgBossSink } from '../../src/sinks/pgBossSink.js';
 import type { OutboxMessage } from '../../src/sinks/sink.js';
+import { outboxMessage } from '../support/brokers.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 function message(topic: string, n: number): OutboxMessage {
-  return {
-    id: String(n),
-    eventId: crypto.randomUUID(),
-    topic,
-    key: null,
-    payloadJson: JSON.stringify({ n }),
-    headers: {},
-    correlationId: null,
-    traceparent: null,
-    lane: 'batch',
-    createdAt: new Date(),
-    attempts: 0,
-  };
+  return outboxMessage({ id: String(n), topic, key: null, payload: { n } });
 }
 
 describe('pg-boss queue creation from several processes at once', () => {

@@ -10,6 +10,7 @@ import { decideCompletions } from '../../src/relay/completionPolicy.js';
 import { parseRetryAfter } from '../../src/sinks/retryAfter.js';
 import { createHttpSink } from '../../src/sinks/httpSink.js';
 import { retryable, type Sink } from '../../src/sinks/sink.js';
+import { outboxMessage } from '../support/brokers.js';
 import { createTestDatabase, type TestDatabase } from '../support/testDatabase.js';
 
 /** A receiver that answers every request with the status and headers the test sets. */
@@ -105,20 +106,7 @@ describe('Retry-After', () => {
   });
 
   it('a hint shorter than the backoff leaves the backoff; a longer one is the delay, within the cap', () => {
-    const m = (id: string) => ({
-      id,
-      eventId: `00000000-0000-4000-8000-${id.padStart(12, '0')}`,
-      topic: 't',
-      key: null,
-      payloadJson: '{}',
-      headers: {},
-      correlationId: null,
-      traceparent: null,
-      lane: 'batch' as const,
-      createdAt: new Date(),
-      attempts: 3,
-      maxAttempts: null,
-    });
+    const m = (id: string) => ({ ...outboxMessage({ id, attempts: 3 }), maxAttempts: null });
     const decided = decideCompletions(
       [m('1'), m('2'), m('3')],
       [retryable('x', 10), retryable('x', 5_000), retryable('x', 120_000)],

@@ -55,6 +55,11 @@ export function uniqueName(prefix: string): string {
 /** A message's fields, and `payload` as a value: it becomes `payloadJson` as a claim would give it. */
 export type MessageShape = Partial<OutboxMessage> & { readonly payload?: unknown };
 
+/** One message: the first of `outboxMessages`, with `shape`'s fields. */
+export function outboxMessage(shape: MessageShape = {}): OutboxMessage {
+  return outboxMessages(1, () => shape)[0] as OutboxMessage;
+}
+
 /** `count` distinct messages; `shape` can vary any field by index. */
 export function outboxMessages(
   count: number,

@@ -4,19 +4,10 @@ import { backoffDelayMs } from '../../src/backoff.js';
 import type { ClaimedMessage } from '../../src/relay/claims.js';
 import { decideCompletions } from '../../src/relay/completionPolicy.js';
 import { confirmed, permanent, retryable, unknown } from '../../src/sinks/sink.js';
+import { outboxMessage } from '../support/brokers.js';
 
 const message = (id: string, attempts: number, maxAttempts: number | null = null): ClaimedMessage => ({
-  id,
-  eventId: `00000000-0000-4000-8000-${id.padStart(12, '0')}`,
-  topic: 't',
-  key: null,
-  payloadJson: '{}',
-  headers: {},
-  correlationId: null,
-  traceparent: null,
-  lane: 'batch',
-  createdAt: new Date(),
-  attempts,
+  ...outboxMessage({ id, attempts }),
   maxAttempts,
 });
 

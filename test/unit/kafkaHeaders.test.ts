@@ -8,22 +8,15 @@ import {
 } from '../../src/sinks/cloudEvent.js';
 import { isCloudEventsHeader, KafkaHeaders } from '../../src/sinks/kafkaHeaders.js';
 import type { OutboxMessage } from '../../src/sinks/sink.js';
+import { outboxMessage } from '../support/brokers.js';
 
 function message(overrides: Partial<OutboxMessage> = {}): OutboxMessage {
-  return {
-    id: '1',
+  return outboxMessage({
     eventId: '0190f3b2-7c1e-7a00-8000-000000000001',
-    topic: 'orders.created',
     key: null,
-    payloadJson: '{"n":1}',
-    headers: {},
-    correlationId: null,
-    traceparent: null,
-    lane: 'batch',
     createdAt: new Date('2026-12-03T04:30:00.123Z'),
-    attempts: 0,
     ...overrides,
-  };
+  });
 }
 
 /** The headers as the Kafka sink wrote them before: one record, then one object per entry. */
