@@ -73,21 +73,23 @@ export class ClaimCursor {
 }
 
 /**
- * One lane's cursors, one per shard and shard count, made on first use: after a change of the
- * shard count, shard `s` is another slice of the table, and its claims start from its first entry.
+ * One lane's cursors, one per shard, made on first use. A cursor belongs to the shard count it was
+ * made under: after a change of the count, shard `s` is another slice of the table, so it gets a
+ * new cursor, whose first claim reads from the start.
  */
 export class ClaimCursors {
-  readonly #byShard = new Map<string, ClaimCursor>();
+  readonly #byShard = new Map<number, { readonly shardCount: number; readonly cursor: ClaimCursor }>();
 
   of(shard: number, shardCount: number): ClaimCursor {
-    const name = `${shardCount}:${shard}`;
-    let cursor = this.#byShard.get(name);
-    if (!cursor) this.#byShard.set(name, (cursor = new ClaimCursor()));
+    const held = this.#byShard.get(shard);
+    if (held?.shardCount === shardCount) return held.cursor;
+    const cursor = new ClaimCursor();
+    this.#byShard.set(shard, { shardCount, cursor });
     return cursor;
   }
 
   /** The shard's next claim reads from its first entry (a retry of it came due). */
   reset(shard: number): void {
-    for (const [name, cursor] of this.#byShard) if (name.endsWith(`:${shard}`)) cursor.reset();
+    this.#byShard.get(shard)?.cursor.reset();
   }
 }
