@@ -47,7 +47,10 @@ async function main(): Promise<number> {
   const progress = createProgress(special ? 1 : plannedRuns(options));
   progress.log('compiling the relay and floor processes');
   const cpuProfileDir = options.cpuProfileDir && path.resolve(options.cpuProfileDir);
-  useCompiledChildren(await compileForChildren(), cpuProfileDir ? { cpuProfileDir } : {});
+  useCompiledChildren(await compileForChildren(), {
+    ...(cpuProfileDir ? { cpuProfileDir } : {}),
+    relayNodeFlags: options.relayNodeFlags,
+  });
   progress.log(`starting ${options.databaseUrl ? 'PostgreSQL from DATABASE_URL' : 'an embedded PostgreSQL'}`);
   const database = await BenchDatabase.open(options.databaseUrl, options.shards);
   let amqp: AmqpBench | undefined;

@@ -32,15 +32,17 @@ let locate = (kind: ChildKind) => ({
 
 export function useCompiledChildren(
   compiled: (relativeTs: string) => string,
-  options: { readonly cpuProfileDir?: string } = {},
+  options: { readonly cpuProfileDir?: string; readonly relayNodeFlags?: readonly string[] } = {},
 ): void {
+  // A V8 CPU profile of each relay process, written when it exits: where its time goes; and any
+  // flags asked for (`--relay-node-flags`, e.g. a GC trace).
+  const relayFlags = [
+    ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
+    ...(options.relayNodeFlags ?? []),
+  ];
   locate = (kind) => ({
     script: compiled(SOURCES[kind]),
-    // A V8 CPU profile of each relay process, written when it exits: where its time goes.
-    execArgv:
-      kind === 'relay' && options.cpuProfileDir
-        ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`]
-        : [],
+    execArgv: kind === 'relay' ? relayFlags : [],
   });
 }
 

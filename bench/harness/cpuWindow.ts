@@ -26,6 +26,8 @@ export interface CpuSpent {
   /** Rows the measured process sent in the window, and in how many batches. */
   readonly sent: number;
   readonly batches: number;
+  /** The measured process's main-thread GC pauses in the window, ms (part of `childMs`). */
+  readonly childGcPauseMs: number;
 }
 
 interface Snapshot {
@@ -37,6 +39,7 @@ interface Snapshot {
   readonly machine: number;
   readonly sent: number;
   readonly batches: number;
+  readonly gcPause: number;
 }
 
 /** The name the ActiveMQ phase uses for the same thing. */
@@ -70,6 +73,7 @@ export class CpuWindow {
       machine: machineBusyMs(),
       sent: usage.sent,
       batches: usage.batches,
+      gcPause: usage.gcPauseMs,
     };
   }
 
@@ -92,6 +96,7 @@ export class CpuWindow {
       otherCores: Number.isNaN(otherMs) ? Number.NaN : Math.max(0, otherMs) / wallMs,
       sent: end.sent - this.start.sent,
       batches: end.batches - this.start.batches,
+      childGcPauseMs: end.gcPause - this.start.gcPause,
     };
   }
 }

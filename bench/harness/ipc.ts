@@ -6,6 +6,7 @@
  * Protocol: the driver sends `{ id, request }`, the child answers `{ id, response }` or
  * `{ id, error }`. Requests are few and small; the answers carry the counters the driver needs.
  */
+import { PerformanceObserver } from 'node:perf_hooks';
 import v8 from 'node:v8';
 
 export type SinkKind = 'null' | 'pgboss' | 'rabbitmq' | 'stomp' | 'amqp10' | 'kafka' | 'kinesis';
@@ -78,6 +79,11 @@ export interface ChildUsage {
   readonly peakHeapTotalBytes: number;
   readonly peakHeapUsedBytes: number;
   readonly peakExternalBytes: number;
+  /**
+   * The main thread's garbage-collection pauses since the child started, ms (V8's `gc` performance
+   * entries). The collector's helper threads work beside them; their CPU is in `cpuUs`, not here.
+   */
+  readonly gcPauseMs: number;
   /** Rows recorded as sent by this child. */
   readonly sent: number;
   /** Committed batches that claimed rows: sent / batches is the mean batch size. */
@@ -148,9 +154,14 @@ function sampleMemory(): void {
   peakExternal = Math.max(peakExternal, heap.external_memory);
 }
 
-/** Starts the memory sampling of a child (it does not keep the process alive). */
+let gcPauseMs = 0;
+
+/** Starts the memory sampling and the GC pause count of a child (neither keeps the process alive). */
 export function trackMemory(): void {
   setInterval(sampleMemory, 100).unref();
+  new PerformanceObserver((entries) => {
+    for (const entry of entries.getEntries()) gcPauseMs += entry.duration;
+  }).observe({ entryTypes: ['gc'] });
 }
 
 /** The part of usage every child computes the same way. */
@@ -163,6 +174,7 @@ export function processUsage(): Pick<
   | 'peakHeapTotalBytes'
   | 'peakHeapUsedBytes'
   | 'peakExternalBytes'
+  | 'gcPauseMs'
 > {
   sampleMemory();
   const usage = process.resourceUsage();
@@ -175,5 +187,6 @@ export function processUsage(): Pick<
     peakHeapTotalBytes: peakHeapTotal,
     peakHeapUsedBytes: peakHeapUsed,
     peakExternalBytes: peakExternal,
+    gcPauseMs,
   };
 }

@@ -48,6 +48,8 @@ export interface BenchOptions {
   readonly rssBacklogRows: number | undefined;
   /** Write a V8 CPU profile of every relay process here. */
   readonly cpuProfileDir: string | undefined;
+  /** Extra Node/V8 flags of every relay process (e.g. `--trace-gc-nvp`), split at spaces. */
+  readonly relayNodeFlags: readonly string[];
   /** The command as typed, for the report. */
   readonly command: string;
 }
@@ -119,6 +121,10 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     .option('--budget-minutes <n>', 'time budget (default 15, quick 2, soak its minutes + 5)', positiveInt)
     .option('--cpu-prof <dir>', 'write a V8 CPU profile of every relay process into this folder')
     .option(
+      '--relay-node-flags <flags>',
+      'extra Node/V8 flags of every relay process, e.g. "--trace-gc-nvp" (where its garbage collection goes)',
+    )
+    .option(
       '--soak [minutes]',
       'only a soak of the relay at 80% of its max sustainable rate (default 30 minutes)',
     )
@@ -147,6 +153,7 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     amqpUrl?: string;
     budgetMinutes?: number;
     cpuProf?: string;
+    relayNodeFlags?: string;
     soak?: boolean | string;
     soakRate?: number;
     soakRetention: string;
@@ -200,6 +207,7 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     soakSentRetention: o.soakRetention,
     rssBacklogRows: optionalNumber(o.rssBacklog, 1_000_000),
     cpuProfileDir: o.cpuProf,
+    relayNodeFlags: (o.relayNodeFlags ?? '').split(' ').filter((flag) => flag.length > 0),
     command: ['npm run bench', ...(argv.length > 0 ? ['--', ...argv] : [])].join(' '),
   };
 }

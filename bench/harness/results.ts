@@ -71,6 +71,11 @@ export function cpuPer1k(cpu: CpuSpent | undefined, rows: number): CpuPer1k {
   };
 }
 
+/** The measured process's main-thread GC pauses per 1,000 rows, ms (part of its CPU). */
+export function gcPausePer1k(cpu: CpuSpent | undefined, rows: number): number | null {
+  return cpu ? per1k(cpu.childGcPauseMs, rows) : null;
+}
+
 export function rowsPerBatch(cpu: CpuSpent | undefined): number | null {
   return cpu && cpu.batches > 0 ? Math.round(cpu.sent / cpu.batches) : null;
 }

@@ -169,24 +169,35 @@ export async function runBrokerSinksBench(options: { context: PhaseContext }): P
   return runs;
 }
 
+/** Median GC pauses per 1,000 rows of these drains (relayDrain.ts's detail), '-' when not measured. */
+function gcCell(runs: readonly RunResult[]): string {
+  const pauses = runs.flatMap((run) => {
+    const value = run.detail?.gcPauseMsPer1kRows;
+    return typeof value === 'number' ? [value] : [];
+  });
+  return pauses.length > 0 ? median(pauses).toFixed(1) : '-';
+}
+
 export function formatBrokerSinks(runs: readonly BrokerSinkRun[]): string {
   const lines = [
     "Broker sinks (relay CPU target: <= 2x the null sink), rounds of a null drain then the sink's drain; medians over the rounds:",
-    '| sink | rounds | rows/s | latency p50 / p99 ms (round 1) | relay CPU ms/1k rows: sink | null, same rounds | x null, by round | x null, median | broker CPU ms/1k rows | problems |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |',
+    '| sink | rounds | rows/s | latency p50 / p99 ms (round 1) | relay CPU ms/1k rows: sink | null, same rounds | x null, by round | x null, median | relay GC pauses ms/1k rows: sink / null | broker CPU ms/1k rows | problems |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |',
   ];
   for (const sink of [...new Set(runs.map((r) => r.sink))]) {
     const mine = runs.filter((r) => r.sink === sink);
     const paired = mine.flatMap((r) => {
       const sinkCpu = r.result?.cpuMsPer1kRows.client ?? null;
       const nullCpu = r.nullResult?.cpuMsPer1kRows.client ?? null;
-      return r.result && sinkCpu !== null && nullCpu !== null ? [{ run: r.result, sinkCpu, nullCpu }] : [];
+      return r.result && sinkCpu !== null && nullCpu !== null
+        ? [{ run: r.result, nullRun: r.nullResult, sinkCpu, nullCpu }]
+        : [];
     });
     const errors = mine
       .filter((r) => !r.result || !r.nullResult)
       .map((r) => `round ${r.round} failed: ${r.error ?? 'its null drain failed'}`);
     if (paired.length === 0) {
-      lines.push(`| ${sink} | 0 | ${errors.join('; ')} | | | | | | | |`);
+      lines.push(`| ${sink} | 0 | ${errors.join('; ')} | | | | | | | | |`);
       continue;
     }
     const ratios = paired.map((p) => p.sinkCpu / p.nullCpu);
@@ -203,6 +214,7 @@ export function formatBrokerSinks(runs: readonly BrokerSinkRun[]): string {
       median(paired.map((p) => p.nullCpu)).toFixed(1),
       ratios.map((r) => r.toFixed(2)).join(', '),
       median(ratios).toFixed(2),
+      `${gcCell(paired.map((p) => p.run))} / ${gcCell(paired.flatMap((p) => (p.nullRun ? [p.nullRun] : [])))}`,
       brokerCpu.length > 0 ? median(brokerCpu).toFixed(0) : '-',
       [...new Set(paired.flatMap((p) => p.run.problems)), ...errors].join('; ') || 'none',
     ];

@@ -14,7 +14,7 @@ import { CpuWindow, type MeasuredBroker } from '../harness/cpuWindow.js';
 import type { Percentiles } from '../harness/database.js';
 import type { RelayStart, SinkKind } from '../harness/ipc.js';
 import { LoadGenerator } from '../harness/loadGenerator.js';
-import { cpuPer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../harness/results.js';
+import { cpuPer1k, gcPausePer1k, mb, otherCores, rowsPerBatch, type RunResult } from '../harness/results.js';
 import { sleep, type PhaseContext } from './context.js';
 import { drainTimeoutMs, warmupRows } from './floor.js';
 import { memoryOf, problemsOf, startRelayChild } from './relayChild.js';
@@ -104,7 +104,7 @@ export async function runRelayDrain(
       rowsPerBatch: rowsPerBatch(cpu),
       otherCpuCores: otherCores(cpu),
       problems: problemsOf(usage, await database.statusCounts()),
-      detail: { memoryMb: memoryOf(usage) },
+      detail: { memoryMb: memoryOf(usage), gcPauseMsPer1kRows: gcPausePer1k(cpu, rows) },
     };
   } finally {
     await child.stop();
