@@ -295,6 +295,12 @@ export function createAmqp10Links(options: Amqp10LinkOptions): Amqp10Links {
     sender.on('rejected', (context: EventContext) => settleWith(context, outcomes.rejected));
     sender.on('released', (context: EventContext) => settleWith(context, outcomes.released));
     sender.on('modified', (context: EventContext) => settleWith(context, outcomes.modified));
+    // The outcome events above settle the row. rhea also raises `settled` for every delivery, and
+    // passes an event nobody listens to on to the session, the connection and the container, each
+    // logging it and building its context: a listener here ends it at the link. Measured with
+    // bench/studies/amqp10SinkAllocation.ts, the sink allocated 6,176-6,178 bytes a
+    // message before, 5,498-5,508 with it.
+    sender.on('settled', () => undefined);
     const lost = (why: string): void => {
       if (target.senders.get(address) === state) target.senders.delete(address);
       const count = dropSender(state, why);
