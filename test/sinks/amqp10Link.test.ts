@@ -43,7 +43,7 @@ function options(url: string, overrides: Partial<Amqp10LinkOptions> = {}): Amqp1
 }
 
 /** A peer that attaches every link without credit and keeps each transfer's delivery for the test. */
-async function startPeer() {
+async function startPeer(peerOptions: { readonly idleTimeOutMs?: number } = {}) {
   const container = rhea.create_container({ id: 'scripted-link-peer' });
   const receivers: Receiver[] = [];
   const connections: Connection[] = [];
@@ -58,13 +58,21 @@ async function startPeer() {
   container.on('disconnected', () => undefined);
   container.on('error', () => undefined);
   // (credit_window and autoaccept are link options read from the listener's; not in its typings.)
-  const listenOptions = { port: 0, host: '127.0.0.1', credit_window: 0, autoaccept: false };
+  const listenOptions = {
+    port: 0,
+    host: '127.0.0.1',
+    credit_window: 0,
+    autoaccept: false,
+    // The peer closes a connection silent for twice this long (rhea's own idle check).
+    ...(peerOptions.idleTimeOutMs ? { idle_time_out: peerOptions.idleTimeOutMs } : {}),
+  };
   const server = container.listen(listenOptions as Parameters<typeof container.listen>[0]);
   await new Promise<void>((resolve) => (server.listening ? resolve() : server.once('listening', resolve)));
   const { port } = server.address() as AddressInfo;
   return {
     url: `amqp://127.0.0.1:${port}`,
     deliveries,
+    connections,
     async attached(n = 1): Promise<Receiver> {
       while (receivers.length < n) await new Promise((resolve) => setTimeout(resolve, 5));
       return receivers[n - 1] as Receiver;
@@ -139,6 +147,34 @@ describe('AMQP 1.0 link manager against a scripted peer', () => {
       peer.deliveries[1]?.release();
       assert.deepEqual(await second, unknown('released at events'));
       assert.equal(creditLeft(state), 1);
+    } finally {
+      await links.close();
+      await peer.close();
+    }
+  });
+
+  it('keeps the heartbeat a peer asks for going after transfers (their per-frame output is deferred to the cycle)', async () => {
+    // The peer wants a frame at least every 150 ms (half its 300 ms idle time-out) and drops a
+    // connection silent for 600 ms; between batches the sink sends nothing but heartbeats.
+    const peer = await startPeer({ idleTimeOutMs: 300 });
+    const links = createAmqp10Links(options(peer.url));
+    try {
+      const { connection, state } = await senderWithOneCredit(links, peer);
+      const first = delivered(state, message('a'));
+      await until(() => peer.deliveries.length === 1, 5_000, 'the transfer arrives');
+      peer.deliveries[0]?.accept();
+      assert.equal(await first, confirmed);
+      const idleSince = Date.now();
+      await until(() => Date.now() - idleSince >= 1_500, 5_000, 'an idle second and a half');
+      assert.equal(connection.closed, false, 'the peer kept the connection: heartbeats went out');
+      assert.equal(peer.connections[0]?.is_open(), true);
+      peer.grant(await peer.attached(), 1);
+      await until(() => creditLeft(state) > 0, 5_000, 'credit arrives');
+      const second = delivered(state, message('b'));
+      await until(() => peer.deliveries.length === 2, 5_000, 'the second transfer arrives');
+      peer.deliveries[1]?.accept();
+      assert.equal(await second, confirmed);
+      assert.equal((await links.current(Date.now() + 5_000)).generation, 1, 'the same connection throughout');
     } finally {
       await links.close();
       await peer.close();
