@@ -193,6 +193,12 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
   const sourceJson = JSON.stringify(source);
   const log = (options.log ?? silentLogger).child({ sink: 'kinesis' });
   validate(streamTemplate, recordsPerCall, concurrency);
+  // The template is split once, not for every record.
+  const streamParts = streamTemplate.split('{topic}');
+  const streamOf =
+    streamParts.length === 1
+      ? (): string => streamTemplate
+      : (topic: string): string => streamParts.join(topic);
   const endpoint = options.endpoint
     ? parseBrokerUrl(
         options.endpoint,
@@ -251,7 +257,8 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
     }
   }
 
-  function entryOf(message: OutboxMessage): PutRecordsRequestEntry | string {
+  /** The record of a message and its size against Kinesis's limits, or why it cannot be sent. */
+  function entryOf(message: OutboxMessage): { entry: PutRecordsRequestEntry; bytes: number } | string {
     const partitionKey = message.key ?? message.eventId;
     if (partitionKey.length === 0 || partitionKey.length > LIMITS.partitionKeyChars) {
       return `partition key of ${partitionKey.length} characters; Kinesis takes 1 to ${LIMITS.partitionKeyChars}`;
@@ -266,7 +273,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
     if (bytes > LIMITS.bytesPerRecord) {
       return `record of ${bytes} bytes (data + partition key) exceeds Kinesis's ${LIMITS.bytesPerRecord}`;
     }
-    return { Data: data, PartitionKey: partitionKey };
+    return { entry: { Data: data, PartitionKey: partitionKey }, bytes };
   }
 
   /**
@@ -324,13 +331,13 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
         { stream: string; entries: { entry: PutRecordsRequestEntry; index: number }[]; bytes: number }
       >();
       messages.forEach((message, index) => {
-        const entry = entryOf(message);
-        if (typeof entry === 'string') {
-          outcomes[index] = permanent(entry);
+        const record = entryOf(message);
+        if (typeof record === 'string') {
+          outcomes[index] = permanent(record);
           return;
         }
-        const stream = streamTemplate.split('{topic}').join(message.topic);
-        const bytes = (entry.Data?.length ?? 0) + Buffer.byteLength(entry.PartitionKey ?? '', 'utf8');
+        const { entry, bytes } = record;
+        const stream = streamOf(message.topic);
         let call = open.get(stream);
         if (!call || call.entries.length >= recordsPerCall || call.bytes + bytes > LIMITS.bytesPerCall) {
           call = { stream, entries: [], bytes: 0 };

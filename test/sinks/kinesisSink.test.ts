@@ -138,6 +138,50 @@ describe('Kinesis sink (kinesalite)', () => {
     },
   );
 
+  it(
+    'puts each record into the stream its topic names ({topic} in the stream template)',
+    { timeout: 60_000 },
+    async () => {
+      const prefix = uniqueName('sr_tpl');
+      const topics = ['orders', 'invoices'];
+      for (const topic of topics) await kinesis.createStream(`${prefix}-${topic}`, 1);
+      const real = kinesis.client();
+      const sink = createKinesisSink({ stream: `${prefix}-{topic}`, client: real as unknown as KinesisApi });
+      await sink.start();
+      try {
+        const messages = outboxMessages(30, (i) => ({ topic: topics[i % 2] as string }));
+        assert.deepEqual(statuses(await sendInTransaction(t.db, sink, messages)), { confirmed: 30 });
+        for (const topic of topics) {
+          const stream = `${prefix}-${topic}`;
+          const [shard] = (await real.send(new ListShardsCommand({ StreamName: stream }))).Shards ?? [];
+          const iterator = await real.send(
+            new GetShardIteratorCommand({
+              StreamName: stream,
+              ShardId: shard?.ShardId,
+              ShardIteratorType: 'TRIM_HORIZON',
+            }),
+          );
+          const page = await real.send(
+            new GetRecordsCommand({ ShardIterator: iterator.ShardIterator, Limit: 100 }),
+          );
+          const ids = (page.Records ?? []).map(
+            (r) => (JSON.parse(Buffer.from(r.Data ?? []).toString()) as { id: string; type: string }).id,
+          );
+          assert.deepEqual(
+            ids.sort(),
+            messages
+              .filter((m) => m.topic === topic)
+              .map((m) => m.eventId)
+              .sort(),
+            `${stream} holds exactly the ${topic} records`,
+          );
+        }
+      } finally {
+        await sink.close();
+      }
+    },
+  );
+
   it('maps per-record ErrorCodes and whole-call errors to outcomes', { timeout: 60_000 }, async () => {
     const stream = uniqueName('sr_errors');
     await kinesis.createStream(stream, 1);
