@@ -189,7 +189,7 @@ export function formatBrokerSinks(runs: readonly BrokerSinkRun[]): string {
     const paired = mine.flatMap((r) => {
       const sinkCpu = r.result?.cpuMsPer1kRows.client ?? null;
       const nullCpu = r.nullResult?.cpuMsPer1kRows.client ?? null;
-      return r.result && sinkCpu !== null && nullCpu !== null
+      return r.result && r.nullResult && sinkCpu !== null && nullCpu !== null
         ? [{ run: r.result, nullRun: r.nullResult, sinkCpu, nullCpu }]
         : [];
     });
@@ -214,7 +214,7 @@ export function formatBrokerSinks(runs: readonly BrokerSinkRun[]): string {
       median(paired.map((p) => p.nullCpu)).toFixed(1),
       ratios.map((r) => r.toFixed(2)).join(', '),
       median(ratios).toFixed(2),
-      `${gcCell(paired.map((p) => p.run))} / ${gcCell(paired.flatMap((p) => (p.nullRun ? [p.nullRun] : [])))}`,
+      `${gcCell(paired.map((p) => p.run))} / ${gcCell(paired.map((p) => p.nullRun))}`,
       brokerCpu.length > 0 ? median(brokerCpu).toFixed(0) : '-',
       [...new Set(paired.flatMap((p) => p.run.problems)), ...errors].join('; ') || 'none',
     ];

@@ -502,7 +502,7 @@ function corkFrameWrites(connection: Connection): void {
         inCycle = false;
         if (outputAsked) {
           outputAsked = false;
-          internals.output?.call(connection);
+          output?.call(connection);
         }
         socket?.uncork();
       }

@@ -56,6 +56,7 @@ import {
   DATA_CONTENT_TYPE,
 } from './cloudEvent.js';
 import { BatchOutcomes } from './deadline.js';
+import { fromTopicTemplate } from './topicTemplate.js';
 import {
   confirmed,
   deferred,
@@ -142,9 +143,7 @@ export function createAmqp10Sink(options: Amqp10SinkOptions): Sink {
   const source = eventSource(options.source);
   validate(addressTemplate, maxMessageBytes);
   const { where, describe } = links;
-  const addressOf = addressTemplate.includes('{topic}')
-    ? (topic: string): string => addressTemplate.split('{topic}').join(topic)
-    : (): string => addressTemplate;
+  const addressOf = fromTopicTemplate(addressTemplate);
 
   /** The message's AMQP 1.0 bytes, or why it cannot be encoded. */
   function encode(message: OutboxMessage): Buffer | string {

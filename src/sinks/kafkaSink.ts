@@ -48,6 +48,7 @@ import { silentLogger, type Logger } from '../logger.js';
 import { eventSource } from './cloudEvent.js';
 import { BatchOutcomes } from './deadline.js';
 import { KafkaHeaders } from './kafkaHeaders.js';
+import { fromTopicTemplate } from './topicTemplate.js';
 import {
   confirmed,
   deferred,
@@ -164,9 +165,7 @@ type Settle = (outcome: SendOutcome) => void;
 
 export function createKafkaSink(options: KafkaSinkOptions): Sink {
   const topicTemplate = options.topic ?? DEFAULT_KAFKA_TOPIC;
-  const topicOf = topicTemplate.includes('{topic}')
-    ? (topic: string): string => topicTemplate.split('{topic}').join(topic)
-    : (): string => topicTemplate;
+  const topicOf = fromTopicTemplate(topicTemplate);
   const compression = options.compression ?? 'none';
   const deliveryTimeoutMs = options.deliveryTimeoutMs ?? DEFAULTS.deliveryTimeoutMs;
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;

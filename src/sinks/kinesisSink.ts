@@ -49,6 +49,7 @@ import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { AnswerTime } from './answerTime.js';
 import { parseBrokerUrl } from './brokerUrl.js';
+import { fromTopicTemplate } from './topicTemplate.js';
 import { eventSource, structuredJson } from './cloudEvent.js';
 import {
   confirmed,
@@ -193,12 +194,7 @@ export function createKinesisSink(options: KinesisSinkOptions): Sink {
   const sourceJson = JSON.stringify(source);
   const log = (options.log ?? silentLogger).child({ sink: 'kinesis' });
   validate(streamTemplate, recordsPerCall, concurrency);
-  // The template is split once, not for every record.
-  const streamParts = streamTemplate.split('{topic}');
-  const streamOf =
-    streamParts.length === 1
-      ? (): string => streamTemplate
-      : (topic: string): string => streamParts.join(topic);
+  const streamOf = fromTopicTemplate(streamTemplate);
   const endpoint = options.endpoint
     ? parseBrokerUrl(
         options.endpoint,

@@ -52,6 +52,7 @@ import { ConfigError, ShardRelayError, toError } from '../errors.js';
 import { maskSecrets, redact } from '../redact.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { parseBrokerUrl } from './brokerUrl.js';
+import { fromTopicTemplate } from './topicTemplate.js';
 import {
   CE_UNDERSCORE,
   DATA_CONTENT_TYPE,
@@ -658,13 +659,14 @@ export function sendFrameEncoder(
   source: string,
 ): (message: OutboxMessage, escape: boolean, transaction: string | undefined, receipt: string) => string {
   const caches = [new Map<string, TopicLines>(), new Map<string, TopicLines>()] as const;
+  const destinationOf = fromTopicTemplate(template);
   const linesOf = (topic: string, escape: boolean): TopicLines => {
     const cache = caches[escape ? 1 : 0];
     let lines = cache.get(topic);
     if (lines === undefined) {
       const e = escape ? escapeHeaderValue : (value: string) => value;
       lines = {
-        head: `SEND\ndestination:${e(template.replaceAll('{topic}', topic))}\n`,
+        head: `SEND\ndestination:${e(destinationOf(topic))}\n`,
         attributes:
           `${CE_UNDERSCORE.type}:${e(topic)}\n${CE_UNDERSCORE.source}:${e(source)}\n` +
           `${CE_UNDERSCORE.specversion}:${SPEC_VERSION}\n`,
